@@ -1,0 +1,1 @@
+//! Warden policy core (being written).

@@ -1,0 +1,1 @@
+//! Warden's persistence layer (being written).

@@ -75,14 +75,25 @@ pub(crate) fn load(source: &str) -> Result<Node, PolicyErrors> {
     }
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     marked_yaml::parse_yaml_with_options(0, source, options).map_err(|e| {
-        let message = e.to_string();
-        // The loader's messages carry their own position; pull it into ours.
-        let (line, column, text) = split_position(&message);
-        PolicyErrors(vec![PolicyError {
-            line,
-            column,
-            message: lowercase_first(text),
-        }])
+        use marked_yaml::LoadError as L;
+        let (marker, message) = match &e {
+            L::TopLevelMustBeMapping(m) => (Some(*m), "the document must be a mapping".to_owned()),
+            L::TopLevelMustBeSequence(m) => (Some(*m), "the document must be a list".to_owned()),
+            L::UnexpectedAnchor(m) => (Some(*m), "YAML anchors and aliases are not supported".to_owned()),
+            L::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain scalars".to_owned()),
+            L::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported".to_owned()),
+            L::ScanError(m, scan) => (Some(*m), format!("invalid YAML: {}", scan.info())),
+            L::DuplicateKey(d) => (
+                d.key.span().start().copied(),
+                format!(
+                    "duplicate key `{}` (first at line {})",
+                    d.key.as_str(),
+                    d.prev_key.span().start().map_or(0, |m| m.line())
+                ),
+            ),
+        };
+        let (line, column) = marker.map_or((0, 0), |m| (m.line(), m.column()));
+        PolicyErrors(vec![PolicyError { line, column, message }])
     })
 }
 
@@ -93,26 +104,13 @@ pub(crate) fn from_node<'de, T: Deserialize<'de>>(node: &'de Node) -> Result<T, 
             || node.span().start().map_or((0, 0), |m| (m.line(), m.column())),
             |m| (m.line(), m.column()),
         );
-        let mut message = lowercase_first(&e.to_string());
-        if let Some(path) = e.path().filter(|p| !p.is_empty() && *p != ".")
-            && !message.starts_with(path)
-        {
-            message = format!("{message} (at `{path}`)");
+        // The inner error, without the path prefix the wrapper adds: we place the path ourselves.
+        let mut message = lowercase_first(&(*e).to_string());
+        if let Some(path) = e.path().filter(|p| !p.is_empty() && *p != ".") {
+            message = format!("{message} at `{path}`");
         }
         PolicyErrors(vec![PolicyError { line, column, message }])
     })
-}
-
-/// The loader renders positions as `… at line L column C` or `L:C`; find them if present.
-fn split_position(message: &str) -> (usize, usize, &str) {
-    if let Some(at) = message.find(" at line ") {
-        let rest = &message[at + 9..];
-        let mut numbers = rest.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
-        let line = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let column = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        return (line, column, &message[..at]);
-    }
-    (0, 0, message)
 }
 
 fn lowercase_first(text: &str) -> String {

@@ -111,7 +111,7 @@ pub enum Tier {
     Observe,
     /// Read actions only; recommendations are not executable.
     Recommend,
-    /// Writes only in `mode: draft`.
+    /// Every write is forced into `mode: draft` (an obligation).
     Draft,
     /// Anything not marked production.
     Sandbox,
@@ -827,7 +827,7 @@ impl Checker {
             Ok(e) => Some(e),
             Err(e) => {
                 let at = e.position.map(|(l, c)| format!(" (line {l}, column {c} of the condition)")).unwrap_or_default();
-                self.err(s.span(), format!("{what} {}{at}", e.message));
+                self.err(s.span(), format!("invalid {what}: {}{at}", e.message));
                 None
             }
         }
@@ -919,7 +919,7 @@ impl Checker {
         let reason = raw.reason.as_ref().and_then(|s| match Template::compile(s.as_str()) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.err(s.span(), format!("reason template {}", e.message));
+                self.err(s.span(), format!("invalid reason template: {}", e.message));
                 None
             }
         });
@@ -1035,7 +1035,6 @@ impl Checker {
             })
         };
         let everything = vec![Glob::new("*")];
-        let draft_only = format!("{READ_ONLY} && (!has(action.mode) || action.mode != 'draft')");
         let rules = match tier {
             Tier::Observe => vec![base(
                 "tier-observe",
@@ -1054,10 +1053,14 @@ impl Checker {
             Tier::Draft => vec![base(
                 "tier-draft",
                 everything,
-                Some(&draft_only),
-                Effect::Deny,
-                "agent {{agent.id}} is at tier draft and may write only in mode draft",
-            )],
+                Some(READ_ONLY),
+                Effect::Modify,
+                "agent {{agent.id}} is at tier draft, so this write must run in mode draft",
+            )
+            .map(|mut rule| {
+                rule.set.mode = Some("draft".to_owned());
+                rule
+            })],
             Tier::Sandbox if !production.is_empty() => vec![base(
                 "tier-sandbox",
                 production.to_vec(),

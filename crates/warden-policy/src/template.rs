@@ -31,7 +31,7 @@ impl Template {
             };
             let hole = after[..close].trim();
             let expr = Expr::compile(hole).map_err(|e| ExprError {
-                message: format!("`{{{{{hole}}}}}` {}", e.message),
+                message: format!("in `{{{{{hole}}}}}`: {}", e.message),
                 position: None,
             })?;
             parts.push(Part::Hole {

@@ -77,8 +77,11 @@ impl ActionType {
         if name.len() > 200 {
             return Err("is longer than 200 characters".into());
         }
-        let ok_segment =
-            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok_segment = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         if !name.split('.').all(ok_segment) {
             return Err(format!(
                 "`{name}` is not a dotted name (letters, digits, `_` and `-`, separated by dots)"
@@ -198,14 +201,19 @@ impl Action {
     /// Parses and validates an action from JSON bytes. Invalid UTF-8, nesting deeper than
     /// [`MAX_DEPTH`], unknown fields and out-of-range values are refused.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ActionError> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| ActionError::Json(format!("body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            ActionError::Json(format!(
+                "body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))
+        })?;
         // serde_json stops at 128 levels on its own; checking the raw text first keeps a deep
         // document from being built at all.
         if raw_depth(text) > MAX_DEPTH {
             return Err(ActionError::TooDeep);
         }
-        let raw: RawAction = serde_json::from_str(text).map_err(|e| ActionError::Json(json_message(&e)))?;
+        let raw: RawAction =
+            serde_json::from_str(text).map_err(|e| ActionError::Json(json_message(&e)))?;
         Self::from_raw(raw)
     }
 
@@ -214,12 +222,16 @@ impl Action {
         if value_depth(&value) > MAX_DEPTH {
             return Err(ActionError::TooDeep);
         }
-        let raw: RawAction = serde_json::from_value(value).map_err(|e| ActionError::Json(json_message(&e)))?;
+        let raw: RawAction =
+            serde_json::from_value(value).map_err(|e| ActionError::Json(json_message(&e)))?;
         Self::from_raw(raw)
     }
 
     fn from_raw(raw: RawAction) -> Result<Self, ActionError> {
-        let kind = ActionType::new(&raw.kind).map_err(|message| ActionError::Invalid { field: "type", message })?;
+        let kind = ActionType::new(&raw.kind).map_err(|message| ActionError::Invalid {
+            field: "type",
+            message,
+        })?;
         let confidence = match raw.confidence {
             None => None,
             Some(c) => Some(Confidence::new(c).ok_or_else(|| ActionError::Invalid {
@@ -331,13 +343,22 @@ mod tests {
     #[test]
     fn bad_input_names_the_field() {
         let table: [(&[u8], &str); 7] = [
-            (br#"{"type":"t","confidence":1.5}"#, "invalid `confidence`: 1.5 is outside [0, 1]"),
-            (br#"{"type":"t","confidence":-0.1}"#, "invalid `confidence`: -0.1 is outside [0, 1]"),
+            (
+                br#"{"type":"t","confidence":1.5}"#,
+                "invalid `confidence`: 1.5 is outside [0, 1]",
+            ),
+            (
+                br#"{"type":"t","confidence":-0.1}"#,
+                "invalid `confidence`: -0.1 is outside [0, 1]",
+            ),
             (br#"{"type":"not a name"}"#, "invalid `type`"),
             (br#"{"type":"a..b"}"#, "invalid `type`"),
             (br#"{"confidence":0.5}"#, "missing field `type`"),
             (br#"{"type":"t","colour":1}"#, "unknown field `colour`"),
-            (br#"{"type":"t","usage":{"cost_usd":-1}}"#, "invalid `usage.cost_usd`"),
+            (
+                br#"{"type":"t","usage":{"cost_usd":-1}}"#,
+                "invalid `usage.cost_usd`",
+            ),
         ];
         for (body, expected) in table {
             let err = Action::from_json(body).unwrap_err().to_string();
@@ -347,13 +368,29 @@ mod tests {
 
     #[test]
     fn too_deep_and_not_utf8_are_refused() {
-        let deep = format!(r#"{{"type":"t","payload":{}1{}}}"#, "[".repeat(70), "]".repeat(70));
-        assert_eq!(Action::from_json(deep.as_bytes()), Err(ActionError::TooDeep));
-        let ok = format!(r#"{{"type":"t","payload":{}1{}}}"#, "[".repeat(60), "]".repeat(60));
+        let deep = format!(
+            r#"{{"type":"t","payload":{}1{}}}"#,
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        assert_eq!(
+            Action::from_json(deep.as_bytes()),
+            Err(ActionError::TooDeep)
+        );
+        let ok = format!(
+            r#"{{"type":"t","payload":{}1{}}}"#,
+            "[".repeat(60),
+            "]".repeat(60)
+        );
         assert!(Action::from_json(ok.as_bytes()).is_ok());
         // Brackets inside strings do not count.
         let text = format!(r#"{{"type":"t","payload":"{}"}}"#, "[".repeat(100));
         assert!(Action::from_json(text.as_bytes()).is_ok());
-        assert!(Action::from_json(b"{\"type\":\"t\xff\"}").unwrap_err().to_string().contains("UTF-8"));
+        assert!(
+            Action::from_json(b"{\"type\":\"t\xff\"}")
+                .unwrap_err()
+                .to_string()
+                .contains("UTF-8")
+        );
     }
 }

@@ -71,16 +71,24 @@ impl PolicyErrors {
 /// Parses YAML (or JSON, which YAML contains) into a node tree, rejecting duplicate keys.
 pub(crate) fn load(source: &str) -> Result<Node, PolicyErrors> {
     if source.trim().is_empty() {
-        return Err(PolicyErrors(vec![PolicyError::nowhere("the document is empty")]));
+        return Err(PolicyErrors(vec![PolicyError::nowhere(
+            "the document is empty",
+        )]));
     }
+    check_nesting(source)?;
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     marked_yaml::parse_yaml_with_options(0, source, options).map_err(|e| {
         use marked_yaml::LoadError as L;
         let (marker, message) = match &e {
             L::TopLevelMustBeMapping(m) => (Some(*m), "the document must be a mapping".to_owned()),
             L::TopLevelMustBeSequence(m) => (Some(*m), "the document must be a list".to_owned()),
-            L::UnexpectedAnchor(m) => (Some(*m), "YAML anchors and aliases are not supported".to_owned()),
-            L::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain scalars".to_owned()),
+            L::UnexpectedAnchor(m) => (
+                Some(*m),
+                "YAML anchors and aliases are not supported".to_owned(),
+            ),
+            L::MappingKeyMustBeScalar(m) => {
+                (Some(*m), "mapping keys must be plain scalars".to_owned())
+            }
             L::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported".to_owned()),
             L::ScanError(m, scan) => (Some(*m), format!("invalid YAML: {}", scan.info())),
             L::DuplicateKey(d) => (
@@ -93,15 +101,84 @@ pub(crate) fn load(source: &str) -> Result<Node, PolicyErrors> {
             ),
         };
         let (line, column) = marker.map_or((0, 0), |m| (m.line(), m.column()));
-        PolicyErrors(vec![PolicyError { line, column, message }])
+        PolicyErrors(vec![PolicyError {
+            line,
+            column,
+            message,
+        }])
     })
+}
+
+/// The deepest nesting a document may have. Policies need a handful of levels; the YAML
+/// loader recurses per level, so a hostile document could otherwise overflow the stack.
+pub(crate) const MAX_NESTING: usize = 64;
+
+/// Refuses documents nested deeper than [`MAX_NESTING`] before the loader sees them. The scan
+/// over-approximates depth: every deeper indentation, every compact `- ` marker and
+/// every open flow bracket outside quotes and comments is a level.
+fn check_nesting(source: &str) -> Result<(), PolicyErrors> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    for (n, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start_matches([' ', '\t']);
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if flow == 0 {
+            let indent = line.len() - trimmed.len();
+            while indents.last().is_some_and(|top| *top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            // Compact sequences (`- - x`) nest on one line: each marker opens a level at the
+            // column its content starts, which later, deeper lines stay inside.
+            let mut rest = trimmed;
+            while let Some(after) = rest.strip_prefix("- ") {
+                rest = after.trim_start_matches(' ');
+                indents.push(line.len() - rest.len());
+            }
+        }
+        let (mut quote, mut escaped) = (None::<char>, false);
+        for c in trimmed.chars() {
+            match quote {
+                Some(q) => {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' && q == '"' {
+                        escaped = true;
+                    } else if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    '"' | '\'' => quote = Some(c),
+                    '#' => break,
+                    '[' | '{' => flow += 1,
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+        }
+        if indents.len() + flow > MAX_NESTING {
+            return Err(PolicyErrors(vec![PolicyError {
+                line: n + 1,
+                column: 1,
+                message: format!("the document nests deeper than {MAX_NESTING} levels"),
+            }]));
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes a node into spanned raw types.
 pub(crate) fn from_node<'de, T: Deserialize<'de>>(node: &'de Node) -> Result<T, PolicyErrors> {
     marked_yaml::from_node(node).map_err(|e| {
         let (line, column) = e.start_mark().map_or_else(
-            || node.span().start().map_or((0, 0), |m| (m.line(), m.column())),
+            || {
+                node.span()
+                    .start()
+                    .map_or((0, 0), |m| (m.line(), m.column()))
+            },
             |m| (m.line(), m.column()),
         );
         // The inner error, without the path prefix the wrapper adds: we place the path ourselves.
@@ -109,7 +186,11 @@ pub(crate) fn from_node<'de, T: Deserialize<'de>>(node: &'de Node) -> Result<T, 
         if let Some(path) = e.path().filter(|p| !p.is_empty() && *p != ".") {
             message = format!("{message} at `{path}`");
         }
-        PolicyErrors(vec![PolicyError { line, column, message }])
+        PolicyErrors(vec![PolicyError {
+            line,
+            column,
+            message,
+        }])
     })
 }
 
@@ -137,7 +218,11 @@ pub(crate) fn node_to_json(node: &Node) -> Value {
                 _ => {
                     if let Ok(i) = text.parse::<i64>() {
                         Value::from(i)
-                    } else if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                    } else if let Some(n) = text
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                    {
                         Value::Number(n)
                     } else {
                         Value::String(text.to_owned())
@@ -182,7 +267,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a mapping")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some(entry) = map.next_entry()? {
                     out.push(entry);

@@ -14,7 +14,9 @@
 
 use crate::action::Action;
 use crate::action::Env;
-use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr as Ast, IdedExpr, LiteralValue};
+use cel::common::ast::{
+    CallExpr, ComprehensionExpr, EntryExpr, Expr as Ast, IdedExpr, LiteralValue,
+};
 use regex::Regex;
 use serde_json::{Number, Value};
 use std::borrow::Cow;
@@ -79,15 +81,22 @@ impl Expr {
     /// Parses and compiles CEL source.
     pub(crate) fn compile(source: &str) -> Result<Self, ExprError> {
         if source.len() > MAX_SOURCE {
-            return Err(ExprError::new(format!("is longer than {MAX_SOURCE} characters")));
+            return Err(ExprError::new(format!(
+                "is longer than {MAX_SOURCE} characters"
+            )));
         }
         if bracket_depth(source) > MAX_BRACKETS {
-            return Err(ExprError::new(format!("nests brackets deeper than {MAX_BRACKETS} levels")));
+            return Err(ExprError::new(format!(
+                "nests brackets deeper than {MAX_BRACKETS} levels"
+            )));
         }
         let ast = cel::parser::Parser::new().parse(source).map_err(|errors| {
             let first = errors.errors.first();
             ExprError {
-                message: first.map_or_else(|| "is not valid CEL".to_owned(), |e| format!("is not valid CEL: {}", e.msg)),
+                message: first.map_or_else(
+                    || "is not valid CEL".to_owned(),
+                    |e| format!("is not valid CEL: {}", e.msg),
+                ),
                 position: first.and_then(|e| {
                     let (line, col) = e.pos;
                     Some((usize::try_from(line).ok()?, usize::try_from(col).ok()? + 1))
@@ -95,7 +104,9 @@ impl Expr {
             }
         })?;
         if tree_depth(&ast, 0) > MAX_TREE_DEPTH {
-            return Err(ExprError::new(format!("nests deeper than {MAX_TREE_DEPTH} levels")));
+            return Err(ExprError::new(format!(
+                "nests deeper than {MAX_TREE_DEPTH} levels"
+            )));
         }
         let node = Compiler::default().compile(&ast)?;
         Ok(Self { node })
@@ -106,7 +117,10 @@ impl Expr {
         let mut cx = Cx::default();
         match self.node.eval(&mut cx, vars)? {
             Val::Bool(b) => Ok(b),
-            other => fail(format!("condition evaluated to {}, not a bool", other.type_name())),
+            other => fail(format!(
+                "condition evaluated to {}, not a bool",
+                other.type_name()
+            )),
         }
     }
 
@@ -141,8 +155,19 @@ fn tree_depth(e: &IdedExpr, depth: usize) -> usize {
     }
     let next = depth + 1;
     let children: Vec<&IdedExpr> = match &e.expr {
-        Ast::Call(call) => call.target.iter().map(|t| &**t).chain(call.args.iter()).collect(),
-        Ast::Comprehension(c) => vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result],
+        Ast::Call(call) => call
+            .target
+            .iter()
+            .map(|t| &**t)
+            .chain(call.args.iter())
+            .collect(),
+        Ast::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
         Ast::List(list) => list.elements.iter().collect(),
         Ast::Map(map) => map
             .entries
@@ -155,7 +180,11 @@ fn tree_depth(e: &IdedExpr, depth: usize) -> usize {
         Ast::Select(select) => vec![&*select.operand],
         _ => Vec::new(),
     };
-    children.into_iter().map(|c| tree_depth(c, next)).max().unwrap_or(depth)
+    children
+        .into_iter()
+        .map(|c| tree_depth(c, next))
+        .max()
+        .unwrap_or(depth)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,7 +243,9 @@ impl Root {
     /// The typed field below this one, if the path continues into a known struct.
     fn field(self, name: &str) -> Result<Option<Root>, ExprError> {
         let unknown = |what: &str, fields: &str| {
-            Err(ExprError::new(format!("`{what}` has no field `{name}`; it has {fields}")))
+            Err(ExprError::new(format!(
+                "`{what}` has no field `{name}`; it has {fields}"
+            )))
         };
         match self {
             Root::Action => match ACTION_FIELDS.iter().find(|(f, _)| *f == name) {
@@ -288,7 +319,10 @@ impl Root {
             Root::ActionTarget => target.map(|t| {
                 let mut entries = Vec::new();
                 if let Some(kind) = &t.kind {
-                    entries.push((Val::Str(Cow::Borrowed("type")), Val::Str(Cow::Borrowed(kind))));
+                    entries.push((
+                        Val::Str(Cow::Borrowed("type")),
+                        Val::Str(Cow::Borrowed(kind)),
+                    ));
                 }
                 if let Some(id) = &t.id {
                     entries.push((Val::Str(Cow::Borrowed("id")), Val::Str(Cow::Borrowed(id))));
@@ -305,7 +339,9 @@ impl Root {
             Root::ActionWorkflow => s(&a.workflow),
             Root::ActionRunId => s(&a.run_id),
             Root::ActionPayload => (!a.payload.is_null()).then(|| Val::from_json(&a.payload)),
-            Root::ActionContext | Root::Context => (!a.context.is_null()).then(|| Val::from_json(&a.context)),
+            Root::ActionContext | Root::Context => {
+                (!a.context.is_null()).then(|| Val::from_json(&a.context))
+            }
             Root::ActionUsage => usage.map(|u| {
                 let mut entries = Vec::new();
                 let mut put = |k: &'static str, v: Option<Val<'a>>| {
@@ -327,7 +363,10 @@ impl Root {
                     entries.push((Val::Str(Cow::Borrowed("id")), Val::Str(Cow::Borrowed(id))));
                 }
                 if let Some(tier) = v.tier {
-                    entries.push((Val::Str(Cow::Borrowed("tier")), Val::Str(Cow::Borrowed(tier))));
+                    entries.push((
+                        Val::Str(Cow::Borrowed("tier")),
+                        Val::Str(Cow::Borrowed(tier)),
+                    ));
                 }
                 Some(Val::Map(Rc::new(entries)))
             }
@@ -438,13 +477,22 @@ impl Compiler {
                 }
                 let operand = self.compile(&select.operand)?;
                 Ok(match operand {
-                    Node::Path(root, steps) if steps.is_empty() => match root.field(&select.field)? {
-                        Some(field) => Node::Path(field, Box::new([])),
-                        None if matches!(root, Root::ActionPayload | Root::ActionContext | Root::Context) => {
-                            Node::Path(root, Box::new([select.field.as_str().into()]))
+                    Node::Path(root, steps) if steps.is_empty() => {
+                        match root.field(&select.field)? {
+                            Some(field) => Node::Path(field, Box::new([])),
+                            None if matches!(
+                                root,
+                                Root::ActionPayload | Root::ActionContext | Root::Context
+                            ) =>
+                            {
+                                Node::Path(root, Box::new([select.field.as_str().into()]))
+                            }
+                            None => Node::Select(
+                                Box::new(Node::Path(root, steps)),
+                                select.field.as_str().into(),
+                            ),
                         }
-                        None => Node::Select(Box::new(Node::Path(root, steps)), select.field.as_str().into()),
-                    },
+                    }
                     Node::Path(root, steps) => {
                         let mut steps = steps.into_vec();
                         steps.push(select.field.as_str().into());
@@ -458,11 +506,21 @@ impl Compiler {
                 if !list.optional_indices.is_empty() {
                     return Err(ExprError::new("optional list elements are not supported"));
                 }
-                let items = list.elements.iter().map(|x| self.compile(x)).collect::<Result<Vec<_>, _>>()?;
+                let items = list
+                    .elements
+                    .iter()
+                    .map(|x| self.compile(x))
+                    .collect::<Result<Vec<_>, _>>()?;
                 if items.iter().all(|n| matches!(n, Node::Const(_))) {
                     let values = items
                         .into_iter()
-                        .filter_map(|n| if let Node::Const(v) = n { Some(v) } else { None })
+                        .filter_map(|n| {
+                            if let Node::Const(v) = n {
+                                Some(v)
+                            } else {
+                                None
+                            }
+                        })
                         .collect();
                     return Ok(Node::Const(Value::Array(values)));
                 }
@@ -481,7 +539,10 @@ impl Compiler {
                 Ok(Node::Map(entries))
             }
             Ast::Comprehension(c) => self.comprehension(c),
-            Ast::Struct(s) => Err(ExprError::new(format!("message construction `{}{{…}}` is not supported", s.type_name))),
+            Ast::Struct(s) => Err(ExprError::new(format!(
+                "message construction `{}{{…}}` is not supported",
+                s.type_name
+            ))),
             Ast::Unspecified => Err(ExprError::new("is not a complete expression")),
         }
     }
@@ -500,7 +561,11 @@ impl Compiler {
             "agent" => Root::Agent,
             "tenant" => Root::Tenant,
             "now" => Root::Now,
-            _ => return Err(ExprError::new(format!("unknown variable `{name}`; expected {ROOTS}"))),
+            _ => {
+                return Err(ExprError::new(format!(
+                    "unknown variable `{name}`; expected {ROOTS}"
+                )));
+            }
         };
         Ok(Node::Path(root, Box::new([])))
     }
@@ -553,7 +618,10 @@ impl Compiler {
             op::INDEX => self.pair(name, args).map(|(a, b)| Node::Index(a, b)),
             op::LOGICAL_NOT => Ok(Node::Not(Box::new(self.single(name, args)?))),
             op::NEGATE => Ok(Node::Neg(Box::new(self.single(name, args)?))),
-            op::NOT_STRICTLY_FALSE => Ok(Node::Unary(UnFn::NotStrictlyFalse, Box::new(self.single(name, args)?))),
+            op::NOT_STRICTLY_FALSE => Ok(Node::Unary(
+                UnFn::NotStrictlyFalse,
+                Box::new(self.single(name, args)?),
+            )),
             op::CONDITIONAL => match args.as_slice() {
                 [c, t, f] => Ok(Node::Cond(
                     Box::new(self.compile(c)?),
@@ -564,8 +632,14 @@ impl Compiler {
             },
             "size" => Ok(Node::Unary(UnFn::Size, Box::new(self.single(name, args)?))),
             "int" => Ok(Node::Unary(UnFn::Int, Box::new(self.single(name, args)?))),
-            "double" => Ok(Node::Unary(UnFn::Double, Box::new(self.single(name, args)?))),
-            "string" => Ok(Node::Unary(UnFn::String, Box::new(self.single(name, args)?))),
+            "double" => Ok(Node::Unary(
+                UnFn::Double,
+                Box::new(self.single(name, args)?),
+            )),
+            "string" => Ok(Node::Unary(
+                UnFn::String,
+                Box::new(self.single(name, args)?),
+            )),
             "matches" => match args.as_slice() {
                 [s, re] => {
                     let recv = self.compile(s)?;
@@ -602,15 +676,19 @@ impl Compiler {
             "endsWith" => str_fn(self, StrFn::EndsWith),
             "contains" => str_fn(self, StrFn::Contains),
             "matches" => match args {
-                [IdedExpr {
-                    expr: Ast::Literal(LiteralValue::String(pattern)),
-                    ..
-                }] => {
+                [
+                    IdedExpr {
+                        expr: Ast::Literal(LiteralValue::String(pattern)),
+                        ..
+                    },
+                ] => {
                     let pattern: &str = pattern.inner();
                     let re = regex::RegexBuilder::new(pattern)
                         .size_limit(1 << 20)
                         .build()
-                        .map_err(|e| ExprError::new(format!("invalid regular expression `{pattern}`: {e}")))?;
+                        .map_err(|e| {
+                            ExprError::new(format!("invalid regular expression `{pattern}`: {e}"))
+                        })?;
                     Ok(Node::Matches(recv, Box::new(re)))
                 }
                 _ => Err(ExprError::new("`matches` needs a string literal pattern")),
@@ -624,14 +702,22 @@ impl Compiler {
 
     fn comprehension(&mut self, c: &ComprehensionExpr) -> Result<Node, ExprError> {
         if c.iter_var2.is_some() {
-            return Err(ExprError::new("two-variable comprehensions are not supported"));
+            return Err(ExprError::new(
+                "two-variable comprehensions are not supported",
+            ));
         }
         let range = self.compile(&c.iter_range)?;
         let init = self.compile(&c.accu_init)?;
         let base = self.scope.len();
         self.scope.push(c.iter_var.clone());
         self.scope.push(c.accu_var.clone());
-        let body = (|| Ok((self.compile(&c.loop_cond)?, self.compile(&c.loop_step)?, self.compile(&c.result)?)))();
+        let body = (|| {
+            Ok((
+                self.compile(&c.loop_cond)?,
+                self.compile(&c.loop_step)?,
+                self.compile(&c.result)?,
+            ))
+        })();
         self.scope.truncate(base);
         let (cond, step, result) = body?;
         Ok(Node::Comprehension(Box::new(Comprehension {
@@ -746,7 +832,10 @@ impl<'a> Val<'a> {
                 Val::Str(k) => map.get(k.as_ref()).map(Val::from_json),
                 _ => None,
             }),
-            Val::Map(entries) => Ok(entries.iter().find(|(k, _)| equal(k, key)).map(|(_, v)| v.clone())),
+            Val::Map(entries) => Ok(entries
+                .iter()
+                .find(|(k, _)| equal(k, key))
+                .map(|(_, v)| v.clone())),
             other => fail(format!("cannot look up a key in {}", other.type_name())),
         }
     }
@@ -811,7 +900,9 @@ fn equal(a: &Val<'_>, b: &Val<'_>) -> bool {
         (Val::Str(x), Val::Str(y)) => x == y,
         (Val::Int(x), Val::Int(y)) => x == y,
         (Val::UInt(x), Val::UInt(y)) => x == y,
-        (Val::Int(x), Val::UInt(y)) | (Val::UInt(y), Val::Int(x)) => u64::try_from(*x).is_ok_and(|x| x == *y),
+        (Val::Int(x), Val::UInt(y)) | (Val::UInt(y), Val::Int(x)) => {
+            u64::try_from(*x).is_ok_and(|x| x == *y)
+        }
         _ if a.is_number() && b.is_number() => a.as_f64() == b.as_f64(),
         _ => match (a.list_len(), b.list_len()) {
             (Some(n), Some(m)) => {
@@ -848,12 +939,19 @@ fn compare(a: &Val<'_>, b: &Val<'_>) -> Result<Ordering, EvalError> {
         (Val::UInt(x), Val::UInt(y)) => Some(x.cmp(y)),
         (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(y)),
-        _ if a.is_number() && b.is_number() => a.as_f64().zip(b.as_f64()).and_then(|(x, y)| x.partial_cmp(&y)),
+        _ if a.is_number() && b.is_number() => a
+            .as_f64()
+            .zip(b.as_f64())
+            .and_then(|(x, y)| x.partial_cmp(&y)),
         _ => None,
     };
     match ordering {
         Some(o) => Ok(o),
-        None => fail(format!("cannot compare {} with {}", a.type_name(), b.type_name())),
+        None => fail(format!(
+            "cannot compare {} with {}",
+            a.type_name(),
+            b.type_name()
+        )),
     }
 }
 
@@ -882,7 +980,9 @@ impl Node {
             }
             Node::Has(operand, field) => {
                 let base = operand.eval(cx, v)?;
-                Ok(Val::Bool(base.map_get(&Val::Str(Cow::Borrowed(field)))?.is_some()))
+                Ok(Val::Bool(
+                    base.map_get(&Val::Str(Cow::Borrowed(field)))?.is_some(),
+                ))
             }
             Node::Index(operand, index) => {
                 let base = operand.eval(cx, v)?;
@@ -892,7 +992,12 @@ impl Node {
                         Val::Int(i) => usize::try_from(i).ok(),
                         Val::UInt(u) => usize::try_from(u).ok(),
                         Val::Double(d) if d.fract() == 0.0 && d >= 0.0 => Some(d as usize),
-                        other => return fail(format!("a list index must be an int, not {}", other.type_name())),
+                        other => {
+                            return fail(format!(
+                                "a list index must be an int, not {}",
+                                other.type_name()
+                            ));
+                        }
                     };
                     return match i.and_then(|i| base.list_get(i)) {
                         Some(val) => Ok(val),
@@ -909,7 +1014,10 @@ impl Node {
                 other => fail(format!("`!` needs a bool, not {}", other.type_name())),
             },
             Node::Neg(x) => match x.eval(cx, v)? {
-                Val::Int(i) => i.checked_neg().map(Val::Int).ok_or_else(|| EvalError("integer overflow".into())),
+                Val::Int(i) => i
+                    .checked_neg()
+                    .map(Val::Int)
+                    .ok_or_else(|| EvalError("integer overflow".into())),
                 Val::Double(d) => Ok(Val::Double(-d)),
                 other => fail(format!("cannot negate {}", other.type_name())),
             },
@@ -918,7 +1026,10 @@ impl Node {
             Node::Cond(c, t, f) => match c.eval(cx, v)? {
                 Val::Bool(true) => t.eval(cx, v),
                 Val::Bool(false) => f.eval(cx, v),
-                other => fail(format!("a conditional needs a bool, not {}", other.type_name())),
+                other => fail(format!(
+                    "a conditional needs a bool, not {}",
+                    other.type_name()
+                )),
             },
             Node::Binary(op, a, b) => {
                 let x = a.eval(cx, v)?;
@@ -928,7 +1039,11 @@ impl Node {
             Node::Str(f, a, b) => {
                 let (x, y) = (a.eval(cx, v)?, b.eval(cx, v)?);
                 let (Val::Str(x), Val::Str(y)) = (&x, &y) else {
-                    return fail(format!("string function applied to {} and {}", x.type_name(), y.type_name()));
+                    return fail(format!(
+                        "string function applied to {} and {}",
+                        x.type_name(),
+                        y.type_name()
+                    ));
                 };
                 Ok(Val::Bool(match f {
                     StrFn::StartsWith => x.starts_with(y.as_ref()),
@@ -938,7 +1053,10 @@ impl Node {
             }
             Node::Matches(a, re) => match a.eval(cx, v)? {
                 Val::Str(s) => Ok(Val::Bool(re.is_match(&s))),
-                other => fail(format!("`matches` needs a string, not {}", other.type_name())),
+                other => fail(format!(
+                    "`matches` needs a string, not {}",
+                    other.type_name()
+                )),
             },
             Node::Unary(f, a) => {
                 // @not_strictly_false turns errors into true, so it must see them.
@@ -948,7 +1066,10 @@ impl Node {
                 unary(*f, a.eval(cx, v)?)
             }
             Node::List(items) => {
-                let values = items.iter().map(|n| n.eval(cx, v)).collect::<Result<Vec<_>, _>>()?;
+                let values = items
+                    .iter()
+                    .map(|n| n.eval(cx, v))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(Val::List(Rc::new(values)))
             }
             Node::Map(entries) => {
@@ -981,8 +1102,18 @@ fn eval_path<'a>(root: Root, steps: &'a [Box<str>], v: &Vars<'a>) -> Result<Val<
                     Some(next) => next,
                     None => return fail(format!("no such key `{step}` under `{}`", root.name())),
                 },
-                Value::Null => return fail(format!("no such key `{step}`: `{}` is not set", root.name())),
-                other => return fail(format!("cannot select `{step}` from {}", Val::from_json(other).type_name())),
+                Value::Null => {
+                    return fail(format!(
+                        "no such key `{step}`: `{}` is not set",
+                        root.name()
+                    ));
+                }
+                other => {
+                    return fail(format!(
+                        "cannot select `{step}` from {}",
+                        Val::from_json(other).type_name()
+                    ));
+                }
             };
         }
         return Ok(Val::from_json(cur));
@@ -999,7 +1130,13 @@ fn eval_path<'a>(root: Root, steps: &'a [Box<str>], v: &Vars<'a>) -> Result<Val<
     Ok(val)
 }
 
-fn logic<'a>(cx: &mut Cx<'a>, v: &Vars<'a>, a: &'a Node, b: &'a Node, or: bool) -> Result<Val<'a>, EvalError> {
+fn logic<'a>(
+    cx: &mut Cx<'a>,
+    v: &Vars<'a>,
+    a: &'a Node,
+    b: &'a Node,
+    or: bool,
+) -> Result<Val<'a>, EvalError> {
     // CEL's commutative logic: the side that decides wins even if the other side errs.
     let decides = |r: &Result<Val<'a>, EvalError>| matches!(r, Ok(Val::Bool(x)) if *x == or);
     let left = a.eval(cx, v);
@@ -1036,7 +1173,10 @@ fn binary<'a>(op: BinOp, x: Val<'a>, y: Val<'a>) -> Result<Val<'a>, EvalError> {
             } else if y.map_len().is_some() {
                 Val::Bool(y.map_get(&x)?.is_some())
             } else {
-                return fail(format!("`in` needs a list or map on the right, not {}", y.type_name()));
+                return fail(format!(
+                    "`in` needs a list or map on the right, not {}",
+                    y.type_name()
+                ));
             }
         }
         BinOp::Add => match (&x, &y) {
@@ -1065,21 +1205,36 @@ fn binary<'a>(op: BinOp, x: Val<'a>, y: Val<'a>) -> Result<Val<'a>, EvalError> {
             _ => arith(&x, &y, "*", |a, b| a * b)?,
         },
         BinOp::Div => match (&x, &y) {
-            (Val::Int(_) | Val::UInt(_), Val::Int(0) | Val::UInt(0)) => return fail("division by zero"),
+            (Val::Int(_) | Val::UInt(_), Val::Int(0) | Val::UInt(0)) => {
+                return fail("division by zero");
+            }
             (Val::Int(a), Val::Int(b)) => Val::Int(a.checked_div(*b).ok_or_else(overflow)?),
             (Val::UInt(a), Val::UInt(b)) => Val::UInt(a / b),
             _ => arith(&x, &y, "/", |a, b| a / b)?,
         },
         BinOp::Rem => match (&x, &y) {
-            (Val::Int(_) | Val::UInt(_), Val::Int(0) | Val::UInt(0)) => return fail("modulus by zero"),
+            (Val::Int(_) | Val::UInt(_), Val::Int(0) | Val::UInt(0)) => {
+                return fail("modulus by zero");
+            }
             (Val::Int(a), Val::Int(b)) => Val::Int(a.checked_rem(*b).ok_or_else(overflow)?),
             (Val::UInt(a), Val::UInt(b)) => Val::UInt(a % b),
-            _ => return fail(format!("cannot apply `%` to {} and {}", x.type_name(), y.type_name())),
+            _ => {
+                return fail(format!(
+                    "cannot apply `%` to {} and {}",
+                    x.type_name(),
+                    y.type_name()
+                ));
+            }
         },
     })
 }
 
-fn arith<'a>(x: &Val<'_>, y: &Val<'_>, sym: &str, f: fn(f64, f64) -> f64) -> Result<Val<'a>, EvalError> {
+fn arith<'a>(
+    x: &Val<'_>,
+    y: &Val<'_>,
+    sym: &str,
+    f: fn(f64, f64) -> f64,
+) -> Result<Val<'a>, EvalError> {
     match (x.as_f64(), y.as_f64()) {
         (Some(a), Some(b)) => {
             let r = f(a, b);
@@ -1089,7 +1244,11 @@ fn arith<'a>(x: &Val<'_>, y: &Val<'_>, sym: &str, f: fn(f64, f64) -> f64) -> Res
                 fail(format!("`{sym}` produced a non-finite number"))
             }
         }
-        _ => fail(format!("cannot apply `{sym}` to {} and {}", x.type_name(), y.type_name())),
+        _ => fail(format!(
+            "cannot apply `{sym}` to {} and {}",
+            x.type_name(),
+            y.type_name()
+        )),
     }
 }
 
@@ -1104,14 +1263,24 @@ fn unary(f: UnFn, x: Val<'_>) -> Result<Val<'_>, EvalError> {
         },
         UnFn::Int => match &x {
             Val::Int(i) => Val::Int(*i),
-            Val::UInt(u) => Val::Int(i64::try_from(*u).map_err(|_| EvalError("integer overflow".into()))?),
+            Val::UInt(u) => {
+                Val::Int(i64::try_from(*u).map_err(|_| EvalError("integer overflow".into()))?)
+            }
             Val::Double(d) if d.is_finite() && d.abs() < 9.2e18 => Val::Int(d.trunc() as i64),
-            Val::Str(s) => Val::Int(s.trim().parse().map_err(|_| EvalError(format!("`{s}` is not an int")))?),
+            Val::Str(s) => Val::Int(
+                s.trim()
+                    .parse()
+                    .map_err(|_| EvalError(format!("`{s}` is not an int")))?,
+            ),
             _ => return fail(format!("cannot convert {} to int", x.type_name())),
         },
         UnFn::Double => match (&x, x.as_f64()) {
             (_, Some(d)) => Val::Double(d),
-            (Val::Str(s), _) => Val::Double(s.trim().parse().map_err(|_| EvalError(format!("`{s}` is not a number")))?),
+            (Val::Str(s), _) => Val::Double(
+                s.trim()
+                    .parse()
+                    .map_err(|_| EvalError(format!("`{s}` is not a number")))?,
+            ),
             _ => return fail(format!("cannot convert {} to double", x.type_name())),
         },
         UnFn::String => {
@@ -1122,7 +1291,12 @@ fn unary(f: UnFn, x: Val<'_>) -> Result<Val<'_>, EvalError> {
         UnFn::Lower | UnFn::Upper => match &x {
             Val::Str(s) if f == UnFn::Lower => Val::Str(Cow::Owned(s.to_ascii_lowercase())),
             Val::Str(s) => Val::Str(Cow::Owned(s.to_ascii_uppercase())),
-            _ => return fail(format!("case conversion needs a string, not {}", x.type_name())),
+            _ => {
+                return fail(format!(
+                    "case conversion needs a string, not {}",
+                    x.type_name()
+                ));
+            }
         },
         UnFn::NotStrictlyFalse => Val::Bool(!matches!(x, Val::Bool(false))),
     })
@@ -1146,7 +1320,9 @@ impl Comprehension {
         for item in items {
             cx.budget_used += 1;
             if cx.budget_used > ITERATION_BUDGET {
-                return fail(format!("condition exceeded its cost limit of {ITERATION_BUDGET} iterations"));
+                return fail(format!(
+                    "condition exceeded its cost limit of {ITERATION_BUDGET} iterations"
+                ));
             }
             cx.locals[self.iter_slot] = item;
             match self.cond.eval(cx, v)? {
@@ -1207,10 +1383,16 @@ mod tests {
             ("action.confidence >= 0.82", true),
             ("action.type == 'ticket.resolve'", true),
             ("action.type.startsWith('ticket.')", true),
-            ("action.target.id == 'T-1042' && action.target.type == 'ticket'", true),
+            (
+                "action.target.id == 'T-1042' && action.target.type == 'ticket'",
+                true,
+            ),
             ("'legal_sensitive' in context.ticket.flags", true),
             ("'other' in context.ticket.flags", false),
-            ("context.user.role == 'restricted' && action.payload.external == true", false),
+            (
+                "context.user.role == 'restricted' && action.payload.external == true",
+                false,
+            ),
             ("action.payload.amount > 100", true),
             ("action.payload.amount > 100.5", true),
             ("action.payload.amount == 120.0", true),
@@ -1227,7 +1409,10 @@ mod tests {
             ("has(action.run_id)", false),
             ("has(action.target.id)", true),
             ("has(agent.tier)", true),
-            ("size(action.payload.items) == 3 && action.payload.items.size() == 3", true),
+            (
+                "size(action.payload.items) == 3 && action.payload.items.size() == 3",
+                true,
+            ),
             ("action.payload.items.all(i, i > 0)", true),
             ("action.payload.items.exists(i, i == 2)", true),
             ("action.payload.items.exists_one(i, i > 2)", true),
@@ -1243,8 +1428,14 @@ mod tests {
             ("{'a': 1}.a == 1", true),
             ("[action.type, 'x'][0] == 'ticket.resolve'", true),
             ("1 == 'a'", false),
-            ("action.payload.resolution.lowerAscii() == 'refund issued'", true),
-            ("int('42') == 42 && double(1) == 1.0 && string(7) == '7'", true),
+            (
+                "action.payload.resolution.lowerAscii() == 'refund issued'",
+                true,
+            ),
+            (
+                "int('42') == 42 && double(1) == 1.0 && string(7) == '7'",
+                true,
+            ),
             // An error on one side is absorbed when the other side decides.
             ("context.missing.x == 1 || true", true),
             ("false && context.missing.x == 1", false),
@@ -1269,7 +1460,10 @@ mod tests {
         ];
         for (source, expected) in table {
             let err = check(source).unwrap_err();
-            assert!(err.contains(expected), "{source}: {err} should contain {expected}");
+            assert!(
+                err.contains(expected),
+                "{source}: {err} should contain {expected}"
+            );
         }
     }
 
@@ -1287,7 +1481,10 @@ mod tests {
         ];
         for (source, expected) in table {
             let err = check(source).unwrap_err();
-            assert!(err.contains(expected), "{source}: {err} should contain {expected}");
+            assert!(
+                err.contains(expected),
+                "{source}: {err} should contain {expected}"
+            );
         }
     }
 

@@ -125,7 +125,11 @@ mod tests {
             ("support-*", "sales-bot", false),
         ];
         for (pattern, name, expected) in table {
-            assert_eq!(Glob::new(pattern).matches(name), expected, "{pattern} vs {name}");
+            assert_eq!(
+                Glob::new(pattern).matches(name),
+                expected,
+                "{pattern} vs {name}"
+            );
         }
     }
 

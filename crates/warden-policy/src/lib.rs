@@ -34,6 +34,8 @@ mod template;
 pub mod testing;
 
 pub use action::{Action, ActionError, ActionType, Confidence, Env};
-pub use decision::{ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict};
+pub use decision::{
+    ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict,
+};
 pub use document::{PolicyError, PolicyErrors};
 pub use policy::{ApprovalRequirement, Effect, Policy, Rule, RuleId, Tier, Version};

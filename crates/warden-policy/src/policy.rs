@@ -31,7 +31,10 @@ impl RuleId {
         if id.is_empty() || id.len() > 64 {
             return Err(format!("rule id `{id}` must be 1 to 64 characters"));
         }
-        if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(format!("rule id `{id}` may only contain a-z, 0-9 and `-`"));
         }
         Ok(Self(id.to_owned()))
@@ -121,7 +124,13 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, in order.
-    pub const ALL: [Tier; 5] = [Tier::Observe, Tier::Recommend, Tier::Draft, Tier::Sandbox, Tier::ProdGated];
+    pub const ALL: [Tier; 5] = [
+        Tier::Observe,
+        Tier::Recommend,
+        Tier::Draft,
+        Tier::Sandbox,
+        Tier::ProdGated,
+    ];
 
     /// The name used in policies.
     pub fn as_str(self) -> &'static str {
@@ -154,13 +163,20 @@ impl Version {
             Some((core, pre)) => (core, Some(pre)),
             None => (text, None),
         };
-        if pre.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')) {
+        if pre.is_some_and(|p| {
+            p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }) {
             return None;
         }
         let mut numbers = core.split('.').map(|n| {
-            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0')))
-                .then(|| n.parse::<u64>().ok())
-                .flatten()
+            (!n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0')))
+            .then(|| n.parse::<u64>().ok())
+            .flatten()
         });
         let parts = (numbers.next()??, numbers.next()??, numbers.next()??);
         if numbers.next().is_some() {
@@ -301,7 +317,9 @@ impl Rule {
     }
 
     fn applies(&self, agent: Option<&str>, tier: Option<Tier>, action: &Action) -> bool {
-        if !self.agents.is_empty() && !agent.is_some_and(|a| self.agents.iter().any(|g| g.matches(a))) {
+        if !self.agents.is_empty()
+            && !agent.is_some_and(|a| self.agents.iter().any(|g| g.matches(a)))
+        {
             return false;
         }
         if !self.tiers.is_empty() && !tier.is_some_and(|t| self.tiers.contains(&t)) {
@@ -571,7 +589,10 @@ impl Policy {
         }
         let approval = (verdict == Verdict::RequireApproval).then(|| {
             let mut merged: Option<ApprovalRequirement> = None;
-            for rule in matched.iter().filter(|r| r.effect == Effect::RequireApproval) {
+            for rule in matched
+                .iter()
+                .filter(|r| r.effect == Effect::RequireApproval)
+            {
                 let this = rule.approval.clone().unwrap_or_default();
                 merged = Some(match merged {
                     None => this,
@@ -642,7 +663,10 @@ impl AgentMap {
         if let Some(t) = self.exact.get(agent) {
             return Some(*t);
         }
-        self.patterns.iter().find(|(g, _)| g.matches(agent)).map(|(_, t)| *t)
+        self.patterns
+            .iter()
+            .find(|(g, _)| g.matches(agent))
+            .map(|(_, t)| *t)
     }
 }
 
@@ -683,7 +707,12 @@ impl Index {
     fn patterned(&self, name: &str) -> Vec<u32> {
         let mut ids = Vec::new();
         self.trie.collect(name, &mut ids);
-        ids.extend(self.general.iter().filter(|(g, _)| g.matches(name)).map(|(_, i)| *i));
+        ids.extend(
+            self.general
+                .iter()
+                .filter(|(g, _)| g.matches(name))
+                .map(|(_, i)| *i),
+        );
         ids
     }
 
@@ -774,7 +803,13 @@ impl Checker {
                 None
             }
             Err(_) => {
-                self.err(s.span(), format!("{what} `{}` is not a duration like `30m`, `4h` or `7d`", s.as_str()));
+                self.err(
+                    s.span(),
+                    format!(
+                        "{what} `{}` is not a duration like `30m`, `4h` or `7d`",
+                        s.as_str()
+                    ),
+                );
                 None
             }
         }
@@ -803,7 +838,10 @@ impl Checker {
 
     fn action_patterns(&mut self, list: &Spanned<Vec<Spanned<String>>>) -> Vec<Glob> {
         if list.is_empty() {
-            self.err(list.span(), "`actions` must list at least one action or pattern");
+            self.err(
+                list.span(),
+                "`actions` must list at least one action or pattern",
+            );
         }
         list.iter().filter_map(|s| self.action_pattern(s)).collect()
     }
@@ -826,7 +864,10 @@ impl Checker {
         match Expr::compile(s.as_str()) {
             Ok(e) => Some(e),
             Err(e) => {
-                let at = e.position.map(|(l, c)| format!(" (line {l}, column {c} of the condition)")).unwrap_or_default();
+                let at = e
+                    .position
+                    .map(|(l, c)| format!(" (line {l}, column {c} of the condition)"))
+                    .unwrap_or_default();
                 self.err(s.span(), format!("invalid {what}: {}{at}", e.message));
                 None
             }
@@ -839,7 +880,13 @@ impl Checker {
             let count = |c: &mut Self| match value.as_str().parse::<u64>() {
                 Ok(n) if n > 0 => Some(n),
                 _ => {
-                    c.err(value.span(), format!("limit `{}` must be a whole number above zero", name.as_str()));
+                    c.err(
+                        value.span(),
+                        format!(
+                            "limit `{}` must be a whole number above zero",
+                            name.as_str()
+                        ),
+                    );
                     None
                 }
             };
@@ -848,12 +895,17 @@ impl Checker {
                 "tokens" => limits.tokens = count(self),
                 "cost_usd" => match value.as_str().parse::<f64>() {
                     Ok(x) if x.is_finite() && x > 0.0 => limits.cost_usd = Some(x),
-                    _ => self.err(value.span(), "limit `cost_usd` must be an amount above zero"),
+                    _ => self.err(
+                        value.span(),
+                        "limit `cost_usd` must be an amount above zero",
+                    ),
                 },
                 "duration" => limits.duration = self.duration(value, "limit `duration`"),
                 other => self.err(
                     name.span(),
-                    format!("unknown limit `{other}`; expected tool_calls, tokens, cost_usd or duration"),
+                    format!(
+                        "unknown limit `{other}`; expected tool_calls, tokens, cost_usd or duration"
+                    ),
                 ),
             }
         }
@@ -866,7 +918,10 @@ impl Checker {
             "agent" => Per::Agent,
             "tenant" => Per::Tenant,
             other => {
-                self.err(s.span(), format!("unknown `per` value `{other}`; expected run, agent or tenant"));
+                self.err(
+                    s.span(),
+                    format!("unknown `per` value `{other}`; expected run, agent or tenant"),
+                );
                 return None;
             }
         })
@@ -874,7 +929,9 @@ impl Checker {
 
     fn rule(&mut self, raw: &RawRule, preset: Option<Tier>) -> Option<Rule> {
         let before = self.errors.len();
-        let id = RuleId::new(raw.id.as_str()).map_err(|m| self.err(raw.id.span(), m)).ok();
+        let id = RuleId::new(raw.id.as_str())
+            .map_err(|m| self.err(raw.id.span(), m))
+            .ok();
         let effect = Effect::parse(raw.effect.as_str());
         if effect.is_none() {
             self.err(
@@ -888,7 +945,13 @@ impl Checker {
         let actions = match &raw.actions {
             Some(list) => self.action_patterns(list),
             None => {
-                self.err(raw.id.span(), format!("rule `{}` needs `actions` (use [\"*\"] for every action)", raw.id.as_str()));
+                self.err(
+                    raw.id.span(),
+                    format!(
+                        "rule `{}` needs `actions` (use [\"*\"] for every action)",
+                        raw.id.as_str()
+                    ),
+                );
                 Vec::new()
             }
         };
@@ -905,27 +968,41 @@ impl Checker {
                 }
             })
             .collect();
-        let mut tiers: Vec<Tier> = raw.tiers.iter().flatten().filter_map(|s| self.tier(s)).collect();
+        let mut tiers: Vec<Tier> = raw
+            .tiers
+            .iter()
+            .flatten()
+            .filter_map(|s| self.tier(s))
+            .collect();
         if let Some(t) = preset {
             if let Some(list) = raw.tiers.as_ref().and_then(|l| l.first()) {
-                self.err(list.span(), "rules under `tiers:` apply to their tier already; remove `tiers`");
+                self.err(
+                    list.span(),
+                    "rules under `tiers:` apply to their tier already; remove `tiers`",
+                );
             }
             tiers = vec![t];
         }
-        let when = raw
-            .when
-            .as_ref()
-            .and_then(|s| self.expr(s, "condition").map(|e| (s.as_str().to_owned(), e)));
-        let reason = raw.reason.as_ref().and_then(|s| match Template::compile(s.as_str()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.err(s.span(), format!("invalid reason template: {}", e.message));
-                None
-            }
+        let when = raw.when.as_ref().and_then(|s| {
+            self.expr(s, "condition")
+                .map(|e| (s.as_str().to_owned(), e))
         });
+        let reason = raw
+            .reason
+            .as_ref()
+            .and_then(|s| match Template::compile(s.as_str()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.err(s.span(), format!("invalid reason template: {}", e.message));
+                    None
+                }
+            });
         let confidence_adjustment = match &raw.confidence_adjustment {
             Some(a) if !(a.is_finite() && (-1.0..=1.0).contains(&**a)) => {
-                self.err(a.span(), format!("confidence_adjustment {} is outside [-1, 1]", **a));
+                self.err(
+                    a.span(),
+                    format!("confidence_adjustment {} is outside [-1, 1]", **a),
+                );
                 0.0
             }
             Some(a) => **a,
@@ -933,7 +1010,13 @@ impl Checker {
         };
         let approval = match (&raw.approval, effect) {
             (Some(a), Some(e)) if e != Effect::RequireApproval => {
-                self.err(a.span(), format!("`approval` is only allowed on require_approval rules, not {}", e.as_str()));
+                self.err(
+                    a.span(),
+                    format!(
+                        "`approval` is only allowed on require_approval rules, not {}",
+                        e.as_str()
+                    ),
+                );
                 None
             }
             (Some(a), _) => {
@@ -957,16 +1040,27 @@ impl Checker {
         };
         let set = match (&raw.set, effect) {
             (Some(s), Some(e)) if e != Effect::Modify => {
-                self.err(s.span(), format!("`set` is only allowed on modify rules, not {}", e.as_str()));
+                self.err(
+                    s.span(),
+                    format!("`set` is only allowed on modify rules, not {}", e.as_str()),
+                );
                 Obligations::default()
             }
             (Some(s), _) => {
                 let limits = self.limits(&s.limits);
                 let mut map = BTreeMap::new();
-                limits.tool_calls.map(|n| map.insert("tool_calls".to_owned(), n as f64));
-                limits.tokens.map(|n| map.insert("tokens".to_owned(), n as f64));
-                limits.cost_usd.map(|n| map.insert("cost_usd".to_owned(), n));
-                limits.duration.map(|d| map.insert("duration".to_owned(), d.as_secs_f64()));
+                limits
+                    .tool_calls
+                    .map(|n| map.insert("tool_calls".to_owned(), n as f64));
+                limits
+                    .tokens
+                    .map(|n| map.insert("tokens".to_owned(), n as f64));
+                limits
+                    .cost_usd
+                    .map(|n| map.insert("cost_usd".to_owned(), n));
+                limits
+                    .duration
+                    .map(|d| map.insert("duration".to_owned(), d.as_secs_f64()));
                 if s.mode.is_none() && map.is_empty() {
                     self.err(s.span(), "`set` must set `mode` or `limits`");
                 }
@@ -976,7 +1070,10 @@ impl Checker {
                 }
             }
             (None, Some(Effect::Modify)) => {
-                self.err(raw.effect.span(), "a modify rule needs `set` (mode or limits)");
+                self.err(
+                    raw.effect.span(),
+                    "a modify rule needs `set` (mode or limits)",
+                );
                 Obligations::default()
             }
             (None, _) => Obligations::default(),
@@ -1012,7 +1109,12 @@ impl Checker {
 
     /// The built-in rules for a tier. Tiers cap what an agent may do; they never grant.
     fn preset(&mut self, tier: Tier, production: &[Glob]) -> Vec<Rule> {
-        let base = |id: &str, actions: Vec<Glob>, when: Option<&str>, effect: Effect, reason: &str| -> Option<Rule> {
+        let base = |id: &str,
+                    actions: Vec<Glob>,
+                    when: Option<&str>,
+                    effect: Effect,
+                    reason: &str|
+         -> Option<Rule> {
             Some(Rule {
                 id: RuleId::new(id).ok()?,
                 description: Some(format!("built-in preset for tier `{}`", tier.as_str())),
@@ -1050,17 +1152,19 @@ impl Checker {
                 Effect::Deny,
                 "agent {{agent.id}} is at tier recommend: it may read and recommend, not execute",
             )],
-            Tier::Draft => vec![base(
-                "tier-draft",
-                everything,
-                Some(READ_ONLY),
-                Effect::Modify,
-                "agent {{agent.id}} is at tier draft, so this write must run in mode draft",
-            )
-            .map(|mut rule| {
-                rule.set.mode = Some("draft".to_owned());
-                rule
-            })],
+            Tier::Draft => vec![
+                base(
+                    "tier-draft",
+                    everything,
+                    Some(READ_ONLY),
+                    Effect::Modify,
+                    "agent {{agent.id}} is at tier draft, so this write must run in mode draft",
+                )
+                .map(|mut rule| {
+                    rule.set.mode = Some("draft".to_owned());
+                    rule
+                }),
+            ],
             Tier::Sandbox if !production.is_empty() => vec![base(
                 "tier-sandbox",
                 production.to_vec(),
@@ -1079,7 +1183,10 @@ impl Checker {
         };
         let built: Vec<Rule> = rules.into_iter().flatten().collect();
         if built.is_empty() && matches!(tier, Tier::Observe | Tier::Recommend | Tier::Draft) {
-            self.errors.push(PolicyError::nowhere(format!("internal: preset for tier {} did not compile", tier.as_str())));
+            self.errors.push(PolicyError::nowhere(format!(
+                "internal: preset for tier {} did not compile",
+                tier.as_str()
+            )));
         }
         built
     }
@@ -1092,7 +1199,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
     if version.is_none() {
         c.err(
             raw.version.span(),
-            format!("version `{}` is not a semantic version like 1.0.0", raw.version.as_str()),
+            format!(
+                "version `{}` is not a semantic version like 1.0.0",
+                raw.version.as_str()
+            ),
         );
     }
     let default = match raw.default.as_ref().map(|d| d.as_str()) {
@@ -1100,7 +1210,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         Some("allow") => Verdict::Allow,
         Some(other) => {
             if let Some(d) = &raw.default {
-                c.err(d.span(), format!("unknown default `{other}`; expected allow or deny"));
+                c.err(
+                    d.span(),
+                    format!("unknown default `{other}`; expected allow or deny"),
+                );
             }
             Verdict::Deny
         }
@@ -1110,7 +1223,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
     {
         c.err(
             on_error.span(),
-            format!("on_error `{}` is not allowed: an evaluation error always denies", on_error.as_str()),
+            format!(
+                "on_error `{}` is not allowed: an evaluation error always denies",
+                on_error.as_str()
+            ),
         );
     }
 
@@ -1120,7 +1236,9 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
             c.err(pattern.span(), "agent pattern must not be empty");
             continue;
         }
-        let Some(tier) = c.tier(&entry.tier) else { continue };
+        let Some(tier) = c.tier(&entry.tier) else {
+            continue;
+        };
         let glob = Glob::new(pattern.as_str());
         if glob.is_exact() {
             agents.exact.insert(pattern.as_str().to_owned(), tier);
@@ -1129,9 +1247,15 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         }
     }
     // Most specific first; ties in name order, which the map already gives.
-    agents.patterns.sort_by_key(|(g, _)| std::cmp::Reverse(g.specificity()));
+    agents
+        .patterns
+        .sort_by_key(|(g, _)| std::cmp::Reverse(g.specificity()));
 
-    let production: Vec<Glob> = raw.production.iter().filter_map(|s| c.action_pattern(s)).collect();
+    let production: Vec<Glob> = raw
+        .production
+        .iter()
+        .filter_map(|s| c.action_pattern(s))
+        .collect();
 
     let mut rules: Vec<Rule> = raw.rules.iter().filter_map(|r| c.rule(r, None)).collect();
     let mut ids: HashMap<String, ()> = HashMap::new();
@@ -1146,7 +1270,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
     for raw_rule in &all_raw {
         let id = raw_rule.id.as_str();
         if id.starts_with("tier-") {
-            c.err(raw_rule.id.span(), format!("rule id `{id}`: ids starting with `tier-` are reserved for tier presets"));
+            c.err(
+                raw_rule.id.span(),
+                format!("rule id `{id}`: ids starting with `tier-` are reserved for tier presets"),
+            );
         }
         if ids.insert(id.to_owned(), ()).is_some() {
             c.err(raw_rule.id.span(), format!("duplicate rule id `{id}`"));
@@ -1163,7 +1290,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
     let mut budget_ids = HashMap::new();
     for b in &raw.budgets {
         if budget_ids.insert(b.id.as_str().to_owned(), ()).is_some() {
-            c.err(b.id.span(), format!("duplicate budget id `{}`", b.id.as_str()));
+            c.err(
+                b.id.span(),
+                format!("duplicate budget id `{}`", b.id.as_str()),
+            );
         }
         let per = c.per(&b.per);
         if b.limits.is_empty() {
@@ -1183,7 +1313,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
     let mut limit_ids = HashMap::new();
     for r in &raw.rate_limits {
         if limit_ids.insert(r.id.as_str().to_owned(), ()).is_some() {
-            c.err(r.id.span(), format!("duplicate rate limit id `{}`", r.id.as_str()));
+            c.err(
+                r.id.span(),
+                format!("duplicate rate limit id `{}`", r.id.as_str()),
+            );
         }
         let actions = c.action_patterns(&r.actions);
         let per = c.per(&r.per);
@@ -1213,7 +1346,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
                 } else {
                     c.err(
                         path.span(),
-                        format!("audit path `{}` must be a dotted path under `action.` or `context.`", path.as_str()),
+                        format!(
+                            "audit path `{}` must be a dotted path under `action.` or `context.`",
+                            path.as_str()
+                        ),
                     );
                 }
             }
@@ -1225,7 +1361,10 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         Some("off" | "false") => false,
         Some(other) => {
             if let Some(p) = &raw.proposals {
-                c.err(p.span(), format!("proposals must be `on` or `off`, not `{other}`"));
+                c.err(
+                    p.span(),
+                    format!("proposals must be `on` or `off`, not `{other}`"),
+                );
             }
             true
         }
@@ -1261,4 +1400,634 @@ fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         proposals,
         guidance,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What a decision looked like, in the terms a policy author thinks in.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        verdict: &'static str,
+        deciding: Vec<String>,
+        reasons: Vec<String>,
+    }
+
+    fn seen(d: &Decision) -> Seen {
+        Seen {
+            verdict: d.verdict.as_str(),
+            deciding: d.deciding_rules().map(|r| r.as_str().to_owned()).collect(),
+            reasons: d
+                .reasons
+                .iter()
+                .map(|r| r.rule.as_ref().map_or("-", |r| r.as_str()).to_owned())
+                .collect(),
+        }
+    }
+
+    fn decide(policy: &str, action: serde_json::Value) -> Decision {
+        let policy =
+            Policy::parse(policy).unwrap_or_else(|e| panic!("policy does not parse:\n{e}"));
+        let action = Action::from_value(action).unwrap();
+        policy.evaluate(
+            &action,
+            &Env {
+                tenant: "acme".into(),
+                now: 1_700_000_000,
+            },
+        )
+    }
+
+    /// Runs a table of (action, verdict, deciding rules, every reason's rule in order).
+    fn check(policy: &str, table: &[(serde_json::Value, &'static str, &[&str], &[&str])]) {
+        for (action, verdict, deciding, reasons) in table {
+            let d = decide(policy, action.clone());
+            let expected = Seen {
+                verdict,
+                deciding: deciding.iter().map(|s| s.to_string()).collect(),
+                reasons: reasons.iter().map(|s| s.to_string()).collect(),
+            };
+            assert_eq!(seen(&d), expected, "action {action}");
+        }
+    }
+
+    const COMBINING: &str = r#"
+version: 1.0.0
+default: deny
+rules:
+  - {id: allow-all, actions: ["*"], effect: allow}
+  - {id: hold-big, actions: [pay.send], when: action.payload.amount > 100, effect: require_approval, approval: {approvers: [finance]}}
+  - {id: block-huge, actions: [pay.send], when: action.payload.amount > 1000, effect: deny}
+  - {id: draft-it, actions: ["pay.*"], effect: modify, set: {mode: draft, limits: {tokens: 50}}}
+  - {id: cap-it, actions: ["pay.*"], effect: modify, set: {mode: sandbox, limits: {tokens: 10, tool_calls: 3}}}
+"#;
+
+    #[test]
+    fn deny_beats_approval_beats_allow_and_reasons_come_strongest_first() {
+        check(
+            COMBINING,
+            &[
+                (
+                    json!({"type": "pay.send", "payload": {"amount": 5}}),
+                    "allow",
+                    &["allow-all"],
+                    &["allow-all", "draft-it", "cap-it"],
+                ),
+                (
+                    json!({"type": "pay.send", "payload": {"amount": 500}}),
+                    "require_approval",
+                    &["hold-big"],
+                    &["hold-big", "allow-all", "draft-it", "cap-it"],
+                ),
+                (
+                    json!({"type": "pay.send", "payload": {"amount": 5000}}),
+                    "deny",
+                    &["block-huge"],
+                    &["block-huge", "hold-big", "allow-all", "draft-it", "cap-it"],
+                ),
+                (
+                    json!({"type": "other.thing"}),
+                    "allow",
+                    &["allow-all"],
+                    &["allow-all"],
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn modify_adds_obligations_to_allow_and_approval_but_never_to_deny() {
+        let allow = decide(
+            COMBINING,
+            json!({"type": "pay.send", "payload": {"amount": 5}}),
+        );
+        assert_eq!(
+            allow.obligations.mode.as_deref(),
+            Some("draft"),
+            "the first rule to set mode wins"
+        );
+        assert_eq!(
+            allow.obligations.limits.get("tokens"),
+            Some(&10.0),
+            "the lowest limit wins"
+        );
+        assert_eq!(allow.obligations.limits.get("tool_calls"), Some(&3.0));
+        let held = decide(
+            COMBINING,
+            json!({"type": "pay.send", "payload": {"amount": 500}}),
+        );
+        assert_eq!(held.obligations.mode.as_deref(), Some("draft"));
+        assert_eq!(
+            held.approval.as_ref().unwrap().approvers,
+            vec!["finance".to_string()]
+        );
+        let denied = decide(
+            COMBINING,
+            json!({"type": "pay.send", "payload": {"amount": 5000}}),
+        );
+        assert!(denied.obligations.is_empty());
+        assert!(denied.approval.is_none());
+    }
+
+    #[test]
+    fn the_default_applies_when_no_rule_decides() {
+        let only_modify = "version: 1.0.0\ndefault: allow\nrules:\n  - {id: m, actions: [a], effect: modify, set: {mode: draft}}\n";
+        let d = decide(only_modify, json!({"type": "a"}));
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert_eq!(
+            d.obligations.mode.as_deref(),
+            Some("draft"),
+            "modify still applies to a default allow"
+        );
+        assert_eq!(d.reasons.last().unwrap().code, ReasonCode::DefaultEffect);
+        let d = decide("version: 1.0.0\n", json!({"type": "a"}));
+        assert_eq!(d.verdict, Verdict::Deny, "an omitted default is deny");
+        assert_eq!(
+            d.reasons[0].message,
+            "no rule decides `a`, so the policy default (deny) applies"
+        );
+    }
+
+    #[test]
+    fn confidence_adjustments_sum_and_clamp() {
+        let policy = r#"
+version: 1.0.0
+rules:
+  - {id: a, actions: [x], effect: allow, confidence_adjustment: 0.3}
+  - {id: b, actions: [x], effect: modify, set: {mode: draft}, confidence_adjustment: 0.25}
+  - {id: c, actions: [y], effect: deny, confidence_adjustment: -0.5}
+"#;
+        let table = [
+            ("x", 0.5, 1.0),
+            ("x", 0.2, 0.75),
+            ("y", 0.3, 0.0),
+            ("y", 0.9, 0.4),
+        ];
+        for (kind, initial, adjusted) in table {
+            let d = decide(policy, json!({"type": kind, "confidence": initial}));
+            let c = d.confidence.unwrap();
+            assert_eq!(c.initial, initial);
+            assert!(
+                (c.adjusted - adjusted).abs() < 1e-12,
+                "{kind} {initial}: {}",
+                c.adjusted
+            );
+        }
+        assert!(decide(policy, json!({"type": "x"})).confidence.is_none());
+    }
+
+    #[test]
+    fn an_evaluation_error_denies_with_a_safe_message_and_an_internal_detail() {
+        let policy = r#"
+version: 1.0.0
+default: allow
+rules:
+  - {id: allow-all, actions: ["*"], effect: allow}
+  - {id: secret-check, actions: [x], when: context.user.email.endsWith('@corp.com'), effect: deny}
+"#;
+        let d = decide(policy, json!({"type": "x", "context": {"user": {}}}));
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.reasons.len(), 1);
+        assert_eq!(d.reasons[0].code, ReasonCode::EvaluationError);
+        assert!(
+            !d.reasons[0].message.contains("email"),
+            "{}",
+            d.reasons[0].message
+        );
+        let failure = d.failure.unwrap();
+        assert_eq!(failure.rule.as_str(), "secret-check");
+        assert!(failure.detail.contains("email"), "{}", failure.detail);
+        // A condition that exceeds its cost limit fails closed the same way.
+        let costly = "version: 1.0.0\ndefault: allow\nrules:\n  - id: slow\n    actions: [x]\n    effect: deny\n    when: \"[1,2,3,4,5,6,7,8,9,10].all(a, [1,2,3,4,5,6,7,8,9,10].all(b, [1,2,3,4,5,6,7,8,9,10].all(c, [1,2,3,4,5,6,7,8,9,10].all(d, a < 0))))\"\n";
+        let cheap = decide(costly, json!({"type": "x"}));
+        assert_eq!(
+            (cheap.verdict, cheap.reasons[0].code),
+            (Verdict::Allow, ReasonCode::DefaultEffect),
+            "all() stops at the first false"
+        );
+        let costly = costly.replace("a < 0", "a > 0");
+        let d = decide(&costly, json!({"type": "x"}));
+        assert_eq!(
+            (d.verdict, d.reasons[0].code),
+            (Verdict::Deny, ReasonCode::EvaluationError)
+        );
+        assert!(d.failure.unwrap().detail.contains("cost limit"));
+    }
+
+    const TIERS: &str = r#"
+version: 1.0.0
+default: deny
+production: ["deploy.*"]
+agents:
+  "bot-*": {tier: sandbox}
+  "bot-ro-*": {tier: observe}
+  bot-ro-special: {tier: prod_gated}
+  "rec-*": {tier: recommend}
+  "drafter-*": {tier: draft}
+rules:
+  - {id: grant, actions: ["*"], effect: allow}
+"#;
+
+    #[test]
+    fn tiers_cap_what_agents_may_do_and_the_most_specific_pattern_wins() {
+        check(
+            TIERS,
+            &[
+                (
+                    json!({"type": "ticket.get", "agent": "bot-ro-1"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+                (
+                    json!({"type": "user.profile.search", "agent": "bot-ro-1"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+                (
+                    json!({"type": "ticket.resolve", "agent": "bot-ro-1"}),
+                    "deny",
+                    &["tier-observe"],
+                    &["tier-observe", "grant"],
+                ),
+                (
+                    json!({"type": "ticket.resolve", "agent": "rec-1"}),
+                    "deny",
+                    &["tier-recommend"],
+                    &["tier-recommend", "grant"],
+                ),
+                (
+                    json!({"type": "ticket.list", "agent": "rec-1"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+                (
+                    json!({"type": "ticket.resolve", "agent": "bot-7"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+                (
+                    json!({"type": "deploy.api", "agent": "bot-7"}),
+                    "deny",
+                    &["tier-sandbox"],
+                    &["tier-sandbox", "grant"],
+                ),
+                (
+                    json!({"type": "deploy.api", "agent": "bot-ro-special"}),
+                    "require_approval",
+                    &["tier-prod-gated"],
+                    &["tier-prod-gated", "grant"],
+                ),
+                (
+                    json!({"type": "deploy.api", "agent": "stranger"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+                (
+                    json!({"type": "deploy.api"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+            ],
+        );
+        let d = decide(TIERS, json!({"type": "crm.update", "agent": "drafter-1"}));
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert_eq!(d.obligations.mode.as_deref(), Some("draft"));
+        assert_eq!(
+            d.reasons[1].message,
+            "agent drafter-1 is at tier draft, so this write must run in mode draft"
+        );
+        let read = decide(TIERS, json!({"type": "crm.get", "agent": "drafter-1"}));
+        assert!(
+            read.obligations.is_empty(),
+            "reads are not forced into draft"
+        );
+    }
+
+    #[test]
+    fn a_tiers_section_replaces_the_preset_and_rule_tiers_filter() {
+        let policy = r#"
+version: 1.0.0
+agents: {"bot-*": {tier: observe}, "other-*": {tier: draft}}
+tiers:
+  observe:
+    rules:
+      - {id: observe-no-email, actions: [email.send], effect: deny, reason: observers never email}
+rules:
+  - {id: grant, actions: ["*"], effect: allow}
+  - {id: drafts-need-review, actions: [doc.publish], tiers: [draft], effect: require_approval}
+"#;
+        check(
+            policy,
+            &[
+                (
+                    json!({"type": "ticket.resolve", "agent": "bot-1"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+                (
+                    json!({"type": "email.send", "agent": "bot-1"}),
+                    "deny",
+                    &["observe-no-email"],
+                    &["observe-no-email", "grant"],
+                ),
+                (
+                    json!({"type": "doc.publish", "agent": "other-1"}),
+                    "require_approval",
+                    &["drafts-need-review"],
+                    &["drafts-need-review", "grant", "tier-draft"],
+                ),
+                (
+                    json!({"type": "doc.publish", "agent": "bot-1"}),
+                    "allow",
+                    &["grant"],
+                    &["grant"],
+                ),
+            ],
+        );
+        let p = Policy::parse(policy).unwrap();
+        assert!(p.rules().iter().all(|r| r.id().as_str() != "tier-observe"));
+        assert_eq!(p.tier_of("bot-9"), Some(Tier::Observe));
+        assert_eq!(p.tier_of("nobody"), None);
+    }
+
+    #[test]
+    fn scopes_and_agent_patterns_limit_where_a_rule_applies() {
+        let policy = r#"
+version: 1.0.0
+rules:
+  - {id: helpdesk-only, actions: [x], scope: {app: helpdesk}, effect: allow}
+  - {id: triage-only, actions: [x], scope: {app: helpdesk, workflow: triage}, effect: require_approval}
+  - {id: support-agents, actions: [y], agents: ["support-*", ops-bot], effect: allow}
+"#;
+        check(
+            policy,
+            &[
+                (
+                    json!({"type": "x", "app": "helpdesk"}),
+                    "allow",
+                    &["helpdesk-only"],
+                    &["helpdesk-only"],
+                ),
+                (
+                    json!({"type": "x", "app": "helpdesk", "workflow": "triage"}),
+                    "require_approval",
+                    &["triage-only"],
+                    &["triage-only", "helpdesk-only"],
+                ),
+                (
+                    json!({"type": "x", "app": "billing", "workflow": "triage"}),
+                    "deny",
+                    &[],
+                    &["-"],
+                ),
+                (json!({"type": "x"}), "deny", &[], &["-"]),
+                (
+                    json!({"type": "y", "agent": "support-1"}),
+                    "allow",
+                    &["support-agents"],
+                    &["support-agents"],
+                ),
+                (
+                    json!({"type": "y", "agent": "ops-bot"}),
+                    "allow",
+                    &["support-agents"],
+                    &["support-agents"],
+                ),
+                (
+                    json!({"type": "y", "agent": "sales-1"}),
+                    "deny",
+                    &[],
+                    &["-"],
+                ),
+                (json!({"type": "y"}), "deny", &[], &["-"]),
+            ],
+        );
+    }
+
+    #[test]
+    fn only_rules_that_can_match_the_action_are_evaluated() {
+        // `broken` would fail closed if it were evaluated; it must not be for other actions.
+        let policy = r#"
+version: 1.0.0
+rules:
+  - {id: broken, actions: [other.action, "zzz.*"], when: context.missing.x == 1, effect: deny}
+  - {id: prefix, actions: ["ticket.*", "ticket.re*"], effect: allow}
+  - {id: suffix, actions: ["*.resolve"], effect: modify, set: {mode: draft}}
+  - {id: exact, actions: [ticket.resolve], effect: allow}
+"#;
+        check(
+            policy,
+            &[
+                (
+                    json!({"type": "ticket.resolve"}),
+                    "allow",
+                    &["prefix", "exact"],
+                    &["prefix", "exact", "suffix"],
+                ),
+                (
+                    json!({"type": "ticket.reopen"}),
+                    "allow",
+                    &["prefix"],
+                    &["prefix"],
+                ),
+                (
+                    json!({"type": "case.resolve"}),
+                    "deny",
+                    &[],
+                    &["suffix", "-"],
+                ),
+                (
+                    json!({"type": "other.action"}),
+                    "deny",
+                    &["broken"],
+                    &["broken"],
+                ),
+                (json!({"type": "zzz.top"}), "deny", &["broken"], &["broken"]),
+            ],
+        );
+        assert_eq!(
+            decide(policy, json!({"type": "zzz.top"})).reasons[0].code,
+            ReasonCode::EvaluationError
+        );
+    }
+
+    #[test]
+    fn approvals_merge_to_the_strictest_requirement() {
+        let policy = r#"
+version: 1.0.0
+rules:
+  - {id: a, actions: [x], effect: require_approval, approval: {approvers: [legal], expires_in: 4h}}
+  - {id: b, actions: [x], effect: require_approval, approval: {approvers: [legal, finance], quorum: 2, expires_in: 30m}}
+  - {id: c, actions: [y], effect: require_approval}
+"#;
+        let d = decide(policy, json!({"type": "x"}));
+        let a = d.approval.unwrap();
+        assert_eq!(
+            a.approvers,
+            vec!["legal".to_string(), "finance".to_string()]
+        );
+        assert_eq!((a.quorum, a.expires_in), (2, Duration::from_secs(1800)));
+        assert_eq!(
+            decide(policy, json!({"type": "y"})).approval.unwrap(),
+            ApprovalRequirement::default()
+        );
+    }
+
+    #[test]
+    fn reasons_render_templates_and_show_holes_they_cannot_fill() {
+        let policy = r#"
+version: 1.0.0
+rules:
+  - id: r
+    actions: [x]
+    effect: deny
+    reason: "{{agent.id}} asked for {{action.payload.amount * 2}} on {{action.target.id}} ({{context.user.email}})"
+"#;
+        let d = decide(
+            policy,
+            json!({"type": "x", "agent": "bot", "payload": {"amount": 21}, "target": {"id": "T-1"}}),
+        );
+        assert_eq!(
+            d.reasons[0].message,
+            "bot asked for 42 on T-1 ({{context.user.email}})"
+        );
+        let d = decide(
+            "version: 1.0.0\nrules:\n  - {id: plain, actions: [x], effect: deny}\n",
+            json!({"type": "x"}),
+        );
+        assert_eq!(d.reasons[0].message, "rule `plain` denies `x`");
+    }
+
+    #[test]
+    fn policy_errors_carry_positions() {
+        let table: &[(&str, &str)] = &[
+            (
+                "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: alow}\n",
+                "3:35: unknown effect `alow`",
+            ),
+            (
+                "version: 1.0.0\nrules:\n  - {id: a, actions: [x], efect: deny}\n",
+                "3:27: unknown field `efect`",
+            ),
+            (
+                "version: x\n",
+                "1:10: version `x` is not a semantic version",
+            ),
+            (
+                "version: 1.0.0\non_error: allow\n",
+                "2:11: on_error `allow` is not allowed",
+            ),
+            (
+                "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: allow, approval: {approvers: [l]}}\n",
+                "`approval` is only allowed on require_approval rules",
+            ),
+            (
+                "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: deny, when: 'nope > 1'}\n",
+                "unknown variable `nope`",
+            ),
+            (
+                "version: 1.0.0\nrules:\n  - {id: tier-x, actions: [x], effect: deny}\n",
+                "reserved for tier presets",
+            ),
+            (
+                "version: 1.0.0\nrules:\n  - {id: a, effect: deny}\n",
+                "rule `a` needs `actions`",
+            ),
+            (
+                "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: deny, confidence_adjustment: 2}\n",
+                "outside [-1, 1]",
+            ),
+            (
+                "version: 1.0.0\nbudgets:\n  - {id: b, per: week, limits: {tokens: 5}}\n",
+                "unknown `per` value `week`",
+            ),
+            (
+                "version: 1.0.0\nbudgets:\n  - {id: b, per: run, limits: {coins: 5}}\n",
+                "unknown limit `coins`",
+            ),
+            (
+                "version: 1.0.0\nrate_limits:\n  - {id: r, actions: [x], per: tenant, limit: 5, window: soon}\n",
+                "not a duration",
+            ),
+            (
+                "version: 1.0.0\naudit: {keep: [payload.card]}\n",
+                "must be a dotted path under `action.` or `context.`",
+            ),
+            (
+                "version: 1.0.0\nproposals: maybe\n",
+                "proposals must be `on` or `off`",
+            ),
+            ("", "the document is empty"),
+            ("- 1\n- 2\n", "1:1: the document must be a mapping"),
+        ];
+        for (source, expected) in table {
+            let errors = Policy::parse(source).unwrap_err().to_string();
+            assert!(
+                errors.contains(expected),
+                "{source:?}: {errors} should contain {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_policies_parse_like_yaml() {
+        let json = r#"{"version": "2.1.0", "default": "allow",
+                       "rules": [{"id": "no-x", "actions": ["x"], "effect": "deny", "confidence_adjustment": -0.2}]}"#;
+        let p = Policy::parse(json).unwrap();
+        assert_eq!(p.version().parts(), (2, 1, 0));
+        assert_eq!(p.rules()[0].confidence_adjustment(), -0.2);
+        assert_eq!(
+            p.evaluate(
+                &Action::from_value(json!({"type": "x"})).unwrap(),
+                &Env::default()
+            )
+            .verdict,
+            Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn versions_are_semver() {
+        for ok in ["1.0.0", "0.10.2", "1.2.3-rc.1"] {
+            assert!(Version::parse(ok).is_some(), "{ok}");
+        }
+        for bad in ["1.0", "1.0.0.0", "01.0.0", "a.b.c", "1.0.0-", ""] {
+            assert!(Version::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn budgets_rate_limits_and_audit_are_parsed_for_the_server() {
+        let p = Policy::parse(
+            r#"
+version: 1.0.0
+budgets:
+  - {id: per-run, per: run, limits: {tool_calls: 200, tokens: 500000, cost_usd: 5, duration: 30m}}
+rate_limits:
+  - {id: email-burst, actions: [email.send], per: tenant, limit: 100, window: 1h}
+audit: {keep: [action.target.id], redact: [context.user.email]}
+proposals: off
+"#,
+        )
+        .unwrap();
+        let b = &p.budgets()[0];
+        assert_eq!(
+            (b.per, b.limits.tool_calls, b.limits.cost_usd),
+            (Per::Run, Some(200), Some(5.0))
+        );
+        assert_eq!(b.limits.duration, Some(Duration::from_secs(1800)));
+        let r = &p.rate_limits()[0];
+        assert_eq!((r.limit, r.window), (100, Duration::from_secs(3600)));
+        assert_eq!(p.audit().redact, vec!["context.user.email".to_string()]);
+        assert!(!p.proposals_enabled());
+    }
 }

@@ -120,7 +120,9 @@ impl CaseResult {
 }
 
 fn line_of(node: &Node) -> (usize, usize) {
-    node.span().start().map_or((0, 0), |m| (m.line(), m.column()))
+    node.span()
+        .start()
+        .map_or((0, 0), |m| (m.line(), m.column()))
 }
 
 fn error_at(node: &Node, message: impl Into<String>) -> PolicyError {
@@ -137,18 +139,30 @@ impl Suite {
     pub fn parse(source: &str) -> Result<Self, PolicyErrors> {
         let root = document::load(source)?;
         let Some(top) = root.as_mapping() else {
-            return Err(PolicyErrors(vec![error_at(&root, "a test file is a mapping with `policy` and `cases`")]));
+            return Err(PolicyErrors(vec![error_at(
+                &root,
+                "a test file is a mapping with `policy` and `cases`",
+            )]));
         };
         let mut errors = Vec::new();
         for (key, _) in top.iter() {
             if !matches!(key.as_str(), "policy" | "cases") {
-                errors.push(PolicyError::at(key.span(), format!("unknown field `{}`, expected `policy` or `cases`", key.as_str())));
+                errors.push(PolicyError::at(
+                    key.span(),
+                    format!(
+                        "unknown field `{}`, expected `policy` or `cases`",
+                        key.as_str()
+                    ),
+                ));
             }
         }
         let policy = match top.get_scalar("policy") {
             Some(p) => p.as_str().to_owned(),
             None => {
-                errors.push(error_at(&root, "missing field `policy` (the policy file to test)"));
+                errors.push(error_at(
+                    &root,
+                    "missing field `policy` (the policy file to test)",
+                ));
                 String::new()
             }
         };
@@ -173,13 +187,22 @@ impl Suite {
 
     fn case(node: &Node) -> Result<Case, PolicyError> {
         let Some(map) = node.as_mapping() else {
-            return Err(error_at(node, "a case is a mapping with `name`, `action` and `expect`"));
+            return Err(error_at(
+                node,
+                "a case is a mapping with `name`, `action` and `expect`",
+            ));
         };
         for (key, _) in map.iter() {
-            if !matches!(key.as_str(), "name" | "action" | "expect" | "tenant" | "now") {
+            if !matches!(
+                key.as_str(),
+                "name" | "action" | "expect" | "tenant" | "now"
+            ) {
                 return Err(PolicyError::at(
                     key.span(),
-                    format!("unknown field `{}`, expected one of `name`, `action`, `expect`, `tenant`, `now`", key.as_str()),
+                    format!(
+                        "unknown field `{}`, expected one of `name`, `action`, `expect`, `tenant`, `now`",
+                        key.as_str()
+                    ),
                 ));
             }
         }
@@ -197,18 +220,26 @@ impl Suite {
             .ok_or_else(|| error_at(node, format!("case `{name}` is missing `expect`")))?;
         let expect: Expect = serde_json::from_value(document::node_to_json(expect_node))
             .map_err(|e| error_at(expect_node, format!("case `{name}`: invalid `expect`: {e}")))?;
-        if expect_node.as_mapping().is_some_and(|m| m.get_node("effect").is_none()) {
-            return Err(error_at(expect_node, format!("case `{name}`: `expect` needs `effect`")));
+        if expect_node
+            .as_mapping()
+            .is_some_and(|m| m.get_node("effect").is_none())
+        {
+            return Err(error_at(
+                expect_node,
+                format!("case `{name}`: `expect` needs `effect`"),
+            ));
         }
         let mut env = Env::default();
         if let Some(t) = map.get_scalar("tenant") {
             env.tenant = t.as_str().to_owned();
         }
         if let Some(n) = map.get_scalar("now") {
-            env.now = n
-                .as_str()
-                .parse()
-                .map_err(|_| PolicyError::at(n.span(), format!("case `{name}`: `now` must be Unix seconds")))?;
+            env.now = n.as_str().parse().map_err(|_| {
+                PolicyError::at(
+                    n.span(),
+                    format!("case `{name}`: `now` must be Unix seconds"),
+                )
+            })?;
         }
         Ok(Case {
             name,
@@ -233,7 +264,10 @@ impl Case {
         let e = &self.expect;
         let expected = Verdict::from(e.effect);
         if decision.verdict != expected {
-            failures.push(format!("effect: expected {expected}, got {}", decision.verdict));
+            failures.push(format!(
+                "effect: expected {expected}, got {}",
+                decision.verdict
+            ));
         }
         let ids = |it: &mut dyn Iterator<Item = &crate::policy::RuleId>| -> BTreeSet<String> {
             it.map(|r| r.as_str().to_owned()).collect()
@@ -241,13 +275,21 @@ impl Case {
         if let Some(rules) = &e.rules {
             let got = ids(&mut decision.deciding_rules());
             if &got != rules {
-                failures.push(format!("rules: expected {}, got {}", list(rules), list(&got)));
+                failures.push(format!(
+                    "rules: expected {}, got {}",
+                    list(rules),
+                    list(&got)
+                ));
             }
         }
         if let Some(matched) = &e.matched {
             let got = ids(&mut decision.matched_rules());
             if &got != matched {
-                failures.push(format!("matched: expected {}, got {}", list(matched), list(&got)));
+                failures.push(format!(
+                    "matched: expected {}, got {}",
+                    list(matched),
+                    list(&got)
+                ));
             }
         }
         if let Some(reasons) = &e.reasons {
@@ -271,8 +313,13 @@ impl Case {
         if let Some(confidence) = e.confidence {
             match decision.confidence {
                 Some(c) if (c.adjusted - confidence).abs() < 1e-9 => {}
-                Some(c) => failures.push(format!("confidence: expected {confidence}, got {}", c.adjusted)),
-                None => failures.push(format!("confidence: expected {confidence}, but the action has none")),
+                Some(c) => failures.push(format!(
+                    "confidence: expected {confidence}, got {}",
+                    c.adjusted
+                )),
+                None => failures.push(format!(
+                    "confidence: expected {confidence}, but the action has none"
+                )),
             }
         }
         if let Some(o) = &e.obligations {

@@ -13,14 +13,18 @@ pub fn is_test_file(path: &Path) -> bool {
 /// Folders are searched for YAML only: JSON files beside policies are usually sample actions.
 /// A JSON policy is checked when named explicitly.
 fn is_document(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 /// Every YAML file under the given folders, sorted, and every named file as it is.
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
         if meta.is_dir() {
             walk(path, &mut out)?;
         } else {

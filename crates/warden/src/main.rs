@@ -8,7 +8,11 @@ mod cmd;
 mod files;
 
 #[derive(Debug, Parser)]
-#[command(name = "warden", version, about = "Policy and guardrails for AI agents")]
+#[command(
+    name = "warden",
+    version,
+    about = "Policy and guardrails for AI agents"
+)]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -23,7 +27,9 @@ enum Command {
     #[command(after_help = "Example:\n  warden check examples/nexus")]
     Check(cmd::check::Args),
     /// Print the decision for one action, with no server and no store.
-    #[command(after_help = "Example:\n  warden eval --policy examples/nexus/nexus.yaml --action examples/nexus/actions/resolve.json")]
+    #[command(
+        after_help = "Example:\n  warden eval --policy examples/nexus/nexus.yaml --action examples/nexus/actions/resolve.json"
+    )]
     Eval(cmd::eval::Args),
     /// Run *_test.yaml cases; ends with 'N passed, M failed'.
     #[command(after_help = "Example:\n  warden test examples/nexus --report report.md")]

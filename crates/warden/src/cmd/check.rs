@@ -38,12 +38,19 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
             .iter()
             .map(|(file, e)| serde_json::json!({"file": file, "line": e.line, "column": e.column, "message": e.message}))
             .collect();
-        println!("{}", serde_json::json!({"files": paths.len(), "errors": list}));
+        println!(
+            "{}",
+            serde_json::json!({"files": paths.len(), "errors": list})
+        );
     } else {
         for (file, e) in &problems {
             println!("{file}:{}:{}: {}", e.line, e.column, e.message);
         }
         eprintln!("{} files checked, {} errors", paths.len(), problems.len());
     }
-    Ok(if problems.is_empty() { Outcome::Ok } else { Outcome::Failed })
+    Ok(if problems.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
 }

@@ -29,12 +29,18 @@ pub struct Args {
 pub fn run(args: Args, _json: bool) -> Result<Outcome> {
     let source = files::read(&args.policy)?;
     let policy = Policy::parse(&source).map_err(|errors| {
-        let first = errors.iter().next().map(|e| e.to_string()).unwrap_or_default();
+        let first = errors
+            .iter()
+            .next()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         anyhow!("{}:{first}", args.policy.display())
     })?;
     let bytes = if args.action == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("cannot read the action from standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read the action from standard input")?;
         buf
     } else {
         std::fs::read(&args.action).with_context(|| format!("cannot read `{}`", args.action))?
@@ -47,13 +53,19 @@ pub fn run(args: Args, _json: bool) -> Result<Outcome> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    let env = Env { tenant: args.tenant, now };
+    let env = Env {
+        tenant: args.tenant,
+        now,
+    };
     let started = Instant::now();
     let decision = policy.evaluate(&action, &env);
     let eval_ns = started.elapsed().as_nanos() as u64;
     if let Some(failure) = &decision.failure {
         // The detail is for the operator; the body only says that evaluation failed.
-        eprintln!("evaluation error in rule `{}`: {}", failure.rule, failure.detail);
+        eprintln!(
+            "evaluation error in rule `{}`: {}",
+            failure.rule, failure.detail
+        );
     }
     let body = DecisionBody::from_decision(&decision, eval_ns);
     println!("{}", serde_json::to_string_pretty(&body)?);

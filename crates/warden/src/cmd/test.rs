@@ -35,8 +35,16 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
     for path in &suites {
         runs.push(run_suite(path)?);
     }
-    let passed: usize = runs.iter().flat_map(|r| &r.results).filter(|c| c.passed()).count();
-    let failed: usize = runs.iter().flat_map(|r| &r.results).filter(|c| !c.passed()).count()
+    let passed: usize = runs
+        .iter()
+        .flat_map(|r| &r.results)
+        .filter(|c| c.passed())
+        .count();
+    let failed: usize = runs
+        .iter()
+        .flat_map(|r| &r.results)
+        .filter(|c| !c.passed())
+        .count()
         + runs.iter().map(|r| r.errors.len()).sum::<usize>();
 
     if json {
@@ -50,7 +58,10 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
             })
             .collect();
         let errors: Vec<_> = runs.iter().flat_map(|r| r.errors.iter()).collect();
-        println!("{}", serde_json::json!({"passed": passed, "failed": failed, "cases": cases, "errors": errors}));
+        println!(
+            "{}",
+            serde_json::json!({"passed": passed, "failed": failed, "cases": cases, "errors": errors})
+        );
     } else {
         for r in &runs {
             for e in &r.errors {
@@ -72,24 +83,52 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
         std::fs::write(report, markdown(&runs, passed, failed))
             .with_context(|| format!("cannot write `{}`", report.display()))?;
     }
-    Ok(if failed == 0 && !suites.is_empty() { Outcome::Ok } else { Outcome::Failed })
+    Ok(if failed == 0 && !suites.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
 }
 
 fn run_suite(path: &Path) -> Result<SuiteRun> {
     let file = path.display().to_string();
-    let located = |errors: PolicyErrors, f: &str| -> Vec<String> { errors.iter().map(|e| format!("{f}:{e}")).collect() };
+    let located = |errors: PolicyErrors, f: &str| -> Vec<String> {
+        errors.iter().map(|e| format!("{f}:{e}")).collect()
+    };
     let suite = match Suite::parse(&files::read(path)?) {
         Ok(s) => s,
-        Err(errors) => return Ok(SuiteRun { errors: located(errors, &file), file, results: Vec::new() }),
+        Err(errors) => {
+            return Ok(SuiteRun {
+                errors: located(errors, &file),
+                file,
+                results: Vec::new(),
+            });
+        }
     };
     let policy_path = path.parent().unwrap_or(Path::new(".")).join(&suite.policy);
     let policy_file = policy_path.display().to_string();
     let policy = match files::read(&policy_path).map(|s| Policy::parse(&s)) {
         Ok(Ok(p)) => p,
-        Ok(Err(errors)) => return Ok(SuiteRun { errors: located(errors, &policy_file), file, results: Vec::new() }),
-        Err(e) => return Ok(SuiteRun { errors: vec![format!("{file}: {e:#}")], file, results: Vec::new() }),
+        Ok(Err(errors)) => {
+            return Ok(SuiteRun {
+                errors: located(errors, &policy_file),
+                file,
+                results: Vec::new(),
+            });
+        }
+        Err(e) => {
+            return Ok(SuiteRun {
+                errors: vec![format!("{file}: {e:#}")],
+                file,
+                results: Vec::new(),
+            });
+        }
     };
-    Ok(SuiteRun { results: suite.run(&policy), file, errors: Vec::new() })
+    Ok(SuiteRun {
+        results: suite.run(&policy),
+        file,
+        errors: Vec::new(),
+    })
 }
 
 fn markdown(runs: &[SuiteRun], passed: usize, failed: usize) -> String {
@@ -106,14 +145,24 @@ fn markdown(runs: &[SuiteRun], passed: usize, failed: usize) -> String {
                 let _ = writeln!(out, "- {f}");
             }
             let d = &c.decision;
-            let _ = writeln!(out, "\n**Decision:** `{}` (policy {})\n", d.verdict, d.policy_version);
+            let _ = writeln!(
+                out,
+                "\n**Decision:** `{}` (policy {})\n",
+                d.verdict, d.policy_version
+            );
             out.push_str("**Rules that matched, and why**\n\n");
             if d.reasons.is_empty() {
                 out.push_str("- none\n");
             }
             for reason in &d.reasons {
                 let rule = reason.rule.as_ref().map_or("(policy)", |r| r.as_str());
-                let _ = writeln!(out, "- `{rule}` ({}, {}): {}", reason.effect.as_str(), reason.code.as_str(), reason.message);
+                let _ = writeln!(
+                    out,
+                    "- `{rule}` ({}, {}): {}",
+                    reason.effect.as_str(),
+                    reason.code.as_str(),
+                    reason.message
+                );
             }
             if let Some(f) = &d.failure {
                 let _ = writeln!(out, "\n**Evaluation error** in `{}`: {}", f.rule, f.detail);

@@ -820,9 +820,10 @@ impl Checker {
         let literal_ok = text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'));
-        let segments_ok = !text.is_empty()
-            && !text.contains("..")
-            && !(text.starts_with('.') || (text.ends_with('.')));
+        let segments_ok = !(text.is_empty()
+            || text.contains("..")
+            || text.starts_with('.')
+            || text.ends_with('.'));
         if !literal_ok || !segments_ok {
             self.err(
                 s.span(),
@@ -1021,10 +1022,10 @@ impl Checker {
             }
             (Some(a), _) => {
                 let quorum = a.quorum.as_ref().map_or(1, |q| **q);
-                if quorum == 0 {
-                    if let Some(q) = &a.quorum {
-                        self.err(q.span(), "quorum must be at least 1");
-                    }
+                if quorum == 0
+                    && let Some(q) = &a.quorum
+                {
+                    self.err(q.span(), "quorum must be at least 1");
                 }
                 let expires_in = match &a.expires_in {
                     Some(d) => self.duration(d, "expires_in").unwrap_or_default(),

@@ -1,0 +1,73 @@
+//! The SQL migrations built into the binary, one ordered list per backend.
+//!
+//! The files live in `migrations/sqlite` and `migrations/postgres` at the workspace root
+//! and are embedded at compile time. They are additive only, and an applied migration is
+//! never edited: the runner records each one's SHA-256 and refuses to go on if a recorded
+//! one no longer matches this build.
+
+use sha2::{Digest, Sha256};
+
+use crate::Backend;
+
+/// One schema migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// The file name without extension, e.g. `0001_init`; also its key in `warden_migrations`.
+    pub name: &'static str,
+    /// The SQL, possibly several statements.
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// Lowercase hex SHA-256 of the SQL, recorded when applied.
+    pub fn checksum(&self) -> String {
+        hex::encode(Sha256::digest(self.sql.as_bytes()))
+    }
+}
+
+const SQLITE: &[Migration] = &[Migration {
+    name: "0001_init",
+    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+}];
+
+const POSTGRES: &[Migration] = &[Migration {
+    name: "0001_init",
+    sql: include_str!("../../../migrations/postgres/0001_init.sql"),
+}];
+
+/// The migrations of `backend`, in the order they are applied.
+pub fn migrations(backend: Backend) -> &'static [Migration] {
+    match backend {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => POSTGRES,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_migration_names_in_order() {
+        let names = |b| migrations(b).iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(Backend::Sqlite), names(Backend::Postgres));
+        let mut sorted = names(Backend::Sqlite);
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, names(Backend::Sqlite));
+    }
+
+    #[test]
+    fn migrations_are_additive() {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            for migration in migrations(backend) {
+                let upper = migration.sql.to_uppercase();
+                assert!(
+                    !upper.contains("DROP "),
+                    "{} drops something",
+                    migration.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The records the store keeps (audit events, decisions, API keys) and the queries over them.
+//!
+//! Times are `i64` unix milliseconds everywhere and always come from the caller: the store
+//! never reads the clock for anything it records in these types.
+
+use serde_json::Value;
+
+/// Well-known values of [`NewEvent::kind`].
+pub mod kind {
+    /// A decision was made and answered.
+    pub const DECISION: &str = "decision";
+    /// The caller reported how an allowed action went.
+    pub const OUTCOME: &str = "outcome";
+    /// An API key was created.
+    pub const KEY_CREATED: &str = "key_created";
+    /// An API key was revoked.
+    pub const KEY_REVOKED: &str = "key_revoked";
+    /// A request failed authentication.
+    pub const AUTH_FAILURE: &str = "auth_failure";
+    /// A policy was (re)loaded.
+    pub const POLICY_RELOADED: &str = "policy_reloaded";
+    /// A retention purge removed the oldest events; written only by [`crate::Store::purge`].
+    pub const CHECKPOINT: &str = "checkpoint";
+}
+
+/// The tenant recorded on events that belong to no tenant (purge checkpoints).
+pub const SYSTEM_TENANT: &str = "_system";
+
+/// An audit event as the caller hands it to [`crate::Store::append`].
+///
+/// Holds digests and an explicit allowlist of kept fields, never a payload or context.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewEvent {
+    /// Unique id made by the caller (ULID-like).
+    pub id: String,
+    /// When it happened, unix milliseconds.
+    pub time_ms: i64,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// What happened; see [`kind`].
+    pub kind: String,
+    /// The acting agent's id.
+    pub agent: Option<String>,
+    /// The user the agent acted for.
+    pub on_behalf_of: Option<String>,
+    /// The dotted action type, e.g. `ticket.resolve`.
+    pub action_type: Option<String>,
+    /// The target's type, e.g. `ticket`.
+    pub target_type: Option<String>,
+    /// The target's id.
+    pub target_id: Option<String>,
+    /// The action's mode (`auto`, `draft`, …).
+    pub mode: Option<String>,
+    /// The confidence the caller submitted. Must be finite.
+    pub confidence_initial: Option<f64>,
+    /// The confidence after policy adjustments. Must be finite.
+    pub confidence_adjusted: Option<f64>,
+    /// The decided effect (`allow`, `deny`, `require_approval`).
+    pub effect: Option<String>,
+    /// Ids of the rules that matched.
+    pub rule_ids: Vec<String>,
+    /// Rendered reasons, strongest first.
+    pub reasons: Vec<String>,
+    /// The policy version that decided.
+    pub policy_version: Option<String>,
+    /// Keyed digest of the payload.
+    pub payload_digest: Option<String>,
+    /// Keyed digest of the context.
+    pub context_digest: Option<String>,
+    /// Object of the fields `audit.keep` allows, already redacted; `Null` when none.
+    pub kept: Value,
+    /// The decision this event records or refers to (an outcome's decision).
+    pub decision_id: Option<String>,
+    /// Small kind-specific object (outcome status, error code, key id, …); `Null` when none.
+    pub detail: Value,
+}
+
+/// An audit event as stored: the caller's fields plus its place in the hash chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Position in the chain: 1, 2, 3, … per database, without gaps.
+    pub seq: i64,
+    /// The previous event's hash ([`crate::GENESIS_HASH`] for seq 1).
+    pub prev_hash: String,
+    /// Lowercase hex SHA-256 of [`crate::canonical_bytes`] of this event.
+    pub hash: String,
+    /// The recorded fields.
+    pub event: NewEvent,
+}
+
+/// A decision to store alongside the event that records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDecision {
+    /// The decision id, as answered to the caller.
+    pub id: String,
+    /// The tenant; must equal the event's tenant.
+    pub tenant: String,
+    /// The caller's idempotency key, unique per tenant.
+    pub idempotency_key: Option<String>,
+    /// The decision body exactly as answered.
+    pub body: Value,
+    /// When it was made, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// A decision read back from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDecision {
+    /// The decision id.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// The caller's idempotency key, if it gave one.
+    pub idempotency_key: Option<String>,
+    /// The decision body as answered.
+    pub body: Value,
+    /// When it was made, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+impl From<NewDecision> for StoredDecision {
+    fn from(decision: NewDecision) -> Self {
+        Self {
+            id: decision.id,
+            tenant: decision.tenant,
+            idempotency_key: decision.idempotency_key,
+            body: decision.body,
+            created_at_ms: decision.created_at_ms,
+        }
+    }
+}
+
+/// One item of a group commit: an event, and the decision it records if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Append {
+    /// The audit event to chain.
+    pub event: NewEvent,
+    /// The decision to store with it.
+    pub decision: Option<NewDecision>,
+}
+
+/// What happened to one item of a group commit, in the order the items were given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// The event (and its decision) were written at this place in the chain.
+    Written {
+        /// The event's seq.
+        seq: i64,
+        /// The event's hash.
+        hash: String,
+    },
+    /// The decision's idempotency key was already used in this tenant (earlier in the
+    /// database or earlier in the same batch): nothing was written for this item, and
+    /// this is the decision that holds the key.
+    Duplicate(StoredDecision),
+}
+
+/// Which audit events [`crate::Store::events`] returns. Every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this tenant's events.
+    pub tenant: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<String>,
+    /// Only events by this agent.
+    pub agent: Option<String>,
+    /// Only events for this action type.
+    pub action_type: Option<String>,
+    /// Only events with this effect.
+    pub effect: Option<String>,
+    /// Only events at or after this time (unix ms, inclusive).
+    pub since_ms: Option<i64>,
+    /// Only events before this time (unix ms, exclusive).
+    pub until_ms: Option<i64>,
+    /// Only events with a greater seq (a cursor for oldest-first paging).
+    pub after_seq: Option<i64>,
+    /// Only events with a smaller seq (a cursor for newest-first paging).
+    pub before_seq: Option<i64>,
+    /// At most this many events; 0 means [`EventFilter::DEFAULT_LIMIT`], and anything above
+    /// [`EventFilter::MAX_LIMIT`] is capped to it.
+    pub limit: u32,
+    /// Newest (highest seq) first instead of oldest first.
+    pub newest_first: bool,
+}
+
+impl EventFilter {
+    /// The limit applied when [`EventFilter::limit`] is 0.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The most events one query returns.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// The number of events this filter actually asks for.
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        }
+    }
+}
+
+/// The result of walking the whole chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyReport {
+    /// Events read, including the broken one if the walk stopped early.
+    pub events_checked: u64,
+    /// The first place where the chain does not hold; `None` means it is intact.
+    pub first_broken: Option<BrokenLink>,
+}
+
+/// Where and how the chain first breaks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokenLink {
+    /// The seq of the first stored event that does not verify.
+    pub seq: i64,
+    /// That event's id.
+    pub event_id: String,
+    /// What is wrong there.
+    pub problem: ChainProblem,
+}
+
+/// What is wrong at a [`BrokenLink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainProblem {
+    /// The stored hash is not the hash of the stored fields: this row was edited, or its
+    /// seq was changed (rows reordered).
+    HashMismatch,
+    /// The row is self-consistent but its `prev_hash` is not the previous row's hash: the
+    /// previous row was edited and rehashed, or replaced.
+    PrevHashMismatch,
+    /// Events with seqs `from..=to` are gone from the middle of the chain: rows deleted.
+    Missing {
+        /// The first missing seq.
+        from: i64,
+        /// The last missing seq.
+        to: i64,
+    },
+    /// The oldest remaining event is not seq 1, and no checkpoint records a purge through
+    /// `missing_through` ending in this event's `prev_hash`: rows deleted at the start.
+    Unanchored {
+        /// The last missing seq.
+        missing_through: i64,
+    },
+    /// A column of this row cannot be decoded.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for ChainProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::HashMismatch => f.write_str("stored hash does not match the event's contents"),
+            Self::PrevHashMismatch => {
+                f.write_str("prev_hash does not match the hash of the previous event")
+            }
+            Self::Missing { from, to } if from == to => write!(f, "event seq {from} is missing"),
+            Self::Missing { from, to } => write!(f, "events seq {from} to {to} are missing"),
+            Self::Unanchored { missing_through } => write!(
+                f,
+                "events up to seq {missing_through} are missing and no checkpoint records their purge"
+            ),
+            Self::Unreadable(detail) => write!(f, "row is unreadable: {detail}"),
+        }
+    }
+}
+
+/// The result of a retention purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Audit events deleted.
+    pub purged: u64,
+    /// Decisions deleted (those created before the cutoff).
+    pub decisions_purged: u64,
+    /// The seq of the checkpoint event written; `None` when no event was deleted.
+    pub checkpoint_seq: Option<i64>,
+}
+
+/// An API key to create. The store never sees the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// Public key id, used for lookups.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// The tenant the key acts in.
+    pub tenant: String,
+    /// Roles: `controller`, `agent`, `approver`, `admin`.
+    pub roles: Vec<String>,
+    /// Agent id, or a glob of agent ids a controller key may name.
+    pub agent: Option<String>,
+    /// Approver groups.
+    pub groups: Vec<String>,
+    /// Free-text label for humans.
+    pub label: Option<String>,
+    /// When it was created, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// A stored API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public key id.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// The tenant the key acts in.
+    pub tenant: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Agent id or glob.
+    pub agent: Option<String>,
+    /// Approver groups.
+    pub groups: Vec<String>,
+    /// Free-text label.
+    pub label: Option<String>,
+    /// When it was created, unix milliseconds.
+    pub created_at_ms: i64,
+    /// When it was revoked, unix milliseconds; `None` while active.
+    pub revoked_at_ms: Option<i64>,
+}

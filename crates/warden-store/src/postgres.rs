@@ -1,0 +1,108 @@
+//! The PostgreSQL backend: how a server is connected to, and the SQL that differs from SQLite.
+//!
+//! Several replicas append to one chain at once. Each append transaction first takes
+//! `LOCK TABLE audit_events IN EXCLUSIVE MODE`, which lets plain reads through but makes
+//! writers of the chain take turns until commit; the head it then reads is the latest
+//! committed one, so seqs stay gapless and every prev_hash is right. A table lock rather
+//! than an advisory lock scopes the lock to the chain itself (one per schema).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::{Connection, PgConnection, Postgres};
+
+use crate::error::StoreError;
+use crate::sql::{Dialect, SqlStore};
+use crate::{Backend, Store};
+
+/// Connections in the pool of each replica.
+const MAX_CONNECTIONS: u32 = 10;
+
+impl Dialect for Postgres {
+    const BACKEND: Backend = Backend::Postgres;
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const LOCK_CHAIN: Option<&'static str> = Some("LOCK TABLE audit_events IN EXCLUSIVE MODE");
+    // The migrations table may not exist yet, so replicas migrating at once meet on an
+    // advisory lock named after the schema instead.
+    const LOCK_MIGRATIONS: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(hashtext('warden_migrations:' || current_schema()))");
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const MIGRATIONS_TABLE_EXISTS: &'static str = "SELECT COUNT(*) AS n \
+        FROM information_schema.tables \
+        WHERE table_schema = current_schema() AND table_name = 'warden_migrations'";
+    const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Connects to the server at `url`, using the schema its search_path selects.
+pub(crate) async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    pool(options).await
+}
+
+/// Connects to the server at `url` with every connection's search_path set to `schema`,
+/// creating the schema if it does not exist.
+pub(crate) async fn connect_in_schema(
+    url: &str,
+    schema: &str,
+) -> Result<Arc<dyn Store>, StoreError> {
+    if !valid_schema(schema) {
+        return Err(StoreError::InvalidSchema(schema.to_owned()));
+    }
+    let options = PgConnectOptions::from_str(url)?;
+    let mut conn = PgConnection::connect_with(&options).await?;
+    // The name was checked above to be a plain identifier, so quoting it is enough.
+    sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    // A startup parameter rather than a `SET` after connecting: it holds for every
+    // connection the pool ever opens, including reconnects.
+    pool(options.options([("search_path", schema)])).await
+}
+
+async fn pool(options: PgConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .connect_with(options)
+        .await?;
+    Ok(SqlStore::shared(pool))
+}
+
+/// A schema name safe to interpolate: a lowercase identifier PostgreSQL keeps as is.
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    schema.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_schema;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["warden", "t_1", "_x", "a".repeat(63).as_str()] {
+            assert!(valid_schema(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Warden",
+            "a-b",
+            "a\"b",
+            "a b",
+            "a;drop",
+            "a".repeat(64).as_str(),
+        ] {
+            assert!(!valid_schema(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! The store itself, written once over sqlx for both backends; [`Dialect`] holds what differs.
+//!
+//! Key decision: one generic implementation instead of two copies. The SQL text is shared
+//! (`$N` placeholders work on both: sqlx maps them for SQLite), and the few statements that
+//! must differ (how a write transaction starts, how chain appends are serialized, how a
+//! consistent snapshot is read) are constants of the backend's [`Dialect`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+
+use crate::chain::{self, ChainWalk, GENESIS_HASH, UnreadableRow};
+use crate::error::{StoreError, is_unique_violation};
+use crate::migrations::migrations;
+use crate::model::{
+    Append, Appended, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PurgeReport,
+    SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+};
+use crate::{Backend, Store};
+
+/// What differs between the backends, as SQL text.
+pub(crate) trait Dialect: Database {
+    /// Which backend this is.
+    const BACKEND: Backend;
+    /// Starts a transaction that will write.
+    const BEGIN_WRITE: &'static str;
+    /// Run first in a write transaction that touches the chain, so that appends from every
+    /// connection and every replica take turns; `None` when `BEGIN_WRITE` already does.
+    const LOCK_CHAIN: Option<&'static str>;
+    /// Run first in a migration transaction, so that replicas migrating at once take turns.
+    const LOCK_MIGRATIONS: Option<&'static str>;
+    /// Starts a read-only transaction that sees one consistent snapshot.
+    const BEGIN_SNAPSHOT: &'static str;
+    /// Returns one row with `n`, the number of `warden_migrations` tables in scope (0 or 1).
+    const MIGRATIONS_TABLE_EXISTS: &'static str;
+    /// An SQL expression for the database's clock in unix milliseconds. Used only for
+    /// `warden_migrations.applied_at_ms`, which is bookkeeping, not audit data.
+    const NOW_MS: &'static str;
+
+    /// How many rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+}
+
+/// How many rows verification reads (and hashes) at a time.
+const VERIFY_PAGE: i64 = 1000;
+
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS warden_migrations (
+    name TEXT PRIMARY KEY,
+    checksum TEXT NOT NULL,
+    applied_at_ms BIGINT NOT NULL
+)";
+
+const EVENT_COLUMNS: &str = "seq, id, time_ms, tenant, kind, agent, on_behalf_of, action_type, \
+    target_type, target_id, mode, confidence_initial, confidence_adjusted, effect, rule_ids, \
+    reasons, policy_version, payload_digest, context_digest, kept, decision_id, detail, \
+    prev_hash, hash";
+
+const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
+    on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
+    confidence_adjusted, effect, rule_ids, reasons, policy_version, payload_digest, \
+    context_digest, kept, decision_id, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, \
+    $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)";
+
+const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
+    created_at_ms, revoked_at_ms";
+
+/// The last event of the chain, which the next one links to.
+struct Head {
+    seq: i64,
+    hash: String,
+}
+
+/// A value bound to a dynamically built query.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The store over one sqlx pool.
+#[derive(Debug)]
+pub(crate) struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+}
+
+// Both impl blocks below carry the same bounds: what the generic code needs from a backend.
+// Both `Sqlite` and `Postgres` meet them.
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<f64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    &'static str: ColumnIndex<DB::Row>,
+{
+    /// Wraps a connected pool.
+    pub(crate) fn shared(pool: Pool<DB>) -> Arc<dyn Store> {
+        Arc::new(Self { pool })
+    }
+
+    /// Opens a write transaction that holds the chain lock.
+    async fn begin_chain_write(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        if let Some(lock) = DB::LOCK_CHAIN {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    /// The last event, or the genesis position when the chain is empty.
+    async fn head(conn: &mut DB::Connection) -> Result<Head, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(match row {
+            Some(row) => Head {
+                seq: row.try_get("seq")?,
+                hash: row.try_get("hash")?,
+            },
+            None => Head {
+                seq: 0,
+                hash: GENESIS_HASH.to_owned(),
+            },
+        })
+    }
+
+    /// Writes `event` at `seq` after `prev_hash`, returning its hash.
+    async fn insert_event(
+        conn: &mut DB::Connection,
+        seq: i64,
+        prev_hash: &str,
+        event: &NewEvent,
+    ) -> Result<String, StoreError> {
+        let hash = chain::event_hash(seq, prev_hash, event)?;
+        let result = sqlx::query(INSERT_EVENT)
+            .bind(seq)
+            .bind(event.id.clone())
+            .bind(event.time_ms)
+            .bind(event.tenant.clone())
+            .bind(event.kind.clone())
+            .bind(event.agent.clone())
+            .bind(event.on_behalf_of.clone())
+            .bind(event.action_type.clone())
+            .bind(event.target_type.clone())
+            .bind(event.target_id.clone())
+            .bind(event.mode.clone())
+            .bind(event.confidence_initial)
+            .bind(event.confidence_adjusted)
+            .bind(event.effect.clone())
+            .bind(json_text(&event.id, &event.rule_ids)?)
+            .bind(json_text(&event.id, &event.reasons)?)
+            .bind(event.policy_version.clone())
+            .bind(event.payload_digest.clone())
+            .bind(event.context_digest.clone())
+            .bind(chain::canonical_json(&event.id, &event.kept)?)
+            .bind(event.decision_id.clone())
+            .bind(chain::canonical_json(&event.id, &event.detail)?)
+            .bind(prev_hash.to_owned())
+            .bind(hash.clone())
+            .execute(&mut *conn)
+            .await;
+        match result {
+            Ok(_) => Ok(hash),
+            // seq is assigned under the chain lock, so the only unique key a correct
+            // insert can collide on is the caller-made id.
+            Err(e) if is_unique_violation(&e) => Err(StoreError::DuplicateEvent(event.id.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_decision(
+        conn: &mut DB::Connection,
+        decision: &NewDecision,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO decisions (id, tenant, idempotency_key, body, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(decision.id.clone())
+        .bind(decision.tenant.clone())
+        .bind(decision.idempotency_key.clone())
+        .bind(json_text(&decision.id, &decision.body)?)
+        .bind(decision.created_at_ms)
+        .execute(&mut *conn)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The idempotency key was looked up under the chain lock just before, so a
+            // collision here is on the decision id.
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::DuplicateDecision(decision.id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_decision(
+        conn: &mut DB::Connection,
+        tenant: &str,
+        by: DecisionLookup,
+        value: &str,
+    ) -> Result<Option<StoredDecision>, StoreError> {
+        let row = sqlx::query(by.sql())
+            .bind(tenant.to_owned())
+            .bind(value.to_owned())
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|row| Self::decision_from_row(&row)).transpose()
+    }
+
+    /// The decision already holding `decision`'s idempotency key in its tenant, if any:
+    /// one written earlier in this batch (`earlier`), or one in the database.
+    async fn key_holder(
+        conn: &mut DB::Connection,
+        earlier: &[StoredDecision],
+        decision: Option<&NewDecision>,
+    ) -> Result<Option<StoredDecision>, StoreError> {
+        let Some(NewDecision {
+            tenant,
+            idempotency_key: Some(key),
+            ..
+        }) = decision
+        else {
+            return Ok(None);
+        };
+        let same_key =
+            |d: &&StoredDecision| d.tenant == *tenant && d.idempotency_key.as_ref() == Some(key);
+        if let Some(holder) = earlier.iter().find(same_key) {
+            return Ok(Some(holder.clone()));
+        }
+        Self::find_decision(conn, tenant, DecisionLookup::IdempotencyKey, key).await
+    }
+
+    fn decision_from_row(row: &DB::Row) -> Result<StoredDecision, StoreError> {
+        let id: String = row.try_get("id")?;
+        let body: String = row.try_get("body")?;
+        let body = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+            what: "decision",
+            id: id.clone(),
+            detail: format!("body: {e}"),
+        })?;
+        Ok(StoredDecision {
+            tenant: row.try_get("tenant")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            body,
+            created_at_ms: row.try_get("created_at_ms")?,
+            id,
+        })
+    }
+
+    /// Decodes an audit row. The outer error is a database failure; the inner one a row
+    /// whose content is not what the store writes, which verification reports as a
+    /// broken link rather than failing.
+    fn event_from_row(row: &DB::Row) -> Result<Result<Event, UnreadableRow>, StoreError> {
+        let seq: i64 = row.try_get("seq")?;
+        let id: String = row.try_get("id")?;
+        Ok(Self::event_fields(row, &id)
+            .map(|(prev_hash, hash, event)| Event {
+                seq,
+                prev_hash,
+                hash,
+                event,
+            })
+            .map_err(|detail| UnreadableRow { seq, id, detail }))
+    }
+
+    fn event_fields(row: &DB::Row, id: &str) -> Result<(String, String, NewEvent), String> {
+        let event = NewEvent {
+            id: id.to_owned(),
+            time_ms: column(row, "time_ms")?,
+            tenant: column(row, "tenant")?,
+            kind: column(row, "kind")?,
+            agent: column(row, "agent")?,
+            on_behalf_of: column(row, "on_behalf_of")?,
+            action_type: column(row, "action_type")?,
+            target_type: column(row, "target_type")?,
+            target_id: column(row, "target_id")?,
+            mode: column(row, "mode")?,
+            confidence_initial: column(row, "confidence_initial")?,
+            confidence_adjusted: column(row, "confidence_adjusted")?,
+            effect: column(row, "effect")?,
+            rule_ids: json_column(row, "rule_ids")?,
+            reasons: json_column(row, "reasons")?,
+            policy_version: column(row, "policy_version")?,
+            payload_digest: column(row, "payload_digest")?,
+            context_digest: column(row, "context_digest")?,
+            kept: json_column(row, "kept")?,
+            decision_id: column(row, "decision_id")?,
+            detail: json_column(row, "detail")?,
+        };
+        Ok((column(row, "prev_hash")?, column(row, "hash")?, event))
+    }
+
+    fn key_from_row(row: &DB::Row) -> Result<KeyRecord, StoreError> {
+        let id: String = row.try_get("id")?;
+        let list = |name: &'static str| -> Result<Vec<String>, StoreError> {
+            let text: String = row.try_get(name)?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                what: "api key",
+                id: id.clone(),
+                detail: format!("{name}: {e}"),
+            })
+        };
+        Ok(KeyRecord {
+            secret_hash: row.try_get("secret_hash")?,
+            tenant: row.try_get("tenant")?,
+            roles: list("roles")?,
+            agent: row.try_get("agent")?,
+            groups: list("group_names")?,
+            label: row.try_get("label")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            revoked_at_ms: row.try_get("revoked_at_ms")?,
+            id,
+        })
+    }
+
+    /// `(name, checksum)` of every recorded migration; empty when the table does not exist.
+    async fn recorded_migrations(
+        conn: &mut DB::Connection,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let exists: i64 = sqlx::query(DB::MIGRATIONS_TABLE_EXISTS)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("n")?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT name, checksum FROM warden_migrations")
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("name")?, row.try_get("checksum")?)))
+            .collect()
+    }
+}
+
+/// Which column identifies the decision being looked up.
+#[derive(Debug, Clone, Copy)]
+enum DecisionLookup {
+    Id,
+    IdempotencyKey,
+}
+
+impl DecisionLookup {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Id => {
+                "SELECT id, tenant, idempotency_key, body, created_at_ms FROM decisions \
+                 WHERE tenant = $1 AND id = $2"
+            }
+            Self::IdempotencyKey => {
+                "SELECT id, tenant, idempotency_key, body, created_at_ms FROM decisions \
+                 WHERE tenant = $1 AND idempotency_key = $2"
+            }
+        }
+    }
+}
+
+/// Decodes the column `name` of an audit row; the error text names the column.
+fn column<'r, R, T>(row: &'r R, name: &'static str) -> Result<T, String>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.try_get(name).map_err(|e| format!("{name}: {e}"))
+}
+
+/// Decodes the JSON text in column `name` of an audit row.
+fn json_column<R, T>(row: &R, name: &'static str) -> Result<T, String>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    T: serde::de::DeserializeOwned,
+{
+    let text: String = column(row, name)?;
+    serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))
+}
+
+/// `value` as JSON text for a TEXT column.
+fn json_text<T: serde::Serialize + ?Sized>(id: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode {
+        id: id.to_owned(),
+        source,
+    })
+}
+
+/// Refuses what the store must not record, before anything is written.
+fn validate(item: &mut Append) -> Result<(), StoreError> {
+    let id = item.event.id.clone();
+    let invalid = |reason: &str| StoreError::InvalidEvent {
+        id: id.clone(),
+        reason: reason.to_owned(),
+    };
+    let event = &mut item.event;
+    if event.id.is_empty() {
+        return Err(invalid("the event id is empty"));
+    }
+    if event.kind == kind::CHECKPOINT {
+        return Err(invalid("checkpoint events are written only by purge"));
+    }
+    let confidences = [
+        &mut event.confidence_initial,
+        &mut event.confidence_adjusted,
+    ];
+    for value in confidences.into_iter().flatten() {
+        if !value.is_finite() {
+            return Err(invalid("confidence must be a finite number"));
+        }
+        // SQLite may store an integral REAL as an integer, which turns -0.0 into 0.0 and
+        // would change the hash on the way back; record +0.0 from the start.
+        if *value == 0.0 {
+            *value = 0.0;
+        }
+    }
+    if let Some(decision) = &item.decision {
+        if decision.tenant != event.tenant {
+            return Err(invalid("the decision's tenant differs from the event's"));
+        }
+        if decision.id.is_empty() {
+            return Err(invalid("the decision id is empty"));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<f64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    &'static str: ColumnIndex<DB::Row>,
+{
+    fn backend(&self) -> Backend {
+        DB::BACKEND
+    }
+
+    async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let mut applied = Vec::new();
+        for migration in migrations(DB::BACKEND) {
+            let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+            if let Some(lock) = DB::LOCK_MIGRATIONS {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
+            (&mut *tx)
+                .execute(sqlx::raw_sql(CREATE_MIGRATIONS_TABLE))
+                .await?;
+            // Checked under the lock: another replica may have applied it meanwhile.
+            let recorded = sqlx::query("SELECT checksum FROM warden_migrations WHERE name = $1")
+                .bind(migration.name.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = recorded {
+                let checksum: String = row.try_get("checksum")?;
+                if checksum != migration.checksum() {
+                    return Err(StoreError::MigrationChanged(migration.name.to_owned()));
+                }
+                tx.rollback().await?;
+                continue;
+            }
+            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
+            let record = format!(
+                "INSERT INTO warden_migrations (name, checksum, applied_at_ms) \
+                     VALUES ($1, $2, {})",
+                DB::NOW_MS
+            );
+            sqlx::query(&record)
+                .bind(migration.name.to_owned())
+                .bind(migration.checksum())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            applied.push(migration.name.to_owned());
+        }
+        Ok(applied)
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let recorded = Self::recorded_migrations(&mut conn).await?;
+        let mut pending = Vec::new();
+        for migration in migrations(DB::BACKEND) {
+            match recorded.iter().find(|(name, _)| name == migration.name) {
+                Some((_, checksum)) if *checksum != migration.checksum() => {
+                    return Err(StoreError::MigrationChanged(migration.name.to_owned()));
+                }
+                Some(_) => {}
+                None => pending.push(migration.name.to_owned()),
+            }
+        }
+        Ok(pending)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for item in &mut batch {
+            validate(item)?;
+        }
+        let mut tx = self.begin_chain_write().await?;
+        let mut head = Self::head(&mut tx).await?;
+        // Hashing stays on the executor here, unlike in verify: it is microseconds per
+        // event, and each link depends on the one before and on rows read under the lock.
+
+        // Decisions with an idempotency key written earlier in this batch.
+        let mut written_keys: Vec<StoredDecision> = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        for item in batch {
+            let holder = Self::key_holder(&mut tx, &written_keys, item.decision.as_ref()).await?;
+            if let Some(existing) = holder {
+                results.push(Appended::Duplicate(existing));
+                continue;
+            }
+            let seq = head.seq + 1;
+            let hash = Self::insert_event(&mut tx, seq, &head.hash, &item.event).await?;
+            if let Some(decision) = item.decision {
+                Self::insert_decision(&mut tx, &decision).await?;
+                if decision.idempotency_key.is_some() {
+                    written_keys.push(decision.into());
+                }
+            }
+            results.push(Appended::Written {
+                seq,
+                hash: hash.clone(),
+            });
+            head = Head { seq, hash };
+        }
+        // Durability: on SQLite (WAL, synchronous=FULL) and PostgreSQL alike this commit is
+        // the one fsync for the whole batch, and nothing is acknowledged before it returns.
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::find_decision(&mut conn, tenant, DecisionLookup::Id, id).await
+    }
+
+    async fn decision_by_key(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<StoredDecision>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::find_decision(
+            &mut conn,
+            tenant,
+            DecisionLookup::IdempotencyKey,
+            idempotency_key,
+        )
+        .await
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE 1 = 1");
+        let mut args = Vec::new();
+        let mut push = |sql: &mut String, condition: &str, arg: Arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {condition} ${}", args.len()));
+        };
+        let text = [
+            ("tenant =", &filter.tenant),
+            ("kind =", &filter.kind),
+            ("agent =", &filter.agent),
+            ("action_type =", &filter.action_type),
+            ("effect =", &filter.effect),
+        ];
+        for (condition, value) in text {
+            if let Some(value) = value {
+                push(&mut sql, condition, Arg::Text(value.clone()));
+            }
+        }
+        let ints = [
+            ("time_ms >=", filter.since_ms),
+            ("time_ms <", filter.until_ms),
+            ("seq >", filter.after_seq),
+            ("seq <", filter.before_seq),
+        ];
+        for (condition, value) in ints {
+            if let Some(value) = value {
+                push(&mut sql, condition, Arg::Int(value));
+            }
+        }
+        let order = if filter.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(
+            " ORDER BY seq {order} LIMIT {}",
+            filter.effective_limit()
+        ));
+
+        let mut query = sqlx::query(&sql);
+        for arg in args {
+            query = match arg {
+                Arg::Text(value) => query.bind(value),
+                Arg::Int(value) => query.bind(value),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Self::event_from_row(row)?.map_err(|bad| StoreError::Corrupt {
+                    what: "audit event",
+                    id: bad.seq.to_string(),
+                    detail: bad.detail,
+                })
+            })
+            .collect()
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        // One snapshot for the whole walk, so that a concurrent purge or append cannot
+        // make an intact chain look broken halfway through.
+        let mut tx = self.pool.begin_with(DB::BEGIN_SNAPSHOT).await?;
+        let checkpoints = sqlx::query("SELECT detail FROM audit_events WHERE kind = $1")
+            .bind(kind::CHECKPOINT.to_owned())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut anchors = Vec::new();
+        for row in &checkpoints {
+            let detail: String = row.try_get("detail")?;
+            // A checkpoint whose detail does not parse anchors nothing; the walk then
+            // reports it (its hash no longer matches) or the start it fails to anchor.
+            if let Some(anchor) = serde_json::from_str::<Value>(&detail)
+                .ok()
+                .as_ref()
+                .and_then(chain::checkpoint_anchor)
+            {
+                anchors.push(anchor);
+            }
+        }
+        let page_sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        );
+        let mut walk = ChainWalk::new(anchors);
+        let mut after = i64::MIN;
+        loop {
+            let rows = sqlx::query(&page_sql)
+                .bind(after)
+                .bind(VERIFY_PAGE)
+                .fetch_all(&mut *tx)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("seq")?;
+            let full_page = rows.len() as i64 == VERIFY_PAGE;
+            let page = rows
+                .iter()
+                .map(Self::event_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            // Hashing a page is CPU work; keep it off the async executor.
+            let (returned, fed) = tokio::task::spawn_blocking(move || {
+                let fed = walk.feed(page);
+                (walk, fed)
+            })
+            .await?;
+            walk = returned;
+            fed?;
+            if walk.is_broken() || !full_page {
+                break;
+            }
+        }
+        tx.rollback().await?;
+        Ok(walk.report())
+    }
+
+    async fn purge(&self, older_than_ms: i64, now_ms: i64) -> Result<PurgeReport, StoreError> {
+        let mut tx = self.begin_chain_write().await?;
+        let head = Self::head(&mut tx).await?;
+        // Only a prefix of the chain can go, or verification would see a hole. Times are
+        // caller-supplied and replicas' clocks differ, so an old event behind a newer
+        // one stays until everything before it is old enough too.
+        let bounds = sqlx::query(
+            "SELECT (SELECT MIN(seq) FROM audit_events) AS lowest, \
+                        (SELECT MIN(seq) FROM audit_events WHERE time_ms >= $1) AS first_kept",
+        )
+        .bind(older_than_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        let lowest: Option<i64> = bounds.try_get("lowest")?;
+        let first_kept: Option<i64> = bounds.try_get("first_kept")?;
+        let through = first_kept.map_or(head.seq, |seq| seq - 1);
+
+        let decisions = sqlx::query("DELETE FROM decisions WHERE created_at_ms < $1")
+            .bind(older_than_ms)
+            .execute(&mut *tx)
+            .await?;
+        let decisions_purged = DB::rows_affected(&decisions);
+
+        let mut report = PurgeReport {
+            purged: 0,
+            decisions_purged,
+            checkpoint_seq: None,
+        };
+        if lowest.is_some_and(|lowest| lowest <= through) {
+            let anchor: String = sqlx::query(
+                "SELECT hash FROM audit_events WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(through)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("hash")?;
+            let deleted = sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+            let purged = DB::rows_affected(&deleted);
+            let seq = head.seq + 1;
+            let checkpoint = NewEvent {
+                id: format!("checkpoint-{seq}"),
+                time_ms: now_ms,
+                tenant: SYSTEM_TENANT.to_owned(),
+                kind: kind::CHECKPOINT.to_owned(),
+                kept: Value::Null,
+                detail: chain::checkpoint_detail(through, &anchor, purged, older_than_ms),
+                ..NewEvent::default()
+            };
+            Self::insert_event(&mut tx, seq, &head.hash, &checkpoint).await?;
+            report.purged = purged;
+            report.checkpoint_seq = Some(seq);
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
+        let sql = format!(
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)"
+        );
+        let result = sqlx::query(&sql)
+            .bind(key.id.clone())
+            .bind(key.secret_hash.clone())
+            .bind(key.tenant.clone())
+            .bind(json_text(&key.id, &key.roles)?)
+            .bind(key.agent.clone())
+            .bind(json_text(&key.id, &key.groups)?)
+            .bind(key.label.clone())
+            .bind(key.created_at_ms)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(KeyRecord {
+                id: key.id,
+                secret_hash: key.secret_hash,
+                tenant: key.tenant,
+                roles: key.roles,
+                agent: key.agent,
+                groups: key.groups,
+                label: key.label,
+                created_at_ms: key.created_at_ms,
+                revoked_at_ms: None,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::DuplicateKey(key.id)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Self::key_from_row(&row)).transpose()
+    }
+
+    async fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE api_keys SET revoked_at_ms = $2 WHERE id = $1 AND revoked_at_ms IS NULL",
+        )
+        .bind(id.to_owned())
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&result) > 0)
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at_ms, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::key_from_row).collect()
+    }
+}

@@ -1,0 +1,81 @@
+//! The SQLite backend: how a database file is opened, and the SQL that differs from PostgreSQL.
+//!
+//! Durability choice: WAL journal with `synchronous=FULL`, so a committed transaction is on
+//! disk when `COMMIT` returns. Appends are group commits, so the batch's `COMMIT` is the
+//! one fsync that makes every event in it durable. Writers open their transaction with
+//! `BEGIN IMMEDIATE`, taking the write lock up front: a deferred transaction that upgrades
+//! to a writer later can fail with `SQLITE_BUSY` without waiting, while `BEGIN IMMEDIATE`
+//! waits up to the busy timeout, which also serializes chain appends between connections
+//! and between processes sharing the file.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Sqlite;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
+
+use crate::error::StoreError;
+use crate::sql::{Dialect, SqlStore};
+use crate::{Backend, Store};
+
+/// How long a writer waits for another to finish before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections in a file database's pool; SQLite runs one writer at a time regardless.
+const MAX_CONNECTIONS: u32 = 8;
+
+impl Dialect for Sqlite {
+    const BACKEND: Backend = Backend::Sqlite;
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCK_CHAIN: Option<&'static str> = None;
+    const LOCK_MIGRATIONS: Option<&'static str> = None;
+    // A deferred transaction's snapshot starts at its first read and lasts until it ends.
+    const BEGIN_SNAPSHOT: &'static str = "BEGIN";
+    const MIGRATIONS_TABLE_EXISTS: &'static str = "SELECT COUNT(*) AS n FROM sqlite_master \
+        WHERE type = 'table' AND name = 'warden_migrations'";
+    const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+/// Opens (creating if missing) the database at `path`; `:memory:` is a private in-memory
+/// database that lives as long as the store.
+pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if path.is_empty() {
+        return Err(StoreError::InvalidUrl(
+            "the sqlite path is empty".to_owned(),
+        ));
+    }
+    let memory = path == ":memory:";
+    let options = if memory {
+        // sqlx names the in-memory database uniquely and shares it between the pool's
+        // connections; the pool below keeps exactly one, forever, so it is never dropped.
+        SqliteConnectOptions::from_str("sqlite::memory:")?
+    } else {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+    };
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool_options = if memory {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
+    };
+    let pool = pool_options.connect_with(options).await?;
+    Ok(SqlStore::shared(pool))
+}

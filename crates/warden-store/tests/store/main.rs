@@ -1,0 +1,11 @@
+//! Behaviour tests of the store, each run against SQLite and (when configured) PostgreSQL.
+//!
+//! One test binary with modules, so that sqlx is linked once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod chain;
+mod common;
+mod migrations;
+mod queries;
+mod verify;

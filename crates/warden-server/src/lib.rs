@@ -2,4 +2,6 @@
 //! policy core's types are converted to JSON bodies here and nowhere else.
 #![deny(missing_docs)]
 
+pub mod ids;
+pub mod keys;
 pub mod wire;

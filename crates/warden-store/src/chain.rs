@@ -54,7 +54,9 @@ struct CanonicalEvent<'a> {
 
 /// A JSON value rendered with object keys sorted at every depth, whatever order the map
 /// holds them in (serde_json's `preserve_order` feature may be on elsewhere in the build).
-struct Sorted<'a>(&'a Value);
+/// The one canonical form: the chain hashes it, and the server's digests key it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sorted<'a>(pub &'a Value);
 
 impl Serialize for Sorted<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

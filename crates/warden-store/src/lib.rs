@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use chain::{GENESIS_HASH, canonical_bytes, event_hash};
+pub use chain::{GENESIS_HASH, Sorted, canonical_bytes, event_hash};
 pub use error::StoreError;
 pub use migrations::{Migration, migrations};
 pub use model::{

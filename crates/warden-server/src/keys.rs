@@ -1,0 +1,167 @@
+//! API keys: `wdn_<id>_<secret>`. The id is public and finds the record; the secret is 256
+//! random bits, stored only as its SHA-256 and compared in constant time.
+
+use crate::ids;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use subtle::ConstantTimeEq;
+use warden_store::{KeyRecord, NewKey};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Asks for decisions and records outcomes.
+    Controller,
+    /// An agent: reads its denials and digest, proposes changes, waits on approvals.
+    Agent,
+    /// Decides approvals and proposals.
+    Approver,
+    /// Manages policy, keys and the audit log.
+    Admin,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Controller, Role::Agent, Role::Approver, Role::Admin];
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Controller => "controller",
+            Role::Agent => "agent",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A new key: the token to hand over once, and the record to store.
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// `wdn_<id>_<secret>`: shown once, never stored.
+    pub token: String,
+    /// What the store keeps.
+    pub record: NewKey,
+}
+
+/// What a key is for.
+#[derive(Debug, Clone, Default)]
+pub struct KeySpec {
+    /// The tenant the key acts for.
+    pub tenant: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// For agent keys, the agent id; for controller keys, a glob of agents it may name.
+    pub agent: Option<String>,
+    /// Approver groups.
+    pub groups: Vec<String>,
+    /// A human label.
+    pub label: Option<String>,
+}
+
+/// Makes a new key.
+pub fn issue(spec: KeySpec, now_ms: i64) -> IssuedKey {
+    let id = ids::random_base32(12).to_ascii_lowercase();
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = hex::encode(secret);
+    IssuedKey {
+        token: format!("wdn_{id}_{secret}"),
+        record: NewKey {
+            id,
+            secret_hash: hash_secret(&secret),
+            tenant: spec.tenant,
+            roles: spec.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            agent: spec.agent,
+            groups: spec.groups,
+            label: spec.label,
+            created_at_ms: now_ms,
+        },
+    }
+}
+
+/// Splits a token into its id and secret; `None` if it is not shaped like a Warden key.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("wdn_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    (ok(id, 12) && ok(secret, 64)).then_some((id, secret))
+}
+
+/// Whether `secret` is the secret of `record`, compared in constant time.
+pub fn secret_matches(secret: &str, record: &KeyRecord) -> bool {
+    let presented = hash_secret(secret);
+    presented
+        .as_bytes()
+        .ct_eq(record.secret_hash.as_bytes())
+        .into()
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issued_token_verifies_and_a_changed_one_does_not() {
+        let issued = issue(
+            KeySpec {
+                tenant: "acme".into(),
+                roles: vec![Role::Admin],
+                ..KeySpec::default()
+            },
+            1,
+        );
+        let (id, secret) = parse_token(&issued.token).unwrap();
+        assert_eq!(id, issued.record.id);
+        let record = KeyRecord {
+            id: issued.record.id.clone(),
+            secret_hash: issued.record.secret_hash.clone(),
+            tenant: "acme".into(),
+            roles: vec!["admin".into()],
+            agent: None,
+            groups: vec![],
+            label: None,
+            created_at_ms: 1,
+            revoked_at_ms: None,
+        };
+        assert!(secret_matches(secret, &record));
+        let mut wrong = secret.to_owned();
+        wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
+        assert!(!secret_matches(&wrong, &record));
+        assert!(
+            !issued.token.contains(&record.secret_hash),
+            "the stored hash is not the secret"
+        );
+    }
+
+    #[test]
+    fn only_well_formed_tokens_parse() {
+        let secret = "a".repeat(64);
+        assert!(parse_token(&format!("wdn_abcdefghijkl_{secret}")).is_some());
+        for bad in [
+            "",
+            "wdn_",
+            "Bearer x",
+            &format!("wdn_short_{secret}"),
+            "wdn_abcdefghijkl_short",
+        ] {
+            assert!(parse_token(bad).is_none(), "{bad}");
+        }
+    }
+}

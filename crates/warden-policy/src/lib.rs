@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod action;
+pub mod audit;
 pub mod decision;
 mod document;
 mod expr;
@@ -34,8 +35,9 @@ mod template;
 pub mod testing;
 
 pub use action::{Action, ActionError, ActionType, Confidence, Env};
+pub use audit::AuditView;
 pub use decision::{
     ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict,
 };
 pub use document::{PolicyError, PolicyErrors};
-pub use policy::{ApprovalRequirement, Effect, Policy, Rule, RuleId, Tier, Version};
+pub use policy::{ApprovalRequirement, AuditSpec, Effect, Policy, Rule, RuleId, Tier, Version};

@@ -1,12 +1,14 @@
 //! JSON bodies exchanged with callers. Core types are converted at this edge so the core
 //! never has to care how it is serialized.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use warden_policy::{ApprovalRequirement, Decision};
+use warden_store::Event;
 
 /// The decision body of DESIGN §4.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DecisionBody {
     /// Set by the server; `None` when evaluated offline (`warden eval`).
     pub decision_id: Option<String>,
@@ -17,23 +19,27 @@ pub struct DecisionBody {
     /// Initial and adjusted confidence, when the action carried one.
     pub confidence: Option<ConfidenceBody>,
     /// `mode` and `limits` the executor must honour.
+    #[schema(value_type = Object)]
     pub obligations: Map<String, Value>,
     /// The approval to wait for, or (offline) who would have to approve.
     pub approval: Option<ApprovalBody>,
     /// A signed permit for an allow; issued by the server.
+    #[schema(value_type = Option<Object>)]
     pub permit: Option<Value>,
     /// The policy version that decided.
     pub policy_version: String,
     /// On a deny with proposals enabled: the narrowest rule that would allow this action.
+    #[schema(value_type = Option<Object>)]
     pub rule_missing: Option<Value>,
     /// What the agent can do next.
+    #[schema(value_type = Vec<Object>)]
     pub next_steps: Vec<Value>,
     /// Time spent evaluating, in nanoseconds.
     pub eval_ns: u64,
 }
 
 /// One reason.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReasonBody {
     /// The rule, if a rule gave it.
     pub rule: Option<String>,
@@ -46,7 +52,7 @@ pub struct ReasonBody {
 }
 
 /// Confidence before and after adjustments.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct ConfidenceBody {
     /// As submitted.
     pub initial: f64,
@@ -55,7 +61,7 @@ pub struct ConfidenceBody {
 }
 
 /// An approval: its requirement, and once created by the server, its id and state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApprovalBody {
     /// The approval id (server only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +139,246 @@ impl DecisionBody {
             eval_ns,
         }
     }
+}
+
+impl DecisionBody {
+    /// A deny that no rule made: no policy for the tenant, or the audit log unavailable.
+    pub fn refusal(code: &'static str, message: &str, policy_version: &str) -> Self {
+        Self {
+            decision_id: None,
+            effect: "deny",
+            reasons: vec![ReasonBody {
+                rule: None,
+                effect: "deny",
+                code,
+                message: message.to_owned(),
+            }],
+            confidence: None,
+            obligations: Map::new(),
+            approval: None,
+            permit: None,
+            policy_version: policy_version.to_owned(),
+            rule_missing: None,
+            next_steps: Vec::new(),
+            eval_ns: 0,
+        }
+    }
+}
+
+/// The action of DESIGN §2, as `POST /v1/decisions` accepts it. The server parses bodies
+/// with the policy core's validating parser; this type documents the same shape in the
+/// OpenAPI spec, and a test keeps the two in step.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Idempotency key: a repeat from the same tenant returns the first decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Dotted action name, e.g. `ticket.resolve`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the action is done to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetRequest>,
+    /// The agent's confidence, in [0, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Execution mode, e.g. `auto` or `draft`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The agent; only where the key allows naming it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The human the agent acts for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The workflow within the application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The agent run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Arguments; read by rules, stored only as a keyed digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Value>,
+    /// Facts; read by rules, stored only as a keyed digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
+    /// Resources consumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageRequest>,
+}
+
+/// An action's target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRequest {
+    /// The kind of object, e.g. `ticket`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// Resources an action consumes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRequest {
+    /// Model tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Money spent, in US dollars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Tool invocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<u64>,
+}
+
+/// How an allowed action went, reported by the controller.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeRequest {
+    /// `executed` or `failed`.
+    pub status: OutcomeStatus,
+    /// For a failure, a short machine code (letters, digits, `_`, `-`, `.`; at most 64).
+    #[serde(default)]
+    pub error_code: Option<String>,
+}
+
+/// What happened to the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeStatus {
+    /// The action ran.
+    Executed,
+    /// The action was attempted and failed.
+    Failed,
+}
+
+impl OutcomeStatus {
+    /// The status's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Executed => "executed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The recorded outcome.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutcomeBody {
+    /// The decision it belongs to.
+    pub decision_id: String,
+    /// As reported.
+    pub status: OutcomeStatus,
+    /// The error code, if any.
+    pub error_code: Option<String>,
+    /// The audit event that records it.
+    pub event_id: String,
+}
+
+/// An audit event as the API and the CLI show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventBody {
+    /// Position in the chain.
+    pub seq: i64,
+    /// Event id.
+    pub id: String,
+    /// RFC 3339 time.
+    pub time: String,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// `decision`, `outcome`, `key_created`, …
+    pub kind: String,
+    /// Acting agent.
+    pub agent: Option<String>,
+    /// The user the agent acted for.
+    pub on_behalf_of: Option<String>,
+    /// Dotted action type.
+    pub action_type: Option<String>,
+    /// Target type.
+    pub target_type: Option<String>,
+    /// Target id.
+    pub target_id: Option<String>,
+    /// Mode.
+    pub mode: Option<String>,
+    /// Submitted confidence.
+    pub confidence_initial: Option<f64>,
+    /// Adjusted confidence.
+    pub confidence_adjusted: Option<f64>,
+    /// Effect decided.
+    pub effect: Option<String>,
+    /// Rules that matched.
+    pub rule_ids: Vec<String>,
+    /// Rendered reasons (redactions applied).
+    pub reasons: Vec<String>,
+    /// Policy version.
+    pub policy_version: Option<String>,
+    /// Keyed digest of the payload.
+    pub payload_digest: Option<String>,
+    /// Keyed digest of the context.
+    pub context_digest: Option<String>,
+    /// Fields kept by `audit.keep`.
+    #[schema(value_type = Object)]
+    pub kept: Value,
+    /// The decision this event records or refers to.
+    pub decision_id: Option<String>,
+    /// Kind-specific detail.
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+impl From<&Event> for EventBody {
+    fn from(e: &Event) -> Self {
+        let n = &e.event;
+        Self {
+            seq: e.seq,
+            id: n.id.clone(),
+            time: rfc3339(n.time_ms),
+            time_ms: n.time_ms,
+            tenant: n.tenant.clone(),
+            kind: n.kind.clone(),
+            agent: n.agent.clone(),
+            on_behalf_of: n.on_behalf_of.clone(),
+            action_type: n.action_type.clone(),
+            target_type: n.target_type.clone(),
+            target_id: n.target_id.clone(),
+            mode: n.mode.clone(),
+            confidence_initial: n.confidence_initial,
+            confidence_adjusted: n.confidence_adjusted,
+            effect: n.effect.clone(),
+            rule_ids: n.rule_ids.clone(),
+            reasons: n.reasons.clone(),
+            policy_version: n.policy_version.clone(),
+            payload_digest: n.payload_digest.clone(),
+            context_digest: n.context_digest.clone(),
+            kept: n.kept.clone(),
+            decision_id: n.decision_id.clone(),
+            detail: n.detail.clone(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Whole numbers print without a fraction (`5`, not `5.0`).

@@ -1,0 +1,194 @@
+//! The router (every route, its limits and its error mapping), the OpenAPI document built
+//! from the handlers, and [`serve`]: listen, reload on SIGHUP, drain and flush on shutdown.
+
+use crate::audit::AuditTask;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::routes::{admin, decisions, health};
+use crate::state::AppState;
+use crate::wire;
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tower::{BoxError, ServiceBuilder};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+/// The OpenAPI document: every route and body type, generated from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Warden", description = "Policy decisions, audit and approvals for AI agents"),
+    paths(
+        decisions::create,
+        decisions::show,
+        decisions::outcome,
+        admin::reload,
+        admin::query,
+        admin::verify,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        health::openapi,
+    ),
+    components(schemas(
+        wire::ActionRequest,
+        wire::DecisionBody,
+        wire::OutcomeRequest,
+        wire::OutcomeBody,
+        wire::EventBody,
+        ErrorBody,
+    )),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("wdn_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON, built once.
+pub fn openapi_json() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default())
+        .clone()
+}
+
+/// Every route, with the body limit, request timeout, in-flight bound and error mapping.
+pub fn app(state: AppState) -> Router {
+    let limits = state.limits().clone();
+    let guard = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(guard_error))
+        .load_shed()
+        .concurrency_limit(limits.max_in_flight)
+        .timeout(limits.request_timeout);
+    Router::new()
+        .route("/v1/decisions", post(decisions::create))
+        .route("/v1/decisions/{id}", get(decisions::show))
+        .route("/v1/decisions/{id}/outcome", post(decisions::outcome))
+        .route("/v1/policy/reload", post(admin::reload))
+        .route("/v1/audit", get(admin::query))
+        .route("/v1/audit/verify", get(admin::verify))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(guard)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// Answers for requests the guard layers turned away.
+async fn guard_error(error: BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; try again",
+        )
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight; try again",
+        )
+    } else {
+        tracing::error!(error = %error, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+/// Counts error codes and logs each request's route, status and time, never its body.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        state.metrics().error(code);
+    }
+    tracing::debug!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+/// and flushes the audit writer: every answered decision is durable when this returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    audit: AuditTask,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let reloader = tokio::spawn(reload_on_hangup(state.clone()));
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    reloader.abort();
+    audit.finish().await;
+    result
+}
+
+/// SIGHUP reloads the policies, as `POST /v1/policy/reload` does.
+#[cfg(unix)]
+async fn reload_on_hangup(state: AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /v1/policy/reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading policies");
+        // Failures are logged by the reload itself.
+        let _ = admin::reload_policies(&state, warden_store::SYSTEM_TENANT, "sighup").await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(_state: AppState) {}

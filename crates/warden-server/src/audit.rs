@@ -1,0 +1,292 @@
+//! The audit writer: every event the server records goes through one task that batches
+//! whatever is waiting into a single store transaction (group commit), and answers each
+//! request only once its event is durable. Also the server's digest key, which turns
+//! payloads and contexts into keyed digests so the log references them without copying.
+
+use crate::metrics::Metrics;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use warden_store::{Append, Appended, Sorted, Store, StoreError};
+
+/// Most events in one transaction. Larger batches amortize the fsync further but hold the
+/// chain lock longer; at this size a batch commits in a few milliseconds.
+const MAX_BATCH: usize = 512;
+
+/// Requests waiting for the writer before senders have to wait (backpressure).
+const QUEUE: usize = 16 * 1024;
+
+/// The environment variable that supplies the digest key (replicas must share it).
+pub const AUDIT_KEY_ENV: &str = "WARDEN_AUDIT_KEY";
+
+/// The file in the data dir that holds a generated digest key.
+pub const AUDIT_KEY_FILE: &str = "warden-audit.key";
+
+/// Why an event could not be made durable. The cause is logged by the writer.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit log is unavailable")]
+pub struct AuditUnavailable;
+
+/// Why the digest key could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditKeyError {
+    /// The key given in the environment is too short to be a secret.
+    #[error("{AUDIT_KEY_ENV} must hold at least 32 bytes (64 hex characters recommended)")]
+    TooShort,
+    /// The key file could not be read or written.
+    #[error("audit key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The server's HMAC-SHA256 key for payload and context digests.
+#[derive(Clone)]
+pub struct AuditKey(Arc<Hmac<Sha256>>);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+impl AuditKey {
+    /// A key from raw bytes (at least 32).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AuditKeyError> {
+        if bytes.len() < 32 {
+            return Err(AuditKeyError::TooShort);
+        }
+        Hmac::<Sha256>::new_from_slice(bytes)
+            .map(|mac| Self(Arc::new(mac)))
+            .map_err(|_| AuditKeyError::TooShort)
+    }
+
+    /// The key from `WARDEN_AUDIT_KEY` if set, else from the data dir's key file, which is
+    /// created with a fresh random key (readable by the owner only) on first start.
+    pub fn load(env_value: Option<&str>, data_dir: &Path) -> Result<Self, AuditKeyError> {
+        if let Some(value) = env_value {
+            return Self::from_bytes(value.trim().as_bytes());
+        }
+        let path = data_dir.join(AUDIT_KEY_FILE);
+        let io = |source| AuditKeyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_bytes(text.trim().as_bytes()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(data_dir).map_err(io)?;
+                let mut secret = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut secret);
+                let text = hex::encode(secret);
+                write_private(&path, &text).map_err(io)?;
+                Self::from_bytes(text.as_bytes())
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The keyed digest of a JSON value in its canonical form (`hmac-sha256:<hex>`), or
+    /// `None` for an absent value.
+    pub fn digest(&self, value: &serde_json::Value) -> Option<String> {
+        if value.is_null() {
+            return None;
+        }
+        let mut mac = (*self.0).clone();
+        // Writing into the MAC cannot fail; serialization of a `Value` cannot either.
+        let _ = serde_json::to_writer(MacWriter(&mut mac), &Sorted(value));
+        Some(format!(
+            "hmac-sha256:{}",
+            hex::encode(mac.finalize().into_bytes())
+        ))
+    }
+}
+
+struct MacWriter<'a>(&'a mut Hmac<Sha256>);
+
+impl std::io::Write for MacWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+type Reply = oneshot::Sender<Result<Appended, AuditUnavailable>>;
+
+/// The handle requests use to append events. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<(Append, Reply)>,
+}
+
+/// The writer task; call [`AuditTask::finish`] after the last request to flush.
+#[derive(Debug)]
+pub struct AuditTask {
+    handle: JoinHandle<()>,
+    close: oneshot::Sender<()>,
+}
+
+impl AuditWriter {
+    /// Starts the writer task over `store`.
+    pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> (Self, AuditTask) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (close, closed) = oneshot::channel();
+        let handle = tokio::spawn(run(store, rx, closed, metrics));
+        (Self { tx }, AuditTask { handle, close })
+    }
+
+    /// Appends one event (and its decision) and waits until it is durable.
+    pub async fn append(&self, item: Append) -> Result<Appended, AuditUnavailable> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| AuditUnavailable)?;
+        done.await.map_err(|_| AuditUnavailable)?
+    }
+}
+
+impl AuditTask {
+    /// Stops taking new events, writes every queued one, and waits until they are durable.
+    pub async fn finish(self) {
+        let _ = self.close.send(());
+        if let Err(e) = self.handle.await {
+            tracing::error!(error = %e, "audit writer stopped abnormally");
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(Append, Reply)>,
+    mut closed: oneshot::Receiver<()>,
+    metrics: Arc<Metrics>,
+) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut open = true;
+    loop {
+        // While one batch commits, the next one queues up: batch size follows load by itself.
+        let received = tokio::select! {
+            n = rx.recv_many(&mut jobs, MAX_BATCH) => n,
+            _ = &mut closed, if open => {
+                // Refuse new events; what is queued is still received and written below.
+                rx.close();
+                open = false;
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let (items, replies): (Vec<Append>, Vec<Reply>) = jobs.drain(..).unzip();
+        let size = items.len();
+        let started = Instant::now();
+        let result = store.append(items.clone()).await;
+        metrics.audit_batch(size, started.elapsed());
+        match result {
+            Ok(results) => {
+                for (reply, appended) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(appended));
+                }
+            }
+            Err(e) if size > 1 && item_level(&e) => {
+                // One bad item rolls back its whole batch; retry each alone so it fails by
+                // itself and the others are still recorded.
+                tracing::warn!(error = %e, size, "audit batch failed; retrying its events one by one");
+                for (item, reply) in items.into_iter().zip(replies) {
+                    let result = store.append(vec![item]).await;
+                    let _ = reply.send(single(result));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed; the request is denied");
+                for reply in replies {
+                    let _ = reply.send(Err(AuditUnavailable));
+                }
+            }
+        }
+    }
+}
+
+/// Whether `error` is about one item of a batch rather than the store as a whole.
+fn item_level(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::DuplicateEvent(_)
+            | StoreError::DuplicateDecision(_)
+            | StoreError::InvalidEvent { .. }
+            | StoreError::Encode { .. }
+    )
+}
+
+fn single(result: Result<Vec<Appended>, StoreError>) -> Result<Appended, AuditUnavailable> {
+    match result {
+        Ok(mut results) => results.pop().ok_or(AuditUnavailable),
+        Err(e) => {
+            tracing::error!(error = %e, "audit write failed; the request is denied");
+            Err(AuditUnavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn digests_are_keyed_canonical_and_absent_for_null() {
+        let a = AuditKey::from_bytes(&[7u8; 32]).unwrap();
+        let b = AuditKey::from_bytes(&[8u8; 32]).unwrap();
+        let x = json!({"b": 1, "a": [1, 2]});
+        let y: serde_json::Value = serde_json::from_str(r#"{"a":[1,2],"b":1}"#).unwrap();
+        assert_eq!(a.digest(&x), a.digest(&y), "key order does not matter");
+        assert_ne!(a.digest(&x), b.digest(&x), "the key does");
+        assert!(a.digest(&x).unwrap().starts_with("hmac-sha256:"));
+        assert_eq!(a.digest(&serde_json::Value::Null), None);
+        assert!(matches!(
+            AuditKey::from_bytes(b"short"),
+            Err(AuditKeyError::TooShort)
+        ));
+    }
+
+    #[test]
+    fn a_generated_key_is_kept_in_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = AuditKey::load(None, dir.path()).unwrap();
+        let again = AuditKey::load(None, dir.path()).unwrap();
+        let v = json!({"card": "4111"});
+        assert_eq!(first.digest(&v), again.digest(&v));
+        let from_env = AuditKey::load(Some(&"k".repeat(32)), dir.path()).unwrap();
+        assert_ne!(first.digest(&v), from_env.digest(&v));
+    }
+}

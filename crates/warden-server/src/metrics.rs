@@ -1,0 +1,110 @@
+//! Prometheus metrics: decisions by tenant and effect, decision latency, audit batch sizes
+//! and latency, and errors by code. Rendered as text by `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    tenant: String,
+    effect: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    code: &'static str,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    decision_seconds: Histogram,
+    audit_batch_size: Histogram,
+    audit_batch_seconds: Histogram,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+/// Latency buckets from 50 µs to about 3 s.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("warden");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions answered, by tenant and effect",
+            decisions.clone(),
+        );
+        let decision_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "decision_duration_seconds",
+            "Time to answer POST /v1/decisions, audit write included",
+            decision_seconds.clone(),
+        );
+        let audit_batch_size = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
+        );
+        registry.register(
+            "audit_batch_size",
+            "Events per audit transaction (group commit)",
+            audit_batch_size.clone(),
+        );
+        let audit_batch_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "audit_batch_duration_seconds",
+            "Time to commit one audit batch",
+            audit_batch_seconds.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("errors", "Error responses, by code", errors.clone());
+        Self {
+            registry,
+            decisions,
+            decision_seconds,
+            audit_batch_size,
+            audit_batch_seconds,
+            errors,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a decision answered and how long it took.
+    pub fn decision(&self, tenant: &str, effect: &'static str, elapsed: Duration) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                tenant: tenant.to_owned(),
+                effect,
+            })
+            .inc();
+        self.decision_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one audit transaction.
+    pub fn audit_batch(&self, size: usize, elapsed: Duration) {
+        self.audit_batch_size.observe(size as f64);
+        self.audit_batch_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an error response.
+    pub fn error(&self, code: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { code }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,423 @@
+//! `POST /v1/decisions`, `GET /v1/decisions/{id}`, `POST /v1/decisions/{id}/outcome`.
+//!
+//! The order of a decision is fixed: authenticate, parse, evaluate (pure), audit (durable),
+//! answer. Nothing is answered before its event is committed, and if the commit fails the
+//! answer is a deny with code `audit_unavailable` (HTTP 503), never an allow.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, ErrorCode, parse_json};
+use crate::keys::Role;
+use crate::state::{AppState, now_ms};
+use crate::wire::{ActionRequest, DecisionBody, OutcomeBody, OutcomeRequest};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::time::Instant;
+use warden_policy::{Action, AuditView, Decision, Env};
+use warden_store::{Append, Appended, NewDecision, NewEvent, kind};
+
+/// Bodies larger than this are parsed and evaluated off the async executor.
+const INLINE_BYTES: usize = 64 * 1024;
+
+/// The longest idempotency key accepted.
+const MAX_ID_LEN: usize = 200;
+
+/// Evaluates an action and answers the decision once it is audited.
+#[utoipa::path(
+    post,
+    path = "/v1/decisions",
+    tag = "decisions",
+    request_body = ActionRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The decision; a deny is a result, not an error", body = DecisionBody),
+        (status = 400, description = "The action is malformed", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "The key may not ask for decisions, or not for this agent", body = ErrorBody),
+        (status = 413, description = "The body is over the limit", body = ErrorBody),
+        (status = 503, description = "The audit log is unavailable: a deny with code `audit_unavailable`", body = DecisionBody),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    caller.require(&[Role::Controller])?;
+    let body = body?;
+    let prepared = if body.len() > INLINE_BYTES {
+        let (state, caller) = (state.clone(), caller.clone());
+        tokio::task::spawn_blocking(move || prepare(&state, &caller, &body))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "decision task failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            })??
+    } else {
+        prepare(&state, &caller, &body)?
+    };
+    let effect = prepared.body.effect;
+    let answer = match state.audit().append(prepared.append).await {
+        Ok(Appended::Written { .. }) => Json(prepared.body).into_response(),
+        Ok(Appended::Duplicate(first)) => {
+            let effect = first.body.get("effect").and_then(Value::as_str);
+            let effect = match effect {
+                Some("allow") => "allow",
+                Some("require_approval") => "require_approval",
+                _ => "deny",
+            };
+            state
+                .metrics()
+                .decision(&caller.tenant, effect, started.elapsed());
+            return Ok(Json(first.body).into_response());
+        }
+        Err(_) => {
+            let body = DecisionBody::refusal(
+                "audit_unavailable",
+                "the decision could not be recorded in the audit log, so the action is denied",
+                &prepared.body.policy_version,
+            );
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            response
+                .extensions_mut()
+                .insert(ErrorCode("audit_unavailable"));
+            state
+                .metrics()
+                .decision(&caller.tenant, "deny", started.elapsed());
+            return Ok(response);
+        }
+    };
+    state
+        .metrics()
+        .decision(&caller.tenant, effect, started.elapsed());
+    Ok(answer)
+}
+
+/// A decision made and ready to audit.
+struct Prepared {
+    body: DecisionBody,
+    append: Append,
+}
+
+/// Parses, evaluates and builds the audit record: the CPU part of a decision.
+fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, ApiError> {
+    let mut action = Action::from_json(bytes).map_err(|e| {
+        ApiError::bad_request(
+            if e.field().is_some() {
+                "invalid_field"
+            } else {
+                "invalid_action"
+            },
+            e.to_string(),
+        )
+    })?;
+    if action.id.as_ref().is_some_and(|id| id.len() > MAX_ID_LEN) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("invalid `id`: longer than {MAX_ID_LEN} bytes"),
+        ));
+    }
+    action.agent = caller.agent_for(action.agent.as_deref())?;
+
+    let now = now_ms();
+    let decision_id = crate::ids::ulid(now);
+    let policies = state.policies().current();
+    let (mut body, decision, view) = match policies.for_tenant(&caller.tenant) {
+        Some(loaded) => {
+            let env = Env {
+                tenant: caller.tenant.clone(),
+                now: now.div_euclid(1000),
+            };
+            let t0 = Instant::now();
+            let decision = loaded.policy.evaluate(&action, &env);
+            let eval_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if let Some(failure) = &decision.failure {
+                // The detail names the rule and the problem, not the action's values.
+                tracing::warn!(
+                    tenant = %caller.tenant,
+                    rule = %failure.rule.as_str(),
+                    detail = %failure.detail,
+                    "evaluation failed; the action is denied"
+                );
+            }
+            let view = loaded.policy.audit().view(&action);
+            (
+                DecisionBody::from_decision(&decision, eval_ns),
+                Some(decision),
+                view,
+            )
+        }
+        None => (
+            DecisionBody::refusal(
+                "no_policy",
+                "no policy is loaded for this tenant, so every action is denied",
+                "",
+            ),
+            None,
+            AuditView::default(),
+        ),
+    };
+    body.decision_id = Some(decision_id.clone());
+
+    let mut stored = body.clone();
+    if view.has_masks() {
+        for reason in &mut stored.reasons {
+            reason.message = view.mask(&reason.message);
+        }
+    }
+    let event = decision_event(
+        state,
+        &caller.tenant,
+        &action,
+        &stored,
+        decision.as_ref(),
+        view,
+        &decision_id,
+        now,
+    );
+    let stored = serde_json::to_value(&stored).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode a decision");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok(Prepared {
+        body,
+        append: Append {
+            event,
+            decision: Some(NewDecision {
+                id: decision_id,
+                tenant: caller.tenant.clone(),
+                idempotency_key: action.id.clone(),
+                body: stored,
+                created_at_ms: now,
+            }),
+        },
+    })
+}
+
+/// The audit event of a decision: references (keyed digests) instead of the payload and
+/// context, plus what the policy's `audit.keep` allows.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn decision_event(
+    state: &AppState,
+    tenant: &str,
+    action: &Action,
+    stored: &DecisionBody,
+    decision: Option<&Decision>,
+    view: AuditView,
+    decision_id: &str,
+    now: i64,
+) -> NewEvent {
+    let key = state.audit_key();
+    NewEvent {
+        id: decision_id.to_owned(),
+        time_ms: now,
+        tenant: tenant.to_owned(),
+        kind: kind::DECISION.to_owned(),
+        agent: action.agent.clone(),
+        on_behalf_of: action.on_behalf_of.clone(),
+        action_type: Some(action.kind.as_str().to_owned()),
+        target_type: action.target.as_ref().and_then(|t| t.kind.clone()),
+        target_id: action.target.as_ref().and_then(|t| t.id.clone()),
+        mode: action.mode.clone(),
+        confidence_initial: stored.confidence.map(|c| c.initial),
+        confidence_adjusted: stored.confidence.map(|c| c.adjusted),
+        effect: Some(stored.effect.to_owned()),
+        rule_ids: decision
+            .map(|d| d.matched_rules().map(|r| r.as_str().to_owned()).collect())
+            .unwrap_or_default(),
+        reasons: stored.reasons.iter().map(|r| r.message.clone()).collect(),
+        policy_version: (!stored.policy_version.is_empty()).then(|| stored.policy_version.clone()),
+        payload_digest: key.digest(&action.payload),
+        context_digest: key.digest(&action.context),
+        kept: if view.kept.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(view.kept)
+        },
+        decision_id: Some(decision_id.to_owned()),
+        detail: match decision.and_then(|d| d.failure.as_ref()) {
+            // Which rule failed is policy, not data; the message stays in the server log.
+            Some(failure) => json!({"evaluation_error": {"rule": failure.rule.as_str()}}),
+            None => Value::Null,
+        },
+    }
+}
+
+/// A decision made earlier, as it was answered.
+#[utoipa::path(
+    get,
+    path = "/v1/decisions/{id}",
+    tag = "decisions",
+    params(("id" = String, Path, description = "The decision id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The decision as answered (redactions applied)", body = DecisionBody),
+        (status = 404, description = "No such decision in this tenant", body = ErrorBody),
+    )
+)]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Controller, Role::Admin])?;
+    match state.store().decision(&caller.tenant, &id).await {
+        Ok(Some(found)) => Ok(Json(found.body)),
+        Ok(None) => Err(ApiError::not_found(format!("no decision `{id}`"))),
+        Err(e) => {
+            tracing::error!(error = %e, "decision lookup failed");
+            Err(ApiError::store_unavailable())
+        }
+    }
+}
+
+/// Records how an action went, linked to its decision.
+#[utoipa::path(
+    post,
+    path = "/v1/decisions/{id}/outcome",
+    tag = "decisions",
+    params(("id" = String, Path, description = "The decision id")),
+    request_body = OutcomeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded", body = OutcomeBody),
+        (status = 400, description = "Malformed outcome", body = ErrorBody),
+        (status = 404, description = "No such decision in this tenant", body = ErrorBody),
+        (status = 503, description = "The audit log is unavailable; nothing was recorded", body = ErrorBody),
+    )
+)]
+pub async fn outcome(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<OutcomeBody>, ApiError> {
+    caller.require(&[Role::Controller])?;
+    let request: OutcomeRequest = parse_json(&body?)?;
+    if let Some(code) = &request.error_code {
+        let ok = !code.is_empty()
+            && code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "invalid `error_code`: use 1 to 64 letters, digits, `_`, `-` or `.`",
+            ));
+        }
+    }
+    let decision = match state.store().decision(&caller.tenant, &id).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return Err(ApiError::not_found(format!("no decision `{id}`"))),
+        Err(e) => {
+            tracing::error!(error = %e, "decision lookup failed");
+            return Err(ApiError::store_unavailable());
+        }
+    };
+    let effect = decision
+        .body
+        .get("effect")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if request.status == crate::wire::OutcomeStatus::Executed && effect.as_deref() != Some("allow")
+    {
+        // Recorded all the same: the log must show what happened, and this is worth a look.
+        tracing::warn!(
+            tenant = %caller.tenant,
+            decision = %id,
+            "an action was reported executed although its decision was not allow"
+        );
+    }
+    let now = now_ms();
+    let event_id = crate::ids::ulid(now);
+    let event = NewEvent {
+        id: event_id.clone(),
+        time_ms: now,
+        tenant: caller.tenant.clone(),
+        kind: kind::OUTCOME.to_owned(),
+        effect,
+        decision_id: Some(id.clone()),
+        detail: json!({
+            "status": request.status.as_str(),
+            "error_code": request.error_code,
+            "key_id": caller.key_id,
+        }),
+        ..NewEvent::default()
+    };
+    state
+        .audit()
+        .append(Append {
+            event,
+            decision: None,
+        })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the outcome could not be recorded in the audit log; try again",
+            )
+        })?;
+    Ok(Json(OutcomeBody {
+        decision_id: id,
+        status: request.status,
+        error_code: request.error_code,
+        event_id,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::wire::{ActionRequest, TargetRequest, UsageRequest};
+    use warden_policy::Action;
+
+    /// The documented request shape and the core's parser accept the same fields.
+    #[test]
+    fn the_documented_action_shape_is_what_the_parser_accepts() {
+        let full = ActionRequest {
+            id: Some("k".into()),
+            kind: "ticket.resolve".into(),
+            target: Some(TargetRequest {
+                kind: Some("ticket".into()),
+                id: Some("T-1".into()),
+            }),
+            confidence: Some(0.5),
+            mode: Some("auto".into()),
+            agent: Some("a".into()),
+            on_behalf_of: Some("u".into()),
+            app: Some("helpdesk".into()),
+            workflow: Some("triage".into()),
+            run_id: Some("r".into()),
+            payload: Some(serde_json::json!({"x": 1})),
+            context: Some(serde_json::json!({"y": 2})),
+            usage: Some(UsageRequest {
+                tokens: Some(1),
+                cost_usd: Some(0.1),
+                tool_calls: Some(1),
+            }),
+        };
+        let bytes = serde_json::to_vec(&full).unwrap();
+        Action::from_json(&bytes).unwrap();
+        let mut extra: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        extra["tenant"] = "other".into();
+        assert!(Action::from_json(&serde_json::to_vec(&extra).unwrap()).is_err());
+        assert!(serde_json::from_value::<ActionRequest>(extra).is_err());
+    }
+}

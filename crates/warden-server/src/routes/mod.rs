@@ -1,0 +1,5 @@
+//! The HTTP handlers, one module per area.
+
+pub mod admin;
+pub mod decisions;
+pub mod health;

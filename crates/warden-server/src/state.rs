@@ -1,0 +1,107 @@
+//! The state every handler shares: the store, the live policies, the audit writer, the
+//! digest key, the key cache and the metrics, behind one cheap-to-clone handle.
+
+use crate::audit::{AuditKey, AuditWriter};
+use crate::auth::KeyCache;
+use crate::metrics::Metrics;
+use crate::policies::Policies;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use warden_store::Store;
+
+/// Limits and timings of the HTTP service.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body, in bytes.
+    pub body_bytes: usize,
+    /// A request still running after this is answered 503 `timeout`.
+    pub request_timeout: Duration,
+    /// Requests handled at once; more are answered 503 `overloaded` at once.
+    pub max_in_flight: usize,
+    /// How long a verified key is trusted without asking the store again.
+    pub key_cache_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
+            key_cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Shared state; clone freely.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    policies: Arc<Policies>,
+    audit: AuditWriter,
+    audit_key: AuditKey,
+    keys: KeyCache,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl AppState {
+    /// Assembles the state. The audit writer must already run over the same store.
+    pub fn new(
+        store: Arc<dyn Store>,
+        policies: Arc<Policies>,
+        audit: AuditWriter,
+        audit_key: AuditKey,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            policies,
+            audit,
+            audit_key,
+            keys: KeyCache::new(limits.key_cache_ttl),
+            metrics,
+            limits,
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+    /// The live policies.
+    pub fn policies(&self) -> &Policies {
+        &self.0.policies
+    }
+    /// The audit writer.
+    pub fn audit(&self) -> &AuditWriter {
+        &self.0.audit
+    }
+    /// The digest key.
+    pub fn audit_key(&self) -> &AuditKey {
+        &self.0.audit_key
+    }
+    /// Recently verified keys.
+    pub fn keys(&self) -> &KeyCache {
+        &self.0.keys
+    }
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+    /// The service limits.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+}
+
+/// Now, in Unix milliseconds. The server is the only place that reads the clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -3,10 +3,11 @@
 
 use crate::ids;
 use rand::RngCore;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
-use warden_store::{KeyRecord, NewKey};
+use warden_store::{Append, KeyRecord, NewEvent, NewKey, Store, StoreError, kind};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +91,72 @@ pub fn issue(spec: KeySpec, now_ms: i64) -> IssuedKey {
             created_at_ms: now_ms,
         },
     }
+}
+
+/// Why a key could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateKeyError {
+    /// The store refused the key.
+    #[error("cannot store the key: {0}")]
+    Store(#[source] StoreError),
+    /// The key was stored but its creation could not be audited, so it was revoked again
+    /// (or, if `revoked` is false, could not be).
+    #[error("cannot record the new key in the audit log ({source}); {}", if *revoked { "the key was revoked".to_owned() } else { format!("revoke it with `warden keys revoke {key_id}`") })]
+    Audit {
+        /// The key's id.
+        key_id: String,
+        /// Whether it was revoked again.
+        revoked: bool,
+        /// The audit failure.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Issues a key, stores it and audits its creation (`key_created`, never the secret or its
+/// hash). A key the audit log does not know of must not work, so if the event cannot be
+/// written the key is revoked at once.
+pub async fn create(
+    store: &dyn Store,
+    spec: KeySpec,
+    by: &str,
+    now_ms: i64,
+) -> Result<(IssuedKey, KeyRecord), CreateKeyError> {
+    let issued = issue(spec, now_ms);
+    let record = store
+        .create_key(issued.record.clone())
+        .await
+        .map_err(CreateKeyError::Store)?;
+    let event = NewEvent {
+        id: ids::ulid(now_ms),
+        time_ms: now_ms,
+        tenant: record.tenant.clone(),
+        kind: kind::KEY_CREATED.to_owned(),
+        detail: json!({
+            "key_id": record.id,
+            "roles": record.roles,
+            "agent": record.agent,
+            "groups": record.groups,
+            "label": record.label,
+            "by": by,
+        }),
+        ..NewEvent::default()
+    };
+    let appended = store
+        .append(vec![Append {
+            event,
+            decision: None,
+        }])
+        .await;
+    if let Err(source) = appended {
+        let revoked = store.revoke_key(&record.id, now_ms).await.unwrap_or(false);
+        return Err(CreateKeyError::Audit {
+            key_id: record.id,
+            revoked,
+            source,
+        });
+    }
+    Ok((issued, record))
 }
 
 /// Splits a token into its id and secret; `None` if it is not shaped like a Warden key.

@@ -197,10 +197,13 @@ async fn run(
         // While one batch commits, the next one queues up: batch size follows load by itself.
         let received = tokio::select! {
             n = rx.recv_many(&mut jobs, MAX_BATCH) => n,
-            _ = &mut closed, if open => {
-                // Refuse new events; what is queued is still received and written below.
-                rx.close();
+            asked = &mut closed, if open => {
                 open = false;
+                // Asked to finish: refuse new events; what is queued is still written below.
+                // (A dropped handle is not a request to stop.)
+                if asked.is_ok() {
+                    rx.close();
+                }
                 continue;
             }
         };

@@ -1,0 +1,876 @@
+//! The HTTP API end to end through the router (`oneshot`, no socket), on SQLite and, when
+//! `WARDEN_TEST_DATABASE_URL` is set, on PostgreSQL in a schema of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers, not shipped code
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tower::ServiceExt;
+use warden_server::audit::{AuditKey, AuditWriter};
+use warden_server::keys::{self, KeySpec, Role};
+use warden_server::metrics::Metrics;
+use warden_server::policies::Policies;
+use warden_server::{AppState, Limits, app};
+use warden_store::{
+    Append, Appended, Backend, Event, EventFilter, KeyRecord, NewKey, PurgeReport, Store,
+    StoreError, StoredDecision, VerifyReport, kind,
+};
+
+const POLICY: &str = r#"
+version: 1.0.0
+default: deny
+agents:
+  "support-*": {tier: sandbox}
+rules:
+  - id: low-confidence-resolve
+    actions: [ticket.resolve]
+    when: action.confidence < 0.85
+    effect: deny
+    reason: "confidence {{action.confidence}} is below 0.85"
+  - id: support-may-act
+    actions: ["ticket.*", email.send]
+    effect: allow
+    reason: "support may work tickets for {{context.user.email}}"
+  - id: card-check
+    actions: [payment.refund]
+    when: action.payload.card.size() > 0 && action.payload.amount < 100
+    effect: allow
+audit:
+  keep: [action.target.id, context.user]
+  redact: [context.user.email]
+"#;
+
+/// One server over a fresh store.
+struct Server {
+    app: Router,
+    store: Arc<dyn Store>,
+    policies_dir: tempfile::TempDir,
+    admin: String,
+    controller: String,
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn decide(&self, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/decisions",
+            Some(&self.controller),
+            &body.to_string(),
+        )
+        .await
+    }
+
+    async fn events(&self, kind: &str) -> Vec<Event> {
+        self.store
+            .events(&EventFilter {
+                kind: Some(kind.to_owned()),
+                limit: 1000,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn key(&self, tenant: &str, roles: Vec<Role>, agent: Option<&str>) -> String {
+        let spec = KeySpec {
+            tenant: tenant.into(),
+            roles,
+            agent: agent.map(str::to_owned),
+            ..KeySpec::default()
+        };
+        keys::create(self.store.as_ref(), spec, "test", 1)
+            .await
+            .unwrap()
+            .0
+            .token
+    }
+}
+
+/// Every store the tests run on: SQLite always, PostgreSQL when configured.
+async fn stores() -> Vec<Arc<dyn Store>> {
+    let mut stores = vec![warden_store::open("sqlite::memory:").await.unwrap()];
+    match std::env::var("WARDEN_TEST_DATABASE_URL") {
+        Ok(url) => {
+            let schema = format!(
+                "api_{}",
+                warden_server::ids::random_base32(12).to_lowercase()
+            );
+            stores.push(
+                warden_store::open_postgres_in_schema(&url, &schema)
+                    .await
+                    .unwrap(),
+            );
+        }
+        Err(_) => eprintln!("SKIPPED (PostgreSQL part): WARDEN_TEST_DATABASE_URL is not set"),
+    }
+    for store in &stores {
+        store.migrate().await.unwrap();
+    }
+    stores
+}
+
+async fn server(store: Arc<dyn Store>) -> Server {
+    server_with(
+        store,
+        POLICY,
+        Limits {
+            key_cache_ttl: Duration::ZERO,
+            ..Limits::default()
+        },
+    )
+    .await
+}
+
+async fn server_with(store: Arc<dyn Store>, policy: &str, limits: Limits) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("default.yaml"), policy).unwrap();
+    let policies = Arc::new(Policies::load(dir.path()).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
+    let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
+    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
+    let mut s = Server {
+        app: app(state),
+        store,
+        policies_dir: dir,
+        admin: String::new(),
+        controller: String::new(),
+    };
+    s.admin = s.key("acme", vec![Role::Admin], None).await;
+    s.controller = s
+        .key("acme", vec![Role::Controller], Some("support-*"))
+        .await;
+    s
+}
+
+#[tokio::test]
+async fn a_decision_is_answered_audited_and_readable_again() {
+    for store in stores().await {
+        let s = server(store).await;
+        let (status, body) = s
+            .decide(json!({
+                "type": "ticket.resolve", "confidence": 0.7, "agent": "support-bot",
+                "target": {"type": "ticket", "id": "T-1042"},
+                "payload": {"resolution": "refund"},
+                "context": {"user": {"email": "ann@example.com", "role": "agent"}}
+            }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["effect"], "deny");
+        assert_eq!(body["reasons"][0]["rule"], "low-confidence-resolve");
+        assert_eq!(
+            body["reasons"][0]["message"],
+            "confidence 0.7 is below 0.85"
+        );
+        assert_eq!(body["policy_version"], "1.0.0");
+        let id = body["decision_id"].as_str().unwrap().to_owned();
+        assert_eq!(id.len(), 26);
+
+        let events = s.events(kind::DECISION).await;
+        assert_eq!(events.len(), 1);
+        let e = &events[0].event;
+        assert_eq!(e.id, id);
+        assert_eq!(e.tenant, "acme", "the tenant comes from the key");
+        assert_eq!(e.agent.as_deref(), Some("support-bot"));
+        assert_eq!(e.effect.as_deref(), Some("deny"));
+        assert_eq!(e.rule_ids, ["low-confidence-resolve", "support-may-act"]);
+        assert_eq!(e.confidence_initial, Some(0.7));
+        assert!(
+            e.payload_digest
+                .as_deref()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
+        assert!(e.context_digest.is_some());
+        assert_eq!(
+            e.kept,
+            json!({"action.target.id": "T-1042",
+                   "context.user": {"email": "[redacted]", "role": "agent"}})
+        );
+        // The redacted email is masked in the recorded reasons too, but not in the answer.
+        assert_eq!(e.reasons[1], "support may work tickets for [redacted]");
+        assert_eq!(
+            body["reasons"][1]["message"],
+            "support may work tickets for ann@example.com"
+        );
+
+        let (status, again) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{id}"),
+                Some(&s.controller),
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again["decision_id"], id.as_str());
+        assert_eq!(again["effect"], "deny");
+
+        let other = s.key("other", vec![Role::Controller], None).await;
+        let (status, body) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{id}"),
+                Some(&other),
+                "",
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "another tenant cannot read it: {body}"
+        );
+        assert_eq!(body["error"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_id_returns_the_first_decision_and_writes_nothing_new() {
+    for store in stores().await {
+        let s = server(store).await;
+        let action = json!({"id": "retry-1", "type": "ticket.update", "agent": "support-bot"});
+        let (_, first) = s.decide(action.clone()).await;
+        let (status, second) = s.decide(action.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(first["decision_id"], second["decision_id"]);
+        assert_eq!(first["effect"], "allow");
+        assert_eq!(s.events(kind::DECISION).await.len(), 1);
+
+        // Concurrent repeats all get the one decision.
+        let answers = futures_join(&s, action.clone(), 8).await;
+        assert!(
+            answers
+                .iter()
+                .all(|a| a["decision_id"] == first["decision_id"])
+        );
+        assert_eq!(s.events(kind::DECISION).await.len(), 1);
+
+        // The key is per tenant: another tenant's same id is a new decision.
+        let other = s.key("other", vec![Role::Controller], None).await;
+        let (_, theirs) = s
+            .call(
+                Method::POST,
+                "/v1/decisions",
+                Some(&other),
+                &json!({"id": "retry-1", "type": "ticket.update"}).to_string(),
+            )
+            .await;
+        assert_ne!(theirs["decision_id"], first["decision_id"]);
+    }
+}
+
+async fn futures_join(s: &Server, action: Value, n: usize) -> Vec<Value> {
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let app = s.app.clone();
+        let token = s.controller.clone();
+        let body = action.to_string();
+        handles.push(tokio::spawn(async move {
+            let request = Request::post("/v1/decisions")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(body))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_records_nothing() {
+    for store in stores().await {
+        let s = server(store).await;
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let cases: Vec<(String, StatusCode, &str, &str)> = vec![
+            ("{".into(), StatusCode::BAD_REQUEST, "invalid_action", "EOF"),
+            (
+                "[]".into(),
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                "expected",
+            ),
+            (
+                json!({"type": "ticket.resolve", "tenant": "x"}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                "unknown field `tenant`",
+            ),
+            (
+                json!({"type": 5}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                "invalid type",
+            ),
+            (
+                json!({"confidence": 0.5}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                "missing field `type`",
+            ),
+            (
+                json!({"type": "ticket.resolve", "confidence": 1.5}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "`confidence`",
+            ),
+            (
+                json!({"type": "Not A Name"}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "`type`",
+            ),
+            (
+                json!({"type": "ticket.resolve", "context": deep})
+                    .to_string()
+                    .replace(&format!("\"{deep}\""), &deep),
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                "deeper than 64",
+            ),
+            (
+                json!({"type": "x.y", "id": "k".repeat(500)}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "`id`",
+            ),
+        ];
+        for (body, status, code, detail) in cases {
+            let (got, answer) = s
+                .call(Method::POST, "/v1/decisions", Some(&s.controller), &body)
+                .await;
+            assert_eq!(got, status, "{body}: {answer}");
+            assert_eq!(answer["error"], code, "{body}: {answer}");
+            let text = answer["detail"].as_str().unwrap();
+            assert!(text.contains(detail), "{body}: {text}");
+            assert!(
+                !text.contains("serde") && !text.contains("warden_"),
+                "{text}"
+            );
+        }
+
+        // Invalid UTF-8.
+        let request = Request::post("/v1/decisions")
+            .header("authorization", format!("Bearer {}", s.controller))
+            .body(Body::from(vec![b'{', 0xff, b'}']))
+            .unwrap();
+        let response = s.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert!(body["detail"].as_str().unwrap().contains("UTF-8"), "{body}");
+
+        // Over the body limit.
+        let big =
+            json!({"type": "x.y", "payload": {"blob": "a".repeat(1024 * 1024 + 10)}}).to_string();
+        let (status, body) = s
+            .call(Method::POST, "/v1/decisions", Some(&s.controller), &big)
+            .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"], "body_too_large");
+
+        assert!(
+            s.events(kind::DECISION).await.is_empty(),
+            "nothing was decided, nothing recorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_are_checked_and_failures_audited() {
+    for store in stores().await {
+        let s = server(store).await;
+        let action = json!({"type": "ticket.update"}).to_string();
+        let bad_secret = format!(
+            "{}{}",
+            &s.controller[..s.controller.len() - 1],
+            if s.controller.ends_with('0') {
+                "1"
+            } else {
+                "0"
+            }
+        );
+        for token in [
+            None,
+            Some("nonsense"),
+            Some(bad_secret.as_str()),
+            Some(
+                "wdn_aaaaaaaaaaaa_0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+        ] {
+            let (status, body) = s.call(Method::POST, "/v1/decisions", token, &action).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+            assert_eq!(body["error"], "unauthorized");
+        }
+        let failures = s.events(kind::AUTH_FAILURE).await;
+        let reasons: Vec<&str> = failures
+            .iter()
+            .map(|e| e.event.detail["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["missing", "malformed", "wrong_secret", "unknown_key"]
+        );
+        assert_eq!(
+            failures[2].event.tenant, "acme",
+            "a known key's failure is its tenant's"
+        );
+        for e in &failures {
+            assert!(
+                !e.event.detail.to_string().contains(&s.controller[17..]),
+                "no secret in the log"
+            );
+        }
+
+        // Wrong role: 403 with the error shape.
+        let (status, body) = s
+            .call(Method::POST, "/v1/decisions", Some(&s.admin), &action)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "forbidden");
+
+        // The controller may name only agents its pattern allows.
+        let (status, _) = s
+            .decide(json!({"type": "ticket.update", "agent": "support-bot"}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = s
+            .decide(json!({"type": "ticket.update", "agent": "infra-bot"}))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+        // A revoked key stops working.
+        let id = keys::parse_token(&s.controller).unwrap().0.to_owned();
+        assert!(s.store.revoke_key(&id, 2).await.unwrap());
+        let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            s.events(kind::AUTH_FAILURE)
+                .await
+                .last()
+                .unwrap()
+                .event
+                .detail["reason"],
+            "revoked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn evaluation_errors_fail_closed_without_internal_detail() {
+    for store in stores().await {
+        let s = server(store).await;
+        let (status, body) = s
+            .decide(json!({"type": "payment.refund", "payload": {"amount": 5}}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["effect"], "deny");
+        assert_eq!(body["reasons"][0]["code"], "evaluation_error");
+        let message = body["reasons"][0]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("`card`") && !message.contains("no such"),
+            "no internal detail: {message}"
+        );
+        let e = &s.events(kind::DECISION).await[0].event;
+        assert_eq!(e.effect.as_deref(), Some("deny"));
+        assert_eq!(e.detail["evaluation_error"]["rule"], "card-check");
+    }
+}
+
+#[tokio::test]
+async fn outcomes_are_recorded_against_their_decision() {
+    for store in stores().await {
+        let s = server(store).await;
+        let (_, decision) = s.decide(json!({"type": "ticket.update"})).await;
+        let id = decision["decision_id"].as_str().unwrap();
+        let path = format!("/v1/decisions/{id}/outcome");
+        let (status, body) = s
+            .call(
+                Method::POST,
+                &path,
+                Some(&s.controller),
+                r#"{"status": "failed", "error_code": "smtp_timeout"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "failed");
+        let outcomes = s.events(kind::OUTCOME).await;
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].event.decision_id.as_deref(), Some(id));
+        assert_eq!(outcomes[0].event.detail["error_code"], "smtp_timeout");
+        assert_eq!(outcomes[0].event.effect.as_deref(), Some("allow"));
+
+        for (body, code) in [
+            (r#"{"status": "done"}"#, "invalid_body"),
+            (
+                r#"{"status": "failed", "error_code": "has spaces"}"#,
+                "invalid_field",
+            ),
+            (r#"{"status": "failed", "extra": 1}"#, "invalid_body"),
+        ] {
+            let (status, answer) = s.call(Method::POST, &path, Some(&s.controller), body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(answer["error"], code, "{answer}");
+        }
+        let (status, _) = s
+            .call(
+                Method::POST,
+                "/v1/decisions/nope/outcome",
+                Some(&s.controller),
+                r#"{"status": "executed"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            s.events(kind::OUTCOME).await.len(),
+            1,
+            "refused outcomes record nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
+    for store in stores().await {
+        let s = server(store).await;
+        let path = s.policies_dir.path().join("default.yaml");
+        std::fs::write(&path, POLICY.replace("version: 1.0.0", "version: 1.1.0")).unwrap();
+        let (status, body) = s
+            .call(Method::POST, "/v1/policy/reload", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["policies"][0]["version"], "1.1.0");
+        let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(d["policy_version"], "1.1.0");
+
+        std::fs::write(&path, "version: 1.2.0\ndefault: alow\n").unwrap();
+        let (status, body) = s
+            .call(Method::POST, "/v1/policy/reload", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"], "policy_invalid");
+        assert!(
+            body["detail"].as_str().unwrap().contains("default.yaml:2:"),
+            "{body}"
+        );
+        let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(
+            d["policy_version"], "1.1.0",
+            "the old policy stays in force"
+        );
+
+        let (status, _) = s
+            .call(Method::POST, "/v1/policy/reload", Some(&s.controller), "")
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(s.events(kind::POLICY_RELOADED).await.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn operations_routes_answer_without_a_key() {
+    for store in stores().await {
+        let s = server(store).await;
+        s.decide(json!({"type": "ticket.update"})).await;
+        let (status, body) = s.call(Method::GET, "/healthz", None, "").await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("ok"))
+        );
+        let (status, body) = s.call(Method::GET, "/readyz", None, "").await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("ready"))
+        );
+        let (status, metrics) = s.call(Method::GET, "/metrics", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let metrics = metrics.as_str().unwrap();
+        assert!(
+            metrics.contains(r#"warden_decisions_total{tenant="acme",effect="allow"} 1"#),
+            "{metrics}"
+        );
+        assert!(metrics.contains("warden_decision_duration_seconds_count 1"));
+        assert!(metrics.contains("warden_audit_batch_size_count"));
+        let (status, spec) = s.call(Method::GET, "/openapi.json", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(spec["paths"]["/v1/decisions"]["post"].is_object());
+        assert!(spec["components"]["schemas"]["DecisionBody"]["properties"]["effect"].is_object());
+        assert!(
+            spec["components"]["schemas"]["ActionRequest"]["properties"]["confidence"].is_object()
+        );
+
+        let (status, body) = s.call(Method::GET, "/nope", None, "").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (status, body) = s
+            .call(Method::DELETE, "/v1/decisions", Some(&s.controller), "")
+            .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"], "method_not_allowed");
+    }
+}
+
+#[tokio::test]
+async fn admins_query_their_tenant_and_verify_the_chain() {
+    for store in stores().await {
+        let s = server(store).await;
+        s.decide(json!({"type": "ticket.update"})).await;
+        let (status, body) = s
+            .call(Method::GET, "/v1/audit?kind=decision", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["events"].as_array().unwrap().len(), 1);
+        assert_eq!(body["events"][0]["tenant"], "acme");
+        let (status, body) = s
+            .call(Method::GET, "/v1/audit?bogus=1", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = s
+            .call(Method::GET, "/v1/audit/verify", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["intact"], true);
+        assert!(body["events_checked"].as_u64().unwrap() >= 3);
+    }
+}
+
+/// A second replica on the same database sees the first one's decisions and keys.
+#[tokio::test]
+async fn a_second_replica_shares_decisions_and_idempotency() {
+    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!(
+        "replica_{}",
+        warden_server::ids::random_base32(12).to_lowercase()
+    );
+    let first = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    first.migrate().await.unwrap();
+    let second = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    let a = server(first).await;
+    let mut b = server(second).await;
+    b.controller = a.controller.clone();
+    let (_, made) = a
+        .decide(json!({"id": "k-1", "type": "ticket.update"}))
+        .await;
+    let id = made["decision_id"].as_str().unwrap();
+    let (status, seen) = b
+        .call(
+            Method::GET,
+            &format!("/v1/decisions/{id}"),
+            Some(&b.controller),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["decision_id"], id);
+    let (_, again) = b
+        .decide(json!({"id": "k-1", "type": "ticket.update"}))
+        .await;
+    assert_eq!(again["decision_id"], id);
+    let report = b.store.verify().await.unwrap();
+    assert!(report.first_broken.is_none());
+}
+
+/// A store whose appends fail on demand, standing in for a full disk or a lost database.
+#[derive(Debug)]
+struct Breakable {
+    inner: Arc<dyn Store>,
+    broken: AtomicBool,
+}
+
+#[async_trait]
+impl Store for Breakable {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.migrate().await
+    }
+    async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.pending_migrations().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        self.inner.append(batch).await
+    }
+    async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {
+        self.inner.decision(tenant, id).await
+    }
+    async fn decision_by_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<StoredDecision>, StoreError> {
+        self.inner.decision_by_key(tenant, key).await
+    }
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        self.inner.events(filter).await
+    }
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.inner.verify().await
+    }
+    async fn purge(&self, older_than_ms: i64, now_ms: i64) -> Result<PurgeReport, StoreError> {
+        self.inner.purge(older_than_ms, now_ms).await
+    }
+    async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
+        self.inner.create_key(key).await
+    }
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.key(id).await
+    }
+    async fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.inner.revoke_key(id, now_ms).await
+    }
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.keys().await
+    }
+}
+
+#[tokio::test]
+async fn when_the_audit_write_fails_the_answer_is_a_deny_never_an_allow() {
+    for inner in stores().await {
+        let breakable = Arc::new(Breakable {
+            inner,
+            broken: AtomicBool::new(false),
+        });
+        let s = server(breakable.clone()).await;
+        let allowed = json!({"type": "ticket.update", "id": "after-outage"});
+        breakable.broken.store(true, Ordering::SeqCst);
+        let (status, body) = s.decide(allowed.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["effect"], "deny");
+        assert_eq!(body["reasons"][0]["code"], "audit_unavailable");
+        assert!(body["decision_id"].is_null());
+        // Outcomes fail the same way, with the error shape.
+        breakable.broken.store(false, Ordering::SeqCst);
+        let (status, body) = s.decide(allowed.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the retry with the same id is decided anew"
+        );
+        assert_eq!(body["effect"], "allow");
+        assert_eq!(s.events(kind::DECISION).await.len(), 1);
+    }
+}
+
+/// Breaking the real database, not a stand-in: the SQLite table the chain lives in is gone.
+#[tokio::test]
+async fn a_broken_sqlite_database_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let store = warden_store::open(path.to_str().unwrap()).await.unwrap();
+    store.migrate().await.unwrap();
+    let s = server(store).await;
+    let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE audit_events RENAME TO gone")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, body) = s.decide(json!({"type": "ticket.update"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["effect"], "deny");
+    assert_eq!(body["reasons"][0]["code"], "audit_unavailable");
+    let (_, metrics) = s.call(Method::GET, "/metrics", None, "").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"warden_errors_total{code="audit_unavailable"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn no_policy_for_the_tenant_means_deny() {
+    let store = warden_store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("other.yaml"), POLICY).unwrap();
+    let policies = Arc::new(Policies::load(dir.path()).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
+    let state = AppState::new(
+        Arc::clone(&store),
+        policies,
+        audit,
+        AuditKey::from_bytes(&[1u8; 32]).unwrap(),
+        metrics,
+        Limits::default(),
+    );
+    let token = keys::create(
+        store.as_ref(),
+        KeySpec {
+            tenant: "acme".into(),
+            roles: vec![Role::Controller],
+            ..KeySpec::default()
+        },
+        "t",
+        1,
+    )
+    .await
+    .unwrap()
+    .0
+    .token;
+    let request = Request::post("/v1/decisions")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(r#"{"type": "ticket.update"}"#))
+        .unwrap();
+    let response = app(state).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["effect"], "deny");
+    assert_eq!(body["reasons"][0]["code"], "no_policy");
+}

@@ -74,8 +74,16 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 
     /// Any other database failure: connection, I/O, syntax, lock timeout.
+    // Not a `#[source]`: the message already carries the cause, and an error chain printed
+    // with its sources would say it twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
 }
 
 /// Whether `error` is a unique-constraint violation, which callers map to a domain error.

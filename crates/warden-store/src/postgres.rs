@@ -19,6 +19,9 @@ use crate::{Backend, Store};
 /// Connections in the pool of each replica.
 const MAX_CONNECTIONS: u32 = 10;
 
+/// How long a query waits for a connection before failing.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Dialect for Postgres {
     const BACKEND: Backend = Backend::Postgres;
     const BEGIN_WRITE: &'static str = "BEGIN";
@@ -68,6 +71,9 @@ pub(crate) async fn connect_in_schema(
 async fn pool(options: PgConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
+        // Fail a request (closed) in seconds rather than sqlx's default 30 s when the
+        // server is unreachable or every connection is busy.
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await?;
     Ok(SqlStore::shared(pool))

@@ -1,11 +1,14 @@
 //! The `warden` command line: a thin layer that parses arguments, calls the library crates
-//! and maps the outcome to an exit code (0 success, 1 failed check or test, 2 usage or I/O).
+//! and maps the outcome to an exit code (0 success, 1 failed check, test or verification,
+//! 2 usage, I/O or database error).
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cmd;
+mod db;
 mod files;
+mod time;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +37,24 @@ enum Command {
     /// Run *_test.yaml cases; ends with 'N passed, M failed'.
     #[command(after_help = "Example:\n  warden test examples/nexus --report report.md")]
     Test(cmd::test::Args),
+    /// Run the decision service.
+    #[command(
+        after_help = "Examples:\n  warden serve --policies examples/nexus\n  warden serve --db postgres://warden@db/warden --migrate --listen 0.0.0.0:8080"
+    )]
+    Serve(cmd::serve::Args),
+    /// Create, list and revoke API keys in the database.
+    #[command(
+        after_help = "Example:\n  KEY=$(warden keys create --role admin --tenant acme | head -1)"
+    )]
+    Keys(cmd::keys::Args),
+    /// Apply the pending database migrations, or print their SQL.
+    #[command(
+        after_help = "Examples:\n  warden migrate --db postgres://warden@db/warden\n  warden migrate --print --db postgres://db/warden > schema.sql"
+    )]
+    Migrate(cmd::migrate::Args),
+    /// Query, follow, verify, export and purge the audit log in the database.
+    #[command(after_help = "Example:\n  warden audit query --effect deny --since 1h")]
+    Audit(cmd::audit::Args),
 }
 
 /// What a command concluded; errors that stop a command are `anyhow` errors instead.
@@ -41,7 +62,8 @@ enum Command {
 pub enum Outcome {
     /// Everything passed.
     Ok,
-    /// The command ran, and found problems (invalid policy, failing test).
+    /// The command ran, and found problems (invalid policy, failing test, broken audit
+    /// chain, no such key to revoke).
     Failed,
 }
 
@@ -51,14 +73,29 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args, cli.json),
         Command::Eval(args) => cmd::eval::run(args, cli.json),
         Command::Test(args) => cmd::test::run(args, cli.json),
+        Command::Serve(args) => cmd::serve::run(args, cli.json),
+        Command::Keys(args) => cmd::keys::run(args, cli.json),
+        Command::Migrate(args) => cmd::migrate::run(args, cli.json),
+        Command::Audit(args) => cmd::audit::run(args, cli.json),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
+        // The reader went away (`warden audit query | head`): it has what it wanted, so
+        // this is how the command ends, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of contexts, outermost first.
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,5 +1,23 @@
-//! One module per subcommand.
+//! One module per subcommand, and the async runtime the database commands run on.
 
+pub mod audit;
 pub mod check;
 pub mod eval;
+pub mod keys;
+pub mod migrate;
+pub mod serve;
 pub mod test;
+
+use anyhow::{Context, Result};
+use std::future::Future;
+
+/// Runs an async command to completion. `main` stays synchronous so the offline commands
+/// (`check`, `eval`, `test`) never start a runtime; the database commands and `serve`
+/// each build one here.
+pub fn block_on<T>(command: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(command)
+}

@@ -1270,7 +1270,8 @@ fn unary(f: UnFn, x: Val<'_>) -> Result<Val<'_>, EvalError> {
             Val::Str(s) => Val::Int(
                 s.trim()
                     .parse()
-                    .map_err(|_| EvalError(format!("`{s}` is not an int")))?,
+                    // The detail reaches the server log: name the type, never the value.
+                    .map_err(|_| EvalError("a string that is not an int".into()))?,
             ),
             _ => return fail(format!("cannot convert {} to int", x.type_name())),
         },
@@ -1279,7 +1280,7 @@ fn unary(f: UnFn, x: Val<'_>) -> Result<Val<'_>, EvalError> {
             (Val::Str(s), _) => Val::Double(
                 s.trim()
                     .parse()
-                    .map_err(|_| EvalError(format!("`{s}` is not a number")))?,
+                    .map_err(|_| EvalError("a string that is not a number".into()))?,
             ),
             _ => return fail(format!("cannot convert {} to double", x.type_name())),
         },

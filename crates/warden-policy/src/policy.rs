@@ -1617,6 +1617,27 @@ rules:
         assert!(d.failure.unwrap().detail.contains("cost limit"));
     }
 
+    /// Regression: `int()` and `double()` of a non-numeric string put the string itself in
+    /// the failure detail, which the server logs — a card number in a payload reached the log.
+    #[test]
+    fn failure_details_never_carry_input_values() {
+        let secret = "4111 1111 1111 1111";
+        for when in [
+            "int(action.payload.card) > 0",
+            "double(action.payload.card) > 0.0",
+            "action.payload.card > 5",
+            "action.payload.card.nope == 1",
+        ] {
+            let policy = format!(
+                "version: 1.0.0\ndefault: allow\nrules:\n  - {{id: r, actions: [x], effect: deny, when: '{when}'}}\n"
+            );
+            let d = decide(&policy, json!({"type": "x", "payload": {"card": secret}}));
+            assert_eq!(d.reasons[0].code, ReasonCode::EvaluationError, "{when}");
+            let detail = d.failure.unwrap().detail;
+            assert!(!detail.contains("4111"), "{when}: {detail}");
+        }
+    }
+
     const TIERS: &str = r#"
 version: 1.0.0
 default: deny

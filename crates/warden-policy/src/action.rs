@@ -212,8 +212,9 @@ impl Action {
         if raw_depth(text) > MAX_DEPTH {
             return Err(ActionError::TooDeep);
         }
-        let raw: RawAction =
-            serde_json::from_str(text).map_err(|e| ActionError::Json(json_message(&e)))?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw: RawAction = serde_path_to_error::deserialize(&mut de).map_err(path_message)?;
+        de.end().map_err(|e| ActionError::Json(json_message(&e)))?;
         Self::from_raw(raw)
     }
 
@@ -222,8 +223,7 @@ impl Action {
         if value_depth(&value) > MAX_DEPTH {
             return Err(ActionError::TooDeep);
         }
-        let raw: RawAction =
-            serde_json::from_value(value).map_err(|e| ActionError::Json(json_message(&e)))?;
+        let raw: RawAction = serde_path_to_error::deserialize(value).map_err(path_message)?;
         Self::from_raw(raw)
     }
 
@@ -262,6 +262,17 @@ impl Action {
             context: raw.context,
             usage: raw.usage,
         })
+    }
+}
+
+/// A type or shape error, naming the field it is in (`at `usage.tokens`: …`) when there is one.
+fn path_message(e: serde_path_to_error::Error<serde_json::Error>) -> ActionError {
+    let path = e.path().to_string();
+    let message = json_message(e.inner());
+    if path.is_empty() || path == "." {
+        ActionError::Json(message)
+    } else {
+        ActionError::Json(format!("at `{path}`: {message}"))
     }
 }
 

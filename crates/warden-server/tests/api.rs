@@ -334,7 +334,13 @@ async fn bad_input_gets_a_clear_error_and_records_nothing() {
                 json!({"type": 5}).to_string(),
                 StatusCode::BAD_REQUEST,
                 "invalid_action",
-                "invalid type",
+                "at `type`: invalid type",
+            ),
+            (
+                json!({"type": "x.y", "usage": {"tokens": "many"}}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_action",
+                "at `usage.tokens`",
             ),
             (
                 json!({"confidence": 0.5}).to_string(),

@@ -57,11 +57,11 @@ const EVENT_COLUMNS: &str = "seq, id, time_ms, tenant, kind, agent, on_behalf_of
     reasons, policy_version, payload_digest, context_digest, kept, decision_id, detail, \
     prev_hash, hash";
 
-const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
+/// The start of a multi-row insert into the chain; [`multi_row_insert`] adds the rows.
+const INSERT_EVENTS: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
     on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
     confidence_adjusted, effect, rule_ids, reasons, policy_version, payload_digest, \
-    context_digest, kept, decision_id, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, \
-    $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)";
+    context_digest, kept, decision_id, detail, prev_hash, hash) VALUES ";
 
 const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
     created_at_ms, revoked_at_ms";
@@ -130,75 +130,6 @@ where
     }
 
     /// Writes `event` at `seq` after `prev_hash`, returning its hash.
-    async fn insert_event(
-        conn: &mut DB::Connection,
-        seq: i64,
-        prev_hash: &str,
-        event: &NewEvent,
-    ) -> Result<String, StoreError> {
-        let hash = chain::event_hash(seq, prev_hash, event)?;
-        let result = sqlx::query(INSERT_EVENT)
-            .bind(seq)
-            .bind(event.id.clone())
-            .bind(event.time_ms)
-            .bind(event.tenant.clone())
-            .bind(event.kind.clone())
-            .bind(event.agent.clone())
-            .bind(event.on_behalf_of.clone())
-            .bind(event.action_type.clone())
-            .bind(event.target_type.clone())
-            .bind(event.target_id.clone())
-            .bind(event.mode.clone())
-            .bind(event.confidence_initial)
-            .bind(event.confidence_adjusted)
-            .bind(event.effect.clone())
-            .bind(json_text(&event.id, &event.rule_ids)?)
-            .bind(json_text(&event.id, &event.reasons)?)
-            .bind(event.policy_version.clone())
-            .bind(event.payload_digest.clone())
-            .bind(event.context_digest.clone())
-            .bind(chain::canonical_json(&event.id, &event.kept)?)
-            .bind(event.decision_id.clone())
-            .bind(chain::canonical_json(&event.id, &event.detail)?)
-            .bind(prev_hash.to_owned())
-            .bind(hash.clone())
-            .execute(&mut *conn)
-            .await;
-        match result {
-            Ok(_) => Ok(hash),
-            // seq is assigned under the chain lock, so the only unique key a correct
-            // insert can collide on is the caller-made id.
-            Err(e) if is_unique_violation(&e) => Err(StoreError::DuplicateEvent(event.id.clone())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn insert_decision(
-        conn: &mut DB::Connection,
-        decision: &NewDecision,
-    ) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO decisions (id, tenant, idempotency_key, body, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(decision.id.clone())
-        .bind(decision.tenant.clone())
-        .bind(decision.idempotency_key.clone())
-        .bind(json_text(&decision.id, &decision.body)?)
-        .bind(decision.created_at_ms)
-        .execute(&mut *conn)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            // The idempotency key was looked up under the chain lock just before, so a
-            // collision here is on the decision id.
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::DuplicateDecision(decision.id.clone()))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     async fn find_decision(
         conn: &mut DB::Connection,
         tenant: &str,
@@ -213,27 +144,159 @@ where
         row.map(|row| Self::decision_from_row(&row)).transpose()
     }
 
-    /// The decision already holding `decision`'s idempotency key in its tenant, if any:
-    /// one written earlier in this batch (`earlier`), or one in the database.
-    async fn key_holder(
+    /// Inserts rows of the chain with one statement.
+    async fn insert_events(
         conn: &mut DB::Connection,
-        earlier: &[StoredDecision],
-        decision: Option<&NewDecision>,
-    ) -> Result<Option<StoredDecision>, StoreError> {
-        let Some(NewDecision {
-            tenant,
-            idempotency_key: Some(key),
-            ..
-        }) = decision
-        else {
-            return Ok(None);
-        };
-        let same_key =
-            |d: &&StoredDecision| d.tenant == *tenant && d.idempotency_key.as_ref() == Some(key);
-        if let Some(holder) = earlier.iter().find(same_key) {
-            return Ok(Some(holder.clone()));
+        rows: &[(i64, String, String, NewEvent)],
+    ) -> Result<(), StoreError> {
+        let sql = multi_row_insert(INSERT_EVENTS, EVENT_FIELDS, rows.len());
+        let mut encoded = Vec::with_capacity(rows.len());
+        for (_, _, _, event) in rows {
+            encoded.push((
+                json_text(&event.id, &event.rule_ids)?,
+                json_text(&event.id, &event.reasons)?,
+                chain::canonical_json(&event.id, &event.kept)?,
+                chain::canonical_json(&event.id, &event.detail)?,
+            ));
         }
-        Self::find_decision(conn, tenant, DecisionLookup::IdempotencyKey, key).await
+        let mut query = sqlx::query(&sql);
+        for ((seq, prev_hash, hash, event), (rule_ids, reasons, kept, detail)) in
+            rows.iter().zip(encoded)
+        {
+            query = query
+                .bind(*seq)
+                .bind(event.id.clone())
+                .bind(event.time_ms)
+                .bind(event.tenant.clone())
+                .bind(event.kind.clone())
+                .bind(event.agent.clone())
+                .bind(event.on_behalf_of.clone())
+                .bind(event.action_type.clone())
+                .bind(event.target_type.clone())
+                .bind(event.target_id.clone())
+                .bind(event.mode.clone())
+                .bind(event.confidence_initial)
+                .bind(event.confidence_adjusted)
+                .bind(event.effect.clone())
+                .bind(rule_ids)
+                .bind(reasons)
+                .bind(event.policy_version.clone())
+                .bind(event.payload_digest.clone())
+                .bind(event.context_digest.clone())
+                .bind(kept)
+                .bind(event.decision_id.clone())
+                .bind(detail)
+                .bind(prev_hash.clone())
+                .bind(hash.clone());
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Inserts decisions with one statement.
+    async fn insert_decisions(
+        conn: &mut DB::Connection,
+        rows: &[NewDecision],
+    ) -> Result<(), StoreError> {
+        let sql = multi_row_insert(
+            "INSERT INTO decisions (id, tenant, idempotency_key, body, created_at_ms) VALUES ",
+            5,
+            rows.len(),
+        );
+        let mut bodies = Vec::with_capacity(rows.len());
+        for d in rows {
+            bodies.push(json_text(&d.id, &d.body)?);
+        }
+        let mut query = sqlx::query(&sql);
+        for (d, body) in rows.iter().zip(bodies) {
+            query = query
+                .bind(d.id.clone())
+                .bind(d.tenant.clone())
+                .bind(d.idempotency_key.clone())
+                .bind(body)
+                .bind(d.created_at_ms);
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Turns a failed event insert into the domain error naming the id that exists.
+    async fn name_duplicate_event(
+        &self,
+        error: StoreError,
+        rows: &[(i64, String, String, NewEvent)],
+    ) -> StoreError {
+        if !matches!(&error, StoreError::Database(e) if is_unique_violation(e)) {
+            return error;
+        }
+        // seq is assigned under the chain lock, so the only unique key a correct insert can
+        // collide on is a caller-made id; find which one, outside the failed transaction.
+        for (_, _, _, event) in rows {
+            let found = sqlx::query("SELECT id FROM audit_events WHERE id = $1")
+                .bind(event.id.clone())
+                .fetch_optional(&self.pool)
+                .await;
+            if let Ok(Some(_)) = found {
+                return StoreError::DuplicateEvent(event.id.clone());
+            }
+        }
+        error
+    }
+
+    /// Turns a failed decision insert into the domain error naming the id that exists.
+    async fn name_duplicate_decision(&self, error: StoreError, rows: &[NewDecision]) -> StoreError {
+        if !matches!(&error, StoreError::Database(e) if is_unique_violation(e)) {
+            return error;
+        }
+        // Idempotency keys were looked up under the chain lock, so the collision is on an id.
+        for d in rows {
+            let found = sqlx::query("SELECT id FROM decisions WHERE id = $1")
+                .bind(d.id.clone())
+                .fetch_optional(&self.pool)
+                .await;
+            if let Ok(Some(_)) = found {
+                return StoreError::DuplicateDecision(d.id.clone());
+            }
+        }
+        error
+    }
+
+    /// The stored decisions holding any idempotency key used in `batch`.
+    async fn key_holders(
+        conn: &mut DB::Connection,
+        batch: &[Append],
+    ) -> Result<Vec<StoredDecision>, StoreError> {
+        let keyed: Vec<(&str, &str)> = batch
+            .iter()
+            .filter_map(|item| {
+                let d = item.decision.as_ref()?;
+                Some((d.tenant.as_str(), d.idempotency_key.as_deref()?))
+            })
+            .collect();
+        let mut holders = Vec::new();
+        for chunk in keyed.chunks(INSERT_CHUNK) {
+            let mut sql = "SELECT id, tenant, idempotency_key, body, created_at_ms \
+                           FROM decisions WHERE "
+                .to_owned();
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!(
+                    "(tenant = ${} AND idempotency_key = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                ));
+            }
+            let mut query = sqlx::query(&sql);
+            for (tenant, key) in chunk {
+                query = query.bind((*tenant).to_owned()).bind((*key).to_owned());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                holders.push(Self::decision_from_row(&row)?);
+            }
+        }
+        Ok(holders)
     }
 
     fn decision_from_row(row: &DB::Row) -> Result<StoredDecision, StoreError> {
@@ -359,6 +422,60 @@ impl DecisionLookup {
             }
         }
     }
+}
+
+/// Columns of an audit event row.
+const EVENT_FIELDS: usize = 24;
+
+/// Rows per multi-row statement: 256 events bind 6,144 values, well inside SQLite's
+/// (32,766) and PostgreSQL's (65,535) limits.
+const INSERT_CHUNK: usize = 256;
+
+/// `prefix` followed by `rows` groups of `fields` numbered placeholders.
+fn multi_row_insert(prefix: &str, fields: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * fields * 5);
+    sql.push_str(prefix);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for field in 0..fields {
+            if field > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * fields + field + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The decision already holding `decision`'s idempotency key in its tenant, if any.
+fn holder_of<'a>(
+    holders: &'a [StoredDecision],
+    decision: &NewDecision,
+) -> Option<&'a StoredDecision> {
+    let key = decision.idempotency_key.as_ref()?;
+    holders
+        .iter()
+        .find(|h| h.tenant == decision.tenant && h.idempotency_key.as_ref() == Some(key))
+}
+
+/// A batch that repeats an event or decision id would collide with itself; refuse it with
+/// the same error a collision with a stored row gives, before anything is written.
+fn refuse_repeated_ids(batch: &[Append]) -> Result<(), StoreError> {
+    let mut events = std::collections::HashSet::with_capacity(batch.len());
+    let mut decisions = std::collections::HashSet::new();
+    for item in batch {
+        if !events.insert(item.event.id.as_str()) {
+            return Err(StoreError::DuplicateEvent(item.event.id.clone()));
+        }
+        if let Some(d) = &item.decision
+            && !decisions.insert(d.id.as_str())
+        {
+            return Err(StoreError::DuplicateDecision(d.id.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the column `name` of an audit row; the error text names the column.
@@ -515,33 +632,56 @@ where
         for item in &mut batch {
             validate(item)?;
         }
+        refuse_repeated_ids(&batch)?;
         let mut tx = self.begin_chain_write().await?;
         let mut head = Self::head(&mut tx).await?;
+        // Every idempotency key of the batch, looked up at once under the chain lock.
+        let mut holders = Self::key_holders(&mut tx, &batch).await?;
         // Hashing stays on the executor here, unlike in verify: it is microseconds per
         // event, and each link depends on the one before and on rows read under the lock.
-
-        // Decisions with an idempotency key written earlier in this batch.
-        let mut written_keys: Vec<StoredDecision> = Vec::new();
+        let mut events: Vec<(i64, String, String, NewEvent)> = Vec::with_capacity(batch.len());
+        let mut decisions: Vec<NewDecision> = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         for item in batch {
-            let holder = Self::key_holder(&mut tx, &written_keys, item.decision.as_ref()).await?;
-            if let Some(existing) = holder {
-                results.push(Appended::Duplicate(existing));
+            if let Some(holder) = item.decision.as_ref().and_then(|d| holder_of(&holders, d)) {
+                results.push(Appended::Duplicate(holder.clone()));
                 continue;
             }
             let seq = head.seq + 1;
-            let hash = Self::insert_event(&mut tx, seq, &head.hash, &item.event).await?;
+            let hash = chain::event_hash(seq, &head.hash, &item.event)?;
             if let Some(decision) = item.decision {
-                Self::insert_decision(&mut tx, &decision).await?;
                 if decision.idempotency_key.is_some() {
-                    written_keys.push(decision.into());
+                    // A later item of this batch with the same key gets this decision.
+                    holders.push(decision.clone().into());
                 }
+                decisions.push(decision);
             }
             results.push(Appended::Written {
                 seq,
                 hash: hash.clone(),
             });
-            head = Head { seq, hash };
+            let prev = std::mem::replace(
+                &mut head,
+                Head {
+                    seq,
+                    hash: hash.clone(),
+                },
+            );
+            events.push((seq, prev.hash, hash, item.event));
+        }
+        // One statement per table per chunk: a batch costs a handful of round trips, not
+        // three per event, which is what makes group commit pay off on PostgreSQL.
+        for chunk in events.chunks(INSERT_CHUNK) {
+            if let Err(e) = Self::insert_events(&mut tx, chunk).await {
+                drop(tx);
+                return Err(self.name_duplicate_event(e, &events).await);
+            }
+        }
+        for chunk in decisions.chunks(INSERT_CHUNK) {
+            if let Err(e) = Self::insert_decisions(&mut tx, chunk).await {
+                drop(tx);
+                return Err(self.name_duplicate_decision(e, &decisions).await);
+            }
         }
         // Durability: on SQLite (WAL, synchronous=FULL) and PostgreSQL alike this commit is
         // the one fsync for the whole batch, and nothing is acknowledged before it returns.
@@ -730,7 +870,12 @@ where
                 detail: chain::checkpoint_detail(through, &anchor, purged, older_than_ms),
                 ..NewEvent::default()
             };
-            Self::insert_event(&mut tx, seq, &head.hash, &checkpoint).await?;
+            let hash = chain::event_hash(seq, &head.hash, &checkpoint)?;
+            Self::insert_events(
+                &mut tx,
+                &[(seq, head.hash.clone(), hash, checkpoint.clone())],
+            )
+            .await?;
             report.purged = purged;
             report.checkpoint_seq = Some(seq);
         }

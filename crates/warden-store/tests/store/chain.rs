@@ -281,3 +281,43 @@ async fn concurrent_appends_from_two_replicas_keep_one_gapless_chain() {
     })
     .await;
 }
+
+/// Batches larger than one multi-row statement are written in chunks; the chain, the
+/// decisions and idempotency must come out as if written one by one.
+#[tokio::test]
+async fn a_batch_larger_than_one_statement_links_across_chunks() {
+    each_backend(async |db| {
+        let store = &*db.store;
+        let batch: Vec<_> = (1..=600)
+            .map(|i| {
+                let mut e = event(&format!("e{i}"), "acme", i);
+                e.decision_id = Some(format!("d{i}"));
+                // Every tenth item repeats the key of the one before it.
+                let key = format!("k{}", if i % 10 == 0 { i - 1 } else { i });
+                with_decision(e, Some(&key))
+            })
+            .collect();
+        let results = store.append(batch).await.unwrap();
+        let written = results
+            .iter()
+            .filter(|r| matches!(r, Appended::Written { .. }))
+            .count();
+        assert_eq!(written, 540);
+        let Appended::Duplicate(first) = &results[9] else {
+            panic!("item 10 repeats item 9's key")
+        };
+        assert_eq!(first.id, "d9");
+        let report = store.verify().await.unwrap();
+        assert_eq!((report.events_checked, report.first_broken), (540, None));
+        assert_eq!(
+            store
+                .decision_by_key("acme", "k599")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "d599"
+        );
+    })
+    .await;
+}

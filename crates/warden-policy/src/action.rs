@@ -212,9 +212,19 @@ impl Action {
         if raw_depth(text) > MAX_DEPTH {
             return Err(ActionError::TooDeep);
         }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let raw: RawAction = serde_path_to_error::deserialize(&mut de).map_err(path_message)?;
-        de.end().map_err(|e| ActionError::Json(json_message(&e)))?;
+        // The fast parser first; only a body that fails is parsed again to name the field.
+        let raw: RawAction = match serde_json::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                return Err(
+                    match serde_path_to_error::deserialize::<_, RawAction>(&mut de) {
+                        Err(with_path) => path_message(with_path),
+                        Ok(_) => ActionError::Json(json_message(&e)),
+                    },
+                );
+            }
+        };
         Self::from_raw(raw)
     }
 

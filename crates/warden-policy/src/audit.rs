@@ -6,6 +6,7 @@
 use crate::action::Action;
 use crate::policy::AuditSpec;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[redacted]";
@@ -47,11 +48,10 @@ impl AuditSpec {
         if self.keep.is_empty() && self.redact.is_empty() {
             return AuditView::default();
         }
-        let root = root_value(action);
         let mut masks = Vec::new();
         for path in &self.redact {
-            if let Some(value) = lookup(&root, path) {
-                collect_leaves(value, &mut masks);
+            if let Some(value) = lookup(action, path) {
+                collect_leaves(&value, &mut masks);
             }
         }
         // Longest first, so a value that contains another is masked whole.
@@ -60,10 +60,10 @@ impl AuditSpec {
 
         let mut kept = Map::new();
         for path in &self.keep {
-            let Some(value) = lookup(&root, path) else {
+            let Some(value) = lookup(action, path) else {
                 continue;
             };
-            let mut value = value.clone();
+            let mut value = value.into_owned();
             for redact in &self.redact {
                 if covers(redact, path) {
                     value = Value::String(REDACTED.to_owned());
@@ -88,76 +88,82 @@ fn covers(redact: &str, path: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.'))
 }
 
-/// The variables audit paths start from, as JSON.
-fn root_value(action: &Action) -> Value {
-    let mut a = Map::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            a.insert(k.to_owned(), v);
+/// The value at a dotted audit path (`action.target.id`, `context.ticket.priority`),
+/// borrowed where the action holds JSON, so a lookup never copies the payload.
+fn lookup<'a>(action: &'a Action, path: &str) -> Option<Cow<'a, Value>> {
+    let mut segments = path.split('.');
+    let (root, rest): (Cow<'a, Value>, _) = match (segments.next()?, segments.next()) {
+        ("context", Some(first)) => (Cow::Borrowed(&action.context), Some(first)),
+        ("action", Some(field)) => {
+            let owned = |v: Option<Value>| v.map(Cow::Owned);
+            let text = |v: &Option<String>| owned(v.clone().map(Value::String));
+            let value = match field {
+                "payload" => Some(Cow::Borrowed(&action.payload)),
+                "context" => Some(Cow::Borrowed(&action.context)),
+                "id" => text(&action.id),
+                "type" => owned(Some(Value::String(action.kind.as_str().to_owned()))),
+                "target" => owned(action.target.as_ref().map(|t| {
+                    let mut m = Map::new();
+                    if let Some(kind) = &t.kind {
+                        m.insert("type".into(), Value::String(kind.clone()));
+                    }
+                    if let Some(id) = &t.id {
+                        m.insert("id".into(), Value::String(id.clone()));
+                    }
+                    Value::Object(m)
+                })),
+                "confidence" => owned(action.confidence.map(|c| Value::from(c.get()))),
+                "mode" => text(&action.mode),
+                "agent" => text(&action.agent),
+                "on_behalf_of" => text(&action.on_behalf_of),
+                "app" => text(&action.app),
+                "workflow" => text(&action.workflow),
+                "run_id" => text(&action.run_id),
+                "usage" => owned(action.usage.as_ref().map(|u| {
+                    let mut m = Map::new();
+                    if let Some(t) = u.tokens {
+                        m.insert("tokens".into(), Value::from(t));
+                    }
+                    if let Some(c) = u.cost_usd {
+                        m.insert("cost_usd".into(), Value::from(c));
+                    }
+                    if let Some(t) = u.tool_calls {
+                        m.insert("tool_calls".into(), Value::from(t));
+                    }
+                    Value::Object(m)
+                })),
+                _ => None,
+            }?;
+            (value, None)
+        }
+        _ => return None,
+    };
+    let mut steps: Vec<&str> = rest.into_iter().collect();
+    steps.extend(segments);
+    let found = match root {
+        Cow::Borrowed(mut at) => {
+            for step in steps {
+                at = child(at, step)?;
+            }
+            Cow::Borrowed(at)
+        }
+        Cow::Owned(value) => {
+            let mut at = &value;
+            for step in steps {
+                at = child(at, step)?;
+            }
+            Cow::Owned(at.clone())
         }
     };
-    put("id", action.id.clone().map(Value::String));
-    put("type", Some(Value::String(action.kind.as_str().to_owned())));
-    put(
-        "target",
-        action.target.as_ref().map(|t| {
-            let mut m = Map::new();
-            if let Some(kind) = &t.kind {
-                m.insert("type".into(), Value::String(kind.clone()));
-            }
-            if let Some(id) = &t.id {
-                m.insert("id".into(), Value::String(id.clone()));
-            }
-            Value::Object(m)
-        }),
-    );
-    put(
-        "confidence",
-        action.confidence.map(|c| Value::from(c.get())),
-    );
-    put("mode", action.mode.clone().map(Value::String));
-    put("agent", action.agent.clone().map(Value::String));
-    put(
-        "on_behalf_of",
-        action.on_behalf_of.clone().map(Value::String),
-    );
-    put("app", action.app.clone().map(Value::String));
-    put("workflow", action.workflow.clone().map(Value::String));
-    put("run_id", action.run_id.clone().map(Value::String));
-    put("payload", Some(action.payload.clone()));
-    put("context", Some(action.context.clone()));
-    put(
-        "usage",
-        action.usage.as_ref().map(|u| {
-            let mut m = Map::new();
-            if let Some(t) = u.tokens {
-                m.insert("tokens".into(), Value::from(t));
-            }
-            if let Some(c) = u.cost_usd {
-                m.insert("cost_usd".into(), Value::from(c));
-            }
-            if let Some(t) = u.tool_calls {
-                m.insert("tool_calls".into(), Value::from(t));
-            }
-            Value::Object(m)
-        }),
-    );
-    let mut root = Map::new();
-    root.insert("context".into(), action.context.clone());
-    root.insert("action".into(), Value::Object(a));
-    Value::Object(root)
+    (!found.is_null()).then_some(found)
 }
 
-fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut at = root;
-    for segment in path.split('.') {
-        at = match at {
-            Value::Object(map) => map.get(segment)?,
-            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
+fn child<'v>(value: &'v Value, step: &str) -> Option<&'v Value> {
+    match value {
+        Value::Object(map) => map.get(step),
+        Value::Array(items) => items.get(step.parse::<usize>().ok()?),
+        _ => None,
     }
-    (!at.is_null()).then_some(at)
 }
 
 fn mask_path(value: &mut Value, path: &str) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use warden_store::{Append, Appended, Sorted, Store, StoreError};
+use warden_store::{Append, Appended, Sorted, Store};
 
 /// Most events in one transaction. Larger batches amortize the fsync further but hold the
 /// chain lock longer; at this size a batch commits in a few milliseconds.
@@ -213,7 +213,7 @@ async fn run(
         let (items, replies): (Vec<Append>, Vec<Reply>) = jobs.drain(..).unzip();
         let size = items.len();
         let started = Instant::now();
-        let result = store.append(items.clone()).await;
+        let result = store.append(items).await;
         metrics.audit_batch(size, started.elapsed());
         match result {
             Ok(results) => {
@@ -221,42 +221,14 @@ async fn run(
                     let _ = reply.send(Ok(appended));
                 }
             }
-            Err(e) if size > 1 && item_level(&e) => {
-                // One bad item rolls back its whole batch; retry each alone so it fails by
-                // itself and the others are still recorded.
-                tracing::warn!(error = %e, size, "audit batch failed; retrying its events one by one");
-                for (item, reply) in items.into_iter().zip(replies) {
-                    let result = store.append(vec![item]).await;
-                    let _ = reply.send(single(result));
-                }
-            }
             Err(e) => {
-                tracing::error!(error = %e, "audit write failed; the request is denied");
+                // The whole batch is rolled back, so every request in it is denied: fail
+                // closed. Ids are random, so a batch fails on the store, not on one item.
+                tracing::error!(error = %e, size, "audit write failed; the requests are denied");
                 for reply in replies {
                     let _ = reply.send(Err(AuditUnavailable));
                 }
             }
-        }
-    }
-}
-
-/// Whether `error` is about one item of a batch rather than the store as a whole.
-fn item_level(error: &StoreError) -> bool {
-    matches!(
-        error,
-        StoreError::DuplicateEvent(_)
-            | StoreError::DuplicateDecision(_)
-            | StoreError::InvalidEvent { .. }
-            | StoreError::Encode { .. }
-    )
-}
-
-fn single(result: Result<Vec<Appended>, StoreError>) -> Result<Appended, AuditUnavailable> {
-    match result {
-        Ok(mut results) => results.pop().ok_or(AuditUnavailable),
-        Err(e) => {
-            tracing::error!(error = %e, "audit write failed; the request is denied");
-            Err(AuditUnavailable)
         }
     }
 }

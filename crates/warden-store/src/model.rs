@@ -97,8 +97,9 @@ pub struct NewDecision {
     pub tenant: String,
     /// The caller's idempotency key, unique per tenant.
     pub idempotency_key: Option<String>,
-    /// The decision body exactly as answered.
-    pub body: Value,
+    /// The decision body exactly as answered, as JSON text (stored as given, so the
+    /// server serializes it once).
+    pub body: String,
     /// When it was made, unix milliseconds.
     pub created_at_ms: i64,
 }
@@ -118,15 +119,21 @@ pub struct StoredDecision {
     pub created_at_ms: i64,
 }
 
-impl From<NewDecision> for StoredDecision {
-    fn from(decision: NewDecision) -> Self {
-        Self {
-            id: decision.id,
-            tenant: decision.tenant,
-            idempotency_key: decision.idempotency_key,
-            body: decision.body,
-            created_at_ms: decision.created_at_ms,
-        }
+impl NewDecision {
+    /// The decision as it reads back from the store.
+    pub(crate) fn stored(&self) -> Result<StoredDecision, crate::StoreError> {
+        let body =
+            serde_json::from_str(&self.body).map_err(|source| crate::StoreError::Encode {
+                id: self.id.clone(),
+                source,
+            })?;
+        Ok(StoredDecision {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            body,
+            created_at_ms: self.created_at_ms,
+        })
     }
 }
 

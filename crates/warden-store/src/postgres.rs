@@ -36,6 +36,11 @@ impl Dialect for Postgres {
         WHERE table_schema = current_schema() AND table_name = 'warden_migrations'";
     const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
+    fn placeholder(sql: &mut String, n: usize) {
+        use std::fmt::Write;
+        let _ = write!(sql, "${n}");
+    }
+
     fn rows_affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
     }

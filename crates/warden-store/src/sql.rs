@@ -39,6 +39,9 @@ pub(crate) trait Dialect: Database {
     /// `warden_migrations.applied_at_ms`, which is bookkeeping, not audit data.
     const NOW_MS: &'static str;
 
+    /// Writes the placeholder of the `n`th (1-based) bound value into `sql`.
+    fn placeholder(sql: &mut String, n: usize);
+
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
@@ -82,6 +85,9 @@ enum Arg {
 #[derive(Debug)]
 pub(crate) struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Background work tied to the store's life (SQLite's checkpointer): dropping the
+    /// store drops this, which stops it.
+    _background: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 // Both impl blocks below carry the same bounds: what the generic code needs from a backend.
@@ -96,11 +102,27 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<f64>: Encode<'q, DB>,
     for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
     /// Wraps a connected pool.
     pub(crate) fn shared(pool: Pool<DB>) -> Arc<dyn Store> {
-        Arc::new(Self { pool })
+        Arc::new(Self {
+            pool,
+            _background: None,
+        })
+    }
+
+    /// Wraps a connected pool with background work that stops when `stop` is dropped.
+    pub(crate) fn shared_with(
+        pool: Pool<DB>,
+        stop: tokio::sync::oneshot::Sender<()>,
+    ) -> Arc<dyn Store> {
+        Arc::new(Self {
+            pool,
+            _background: Some(stop),
+        })
     }
 
     /// Opens a write transaction that holds the chain lock.
@@ -149,7 +171,7 @@ where
         conn: &mut DB::Connection,
         rows: &[(i64, String, String, NewEvent)],
     ) -> Result<(), StoreError> {
-        let sql = multi_row_insert(INSERT_EVENTS, EVENT_FIELDS, rows.len());
+        let sql = multi_row_insert::<DB>(INSERT_EVENTS, EVENT_FIELDS, rows.len());
         let mut encoded = Vec::with_capacity(rows.len());
         for (_, _, _, event) in rows {
             encoded.push((
@@ -163,31 +185,32 @@ where
         for ((seq, prev_hash, hash, event), (rule_ids, reasons, kept, detail)) in
             rows.iter().zip(encoded)
         {
+            // Borrowed, not cloned: the statement lives only as long as `rows`.
             query = query
                 .bind(*seq)
-                .bind(event.id.clone())
+                .bind(event.id.as_str())
                 .bind(event.time_ms)
-                .bind(event.tenant.clone())
-                .bind(event.kind.clone())
-                .bind(event.agent.clone())
-                .bind(event.on_behalf_of.clone())
-                .bind(event.action_type.clone())
-                .bind(event.target_type.clone())
-                .bind(event.target_id.clone())
-                .bind(event.mode.clone())
+                .bind(event.tenant.as_str())
+                .bind(event.kind.as_str())
+                .bind(event.agent.as_deref())
+                .bind(event.on_behalf_of.as_deref())
+                .bind(event.action_type.as_deref())
+                .bind(event.target_type.as_deref())
+                .bind(event.target_id.as_deref())
+                .bind(event.mode.as_deref())
                 .bind(event.confidence_initial)
                 .bind(event.confidence_adjusted)
-                .bind(event.effect.clone())
+                .bind(event.effect.as_deref())
                 .bind(rule_ids)
                 .bind(reasons)
-                .bind(event.policy_version.clone())
-                .bind(event.payload_digest.clone())
-                .bind(event.context_digest.clone())
+                .bind(event.policy_version.as_deref())
+                .bind(event.payload_digest.as_deref())
+                .bind(event.context_digest.as_deref())
                 .bind(kept)
-                .bind(event.decision_id.clone())
+                .bind(event.decision_id.as_deref())
                 .bind(detail)
-                .bind(prev_hash.clone())
-                .bind(hash.clone());
+                .bind(prev_hash.as_str())
+                .bind(hash.as_str());
         }
         query.execute(&mut *conn).await?;
         Ok(())
@@ -198,22 +221,18 @@ where
         conn: &mut DB::Connection,
         rows: &[NewDecision],
     ) -> Result<(), StoreError> {
-        let sql = multi_row_insert(
+        let sql = multi_row_insert::<DB>(
             "INSERT INTO decisions (id, tenant, idempotency_key, body, created_at_ms) VALUES ",
             5,
             rows.len(),
         );
-        let mut bodies = Vec::with_capacity(rows.len());
-        for d in rows {
-            bodies.push(json_text(&d.id, &d.body)?);
-        }
         let mut query = sqlx::query(&sql);
-        for (d, body) in rows.iter().zip(bodies) {
+        for d in rows {
             query = query
-                .bind(d.id.clone())
-                .bind(d.tenant.clone())
-                .bind(d.idempotency_key.clone())
-                .bind(body)
+                .bind(d.id.as_str())
+                .bind(d.tenant.as_str())
+                .bind(d.idempotency_key.as_deref())
+                .bind(d.body.as_str())
                 .bind(d.created_at_ms);
         }
         query.execute(&mut *conn).await?;
@@ -282,11 +301,11 @@ where
                 if i > 0 {
                     sql.push_str(" OR ");
                 }
-                sql.push_str(&format!(
-                    "(tenant = ${} AND idempotency_key = ${})",
-                    2 * i + 1,
-                    2 * i + 2
-                ));
+                sql.push_str("(tenant = ");
+                DB::placeholder(&mut sql, 2 * i + 1);
+                sql.push_str(" AND idempotency_key = ");
+                DB::placeholder(&mut sql, 2 * i + 2);
+                sql.push(')');
             }
             let mut query = sqlx::query(&sql);
             for (tenant, key) in chunk {
@@ -431,8 +450,8 @@ const EVENT_FIELDS: usize = 24;
 /// (32,766) and PostgreSQL's (65,535) limits.
 const INSERT_CHUNK: usize = 256;
 
-/// `prefix` followed by `rows` groups of `fields` numbered placeholders.
-fn multi_row_insert(prefix: &str, fields: usize, rows: usize) -> String {
+/// `prefix` followed by `rows` groups of `fields` placeholders.
+fn multi_row_insert<DB: Dialect>(prefix: &str, fields: usize, rows: usize) -> String {
     let mut sql = String::with_capacity(prefix.len() + rows * fields * 5);
     sql.push_str(prefix);
     for row in 0..rows {
@@ -441,8 +460,7 @@ fn multi_row_insert(prefix: &str, fields: usize, rows: usize) -> String {
             if field > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * fields + field + 1).to_string());
+            DB::placeholder(&mut sql, row * fields + field + 1);
         }
         sql.push(')');
     }
@@ -458,6 +476,11 @@ fn holder_of<'a>(
     holders
         .iter()
         .find(|h| h.tenant == decision.tenant && h.idempotency_key.as_ref() == Some(key))
+}
+
+/// Whether two new decisions of one tenant carry the same idempotency key.
+fn same_key(a: &NewDecision, b: &NewDecision) -> bool {
+    a.tenant == b.tenant && a.idempotency_key.is_some() && a.idempotency_key == b.idempotency_key
 }
 
 /// A batch that repeats an event or decision id would collide with itself; refuse it with
@@ -558,6 +581,8 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<f64>: Encode<'q, DB>,
     for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
     fn backend(&self) -> Backend {
@@ -643,17 +668,23 @@ where
         let mut decisions: Vec<NewDecision> = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         for item in batch {
-            if let Some(holder) = item.decision.as_ref().and_then(|d| holder_of(&holders, d)) {
-                results.push(Appended::Duplicate(holder.clone()));
-                continue;
+            if let Some(decision) = &item.decision {
+                if let Some(holder) = holder_of(&holders, decision) {
+                    results.push(Appended::Duplicate(holder.clone()));
+                    continue;
+                }
+                // A key used earlier in this batch: that item's decision holds it. Parsed
+                // back only here, as a retry within one batch is rare.
+                if let Some(earlier) = decisions.iter().find(|d| same_key(d, decision)) {
+                    let holder = earlier.stored()?;
+                    results.push(Appended::Duplicate(holder.clone()));
+                    holders.push(holder);
+                    continue;
+                }
             }
             let seq = head.seq + 1;
             let hash = chain::event_hash(seq, &head.hash, &item.event)?;
             if let Some(decision) = item.decision {
-                if decision.idempotency_key.is_some() {
-                    // A later item of this batch with the same key gets this decision.
-                    holders.push(decision.clone().into());
-                }
                 decisions.push(decision);
             }
             results.push(Appended::Written {

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 mod cmd;
 mod db;
+
+// glibc's allocator spent a third of the server's CPU under load (many threads freeing
+// what others allocated); mimalloc is built for exactly that. See docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod files;
 mod time;
 

@@ -168,23 +168,29 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     };
     body.decision_id = Some(decision_id.clone());
 
-    let mut stored = body.clone();
-    if view.has_masks() {
-        for reason in &mut stored.reasons {
+    // What is recorded: the answer with redacted values masked in its reasons.
+    let masked;
+    let stored = if view.has_masks() {
+        let mut copy = body.clone();
+        for reason in &mut copy.reasons {
             reason.message = view.mask(&reason.message);
         }
-    }
+        masked = copy;
+        &masked
+    } else {
+        &body
+    };
     let event = decision_event(
         state,
         &caller.tenant,
         &action,
-        &stored,
+        stored,
         decision.as_ref(),
         view,
         &decision_id,
         now,
     );
-    let stored = serde_json::to_value(&stored).map_err(|e| {
+    let stored = serde_json::to_string(stored).map_err(|e| {
         tracing::error!(error = %e, "cannot encode a decision");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -200,7 +200,7 @@ pub fn plain(event: NewEvent) -> Append {
 pub fn with_decision(event: NewEvent, key: Option<&str>) -> Append {
     let id = event.decision_id.clone().unwrap();
     let decision = NewDecision {
-        body: json!({"decision_id": id, "effect": event.effect}),
+        body: json!({"decision_id": id, "effect": event.effect}).to_string(),
         id,
         tenant: event.tenant.clone(),
         idempotency_key: key.map(str::to_owned),

@@ -213,7 +213,7 @@ async fn decisions_are_found_by_id_and_by_key_within_their_tenant() {
         let mut item = with_decision(event("e1", "acme", 42), Some("retry-1"));
         let body = json!({"decision_id": "d-e1", "effect": "deny", "reasons": [{"rule": "r", "message": "m"}]});
         if let Some(decision) = &mut item.decision {
-            decision.body = body.clone();
+            decision.body = body.to_string();
         }
         store.append(vec![item, with_decision(event("e2", "acme", 43), None)]).await.unwrap();
 

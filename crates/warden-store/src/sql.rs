@@ -85,6 +85,10 @@ enum Arg {
 #[derive(Debug)]
 pub(crate) struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Where chain appends, purges and migrations run. On SQLite a pool of one connection:
+    /// writers take turns anyway, and one connection keeps its page cache warm, where a
+    /// connection picked at random would find its cache invalidated by the others' writes.
+    writer: Pool<DB>,
     /// Background work tied to the store's life (SQLite's checkpointer): dropping the
     /// store drops this, which stops it.
     _background: Option<tokio::sync::oneshot::Sender<()>>,
@@ -109,25 +113,29 @@ where
     /// Wraps a connected pool.
     pub(crate) fn shared(pool: Pool<DB>) -> Arc<dyn Store> {
         Arc::new(Self {
+            writer: pool.clone(),
             pool,
             _background: None,
         })
     }
 
-    /// Wraps a connected pool with background work that stops when `stop` is dropped.
+    /// Wraps a reading pool and a writing pool, with background work that stops when
+    /// `stop` is dropped.
     pub(crate) fn shared_with(
         pool: Pool<DB>,
+        writer: Pool<DB>,
         stop: tokio::sync::oneshot::Sender<()>,
     ) -> Arc<dyn Store> {
         Arc::new(Self {
             pool,
+            writer,
             _background: Some(stop),
         })
     }
 
     /// Opens a write transaction that holds the chain lock.
     async fn begin_chain_write(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
-        let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
+        let mut tx = self.writer.begin_with(DB::BEGIN_WRITE).await?;
         if let Some(lock) = DB::LOCK_CHAIN {
             sqlx::query(lock).execute(&mut *tx).await?;
         }

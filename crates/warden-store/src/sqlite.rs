@@ -90,13 +90,17 @@ pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
     } else {
         SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
     };
-    let pool = pool_options.connect_with(options).await?;
+    let pool = pool_options.connect_with(options.clone()).await?;
     if memory {
         return Ok(SqlStore::shared(pool));
     }
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     tokio::spawn(checkpoint(pool.clone(), stopped));
-    Ok(SqlStore::shared_with(pool, stop))
+    Ok(SqlStore::shared_with(pool, writer, stop))
 }
 
 /// How often the WAL is folded back into the database file.

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Instant;
 use tokio::net::TcpListener;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -79,7 +80,9 @@ pub fn app(state: AppState) -> Router {
     let guard = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(guard_error))
         .load_shed()
-        .concurrency_limit(limits.max_in_flight)
+        // Global, not `concurrency_limit`: `Router::layer` wraps every route on its own,
+        // and the bound is on the whole server.
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
         .timeout(limits.request_timeout);
     Router::new()
         .route("/v1/decisions", post(decisions::create))

@@ -725,6 +725,20 @@ async fn a_second_replica_shares_decisions_and_idempotency() {
 struct Breakable {
     inner: Arc<dyn Store>,
     broken: AtomicBool,
+    /// While set, appends wait for a permit of `gate`: a store that has stalled.
+    stalled: AtomicBool,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Breakable {
+    fn over(inner: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            broken: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            gate: tokio::sync::Semaphore::new(0),
+        })
+    }
 }
 
 #[async_trait]
@@ -744,6 +758,9 @@ impl Store for Breakable {
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        if self.stalled.load(Ordering::SeqCst) {
+            let _permit = self.gate.acquire().await;
         }
         self.inner.append(batch).await
     }
@@ -783,10 +800,7 @@ impl Store for Breakable {
 #[tokio::test]
 async fn when_the_audit_write_fails_the_answer_is_a_deny_never_an_allow() {
     for inner in stores().await {
-        let breakable = Arc::new(Breakable {
-            inner,
-            broken: AtomicBool::new(false),
-        });
+        let breakable = Breakable::over(inner);
         let s = server(breakable.clone()).await;
         let allowed = json!({"type": "ticket.update", "id": "after-outage"});
         breakable.broken.store(true, Ordering::SeqCst);
@@ -879,4 +893,50 @@ async fn no_policy_for_the_tenant_means_deny() {
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["effect"], "deny");
     assert_eq!(body["reasons"][0]["code"], "no_policy");
+}
+
+/// The in-flight bound covers the whole server, not each route: with one request stuck on
+/// a stalled store, any other request is turned away at once.
+#[tokio::test]
+async fn requests_over_the_in_flight_bound_are_refused_at_once() {
+    let store = warden_store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let breakable = Breakable::over(store);
+    let s = server_with(
+        breakable.clone(),
+        POLICY,
+        Limits {
+            max_in_flight: 1,
+            key_cache_ttl: Duration::ZERO,
+            ..Limits::default()
+        },
+    )
+    .await;
+    breakable.stalled.store(true, Ordering::SeqCst);
+    let app = s.app.clone();
+    let token = s.controller.clone();
+    let stuck = tokio::spawn(async move {
+        let request = Request::post("/v1/decisions")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(r#"{"type": "ticket.update"}"#))
+            .unwrap();
+        app.oneshot(request).await.unwrap().status()
+    });
+    // Wait until the first request holds the only slot (it is waiting on the store).
+    let mut refused = None;
+    for _ in 0..100 {
+        let (status, body) = s.call(Method::GET, "/healthz", None, "").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let body = refused.expect("a second request is refused while the first is in flight");
+    assert_eq!(body["error"], "overloaded");
+    breakable.stalled.store(false, Ordering::SeqCst);
+    breakable.gate.add_permits(1);
+    assert_eq!(stuck.await.unwrap(), StatusCode::OK);
+    let (status, _) = s.call(Method::GET, "/healthz", None, "").await;
+    assert_eq!(status, StatusCode::OK);
 }

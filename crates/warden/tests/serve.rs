@@ -1,6 +1,6 @@
 //! `warden serve` as the real binary under load and signals: what a client saw acknowledged
-//! survives kill -9 and SIGTERM, payloads and contexts are referenced and never copied, and
-//! the first start hands out exactly one admin key.
+//! survives kill -9 and SIGTERM, payloads and contexts are referenced and never copied,
+//! SIGHUP reloads policies, and the first start hands out exactly one admin key.
 //!
 //! Each test runs in its own folder with its own server on its own port; a [`Server`] guard
 //! kills the child however the test ends. PostgreSQL runs only with
@@ -531,6 +531,68 @@ fn first_start_prints_one_admin_key_and_later_starts_none() {
 // ---------------------------------------------------------------------------------------
 
 /// A running `warden serve`, killed when dropped however the test ends.
+/// SIGHUP reloads the policy folder without a restart; a folder that does not compile is
+/// refused, said in the log, and the policy in force stays.
+#[test]
+fn sighup_reloads_good_policies_and_keeps_the_old_one_on_a_bad_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("warden.db").display().to_string();
+    write_policy(dir.path(), TICKETS_POLICY);
+    let token = controller_key(dir.path(), &db, "default");
+    let rt = runtime();
+    let client = client();
+    let server = Server::start(
+        dir.path(),
+        "serve",
+        &["--db", &db, "--policies", "policies", "--data-dir", "."],
+        "info",
+    );
+    let version = || {
+        let action = json!({"type": "ticket.update"});
+        let (status, body) = rt
+            .block_on(post_decision(&client, &server, &token, &action))
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["policy_version"].as_str().unwrap().to_owned()
+    };
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP failed");
+    };
+    let wait_for = |wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while version() != wanted {
+            assert!(
+                Instant::now() < deadline,
+                "the policy never became {wanted}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(version(), "1.0.0");
+
+    let policy = dir.path().join("policies/default.yaml");
+    std::fs::write(&policy, TICKETS_POLICY.replace("1.0.0", "1.1.0")).unwrap();
+    hangup();
+    wait_for("1.1.0");
+
+    std::fs::write(&policy, "version: 1.2.0\ndefault: alow\n").unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr_text().contains("policy reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in the log:\n{}",
+            server.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(version(), "1.1.0", "the old policy stays in force");
+}
+
 struct Server {
     child: Child,
     addr: SocketAddr,

@@ -65,20 +65,16 @@ pub async fn create(
     } else {
         prepare(&state, &caller, &body)?
     };
-    let effect = prepared.body.effect;
-    let answer = match state.audit().append(prepared.append).await {
-        Ok(Appended::Written { .. }) => Json(prepared.body).into_response(),
+    let (effect, response) = match state.audit().append(prepared.append).await {
+        Ok(Appended::Written { .. }) => (prepared.body.effect, Json(prepared.body).into_response()),
+        // The idempotency key was used before: the first decision, as recorded.
         Ok(Appended::Duplicate(first)) => {
-            let effect = first.body.get("effect").and_then(Value::as_str);
-            let effect = match effect {
+            let effect = match first.body.get("effect").and_then(Value::as_str) {
                 Some("allow") => "allow",
                 Some("require_approval") => "require_approval",
                 _ => "deny",
             };
-            state
-                .metrics()
-                .decision(&caller.tenant, effect, started.elapsed());
-            return Ok(Json(first.body).into_response());
+            (effect, Json(first.body).into_response())
         }
         Err(_) => {
             let body = DecisionBody::refusal(
@@ -90,16 +86,13 @@ pub async fn create(
             response
                 .extensions_mut()
                 .insert(ErrorCode("audit_unavailable"));
-            state
-                .metrics()
-                .decision(&caller.tenant, "deny", started.elapsed());
-            return Ok(response);
+            ("deny", response)
         }
     };
     state
         .metrics()
         .decision(&caller.tenant, effect, started.elapsed());
-    Ok(answer)
+    Ok(response)
 }
 
 /// A decision made and ready to audit.

@@ -22,6 +22,8 @@
 #   BASE_PORT=18471                             bare on it, sqlite +1, postgres +2
 #   WARDEN_KEY_ARGS=""                          extra arguments for `warden keys create`
 #
+# Needs: cargo, curl, jq, and psql for the PostgreSQL target.
+#
 # Exit status: non-zero if a run failed or saw non-2xx answers or connection errors.
 set -euo pipefail
 

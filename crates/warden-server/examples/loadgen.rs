@@ -29,6 +29,7 @@ use axum::body::Bytes;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use axum::http::{HeaderValue, Method, Request, Uri};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -149,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `loadgen bare`: a plain axum server, set up as `axum::serve` is by default.
+/// `loadgen bare`: a plain axum server, set up as `warden serve` is (TCP_NODELAY on).
 fn bare(args: &BareArgs) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
@@ -166,6 +167,9 @@ fn bare(args: &BareArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on `{}`", args.listen))?;
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         eprintln!("loadgen bare: listening on {}", args.listen);
         axum::serve(listener, app)
             .await

@@ -247,45 +247,23 @@ where
         Ok(())
     }
 
-    /// Turns a failed event insert into the domain error naming the id that exists.
-    async fn name_duplicate_event(
+    /// After a unique violation in a multi-row insert: the first of `ids` that `select`
+    /// (one `$1` id parameter) finds stored. Runs outside the failed transaction.
+    async fn first_stored_id<'a>(
         &self,
-        error: StoreError,
-        rows: &[(i64, String, String, NewEvent)],
-    ) -> StoreError {
-        if !matches!(&error, StoreError::Database(e) if is_unique_violation(e)) {
-            return error;
-        }
-        // seq is assigned under the chain lock, so the only unique key a correct insert can
-        // collide on is a caller-made id; find which one, outside the failed transaction.
-        for (_, _, _, event) in rows {
-            let found = sqlx::query("SELECT id FROM audit_events WHERE id = $1")
-                .bind(event.id.clone())
+        select: &str,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> Option<String> {
+        for id in ids {
+            let found = sqlx::query(select)
+                .bind(id)
                 .fetch_optional(&self.pool)
                 .await;
             if let Ok(Some(_)) = found {
-                return StoreError::DuplicateEvent(event.id.clone());
+                return Some(id.to_owned());
             }
         }
-        error
-    }
-
-    /// Turns a failed decision insert into the domain error naming the id that exists.
-    async fn name_duplicate_decision(&self, error: StoreError, rows: &[NewDecision]) -> StoreError {
-        if !matches!(&error, StoreError::Database(e) if is_unique_violation(e)) {
-            return error;
-        }
-        // Idempotency keys were looked up under the chain lock, so the collision is on an id.
-        for d in rows {
-            let found = sqlx::query("SELECT id FROM decisions WHERE id = $1")
-                .bind(d.id.clone())
-                .fetch_optional(&self.pool)
-                .await;
-            if let Ok(Some(_)) = found {
-                return StoreError::DuplicateDecision(d.id.clone());
-            }
-        }
-        error
+        None
     }
 
     /// The stored decisions holding any idempotency key used in `batch`.
@@ -484,6 +462,11 @@ fn holder_of<'a>(
     holders
         .iter()
         .find(|h| h.tenant == decision.tenant && h.idempotency_key.as_ref() == Some(key))
+}
+
+/// Whether a store error is a unique-constraint violation.
+fn is_unique(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(e) if is_unique_violation(e))
 }
 
 /// Whether two new decisions of one tenant carry the same idempotency key.
@@ -713,13 +696,41 @@ where
         for chunk in events.chunks(INSERT_CHUNK) {
             if let Err(e) = Self::insert_events(&mut tx, chunk).await {
                 drop(tx);
-                return Err(self.name_duplicate_event(e, &events).await);
+                if !is_unique(&e) {
+                    return Err(e);
+                }
+                // seq is assigned under the chain lock, so a correct insert can only collide
+                // on a caller-made event id.
+                let ids = events.iter().map(|(_, _, _, event)| event.id.as_str());
+                return Err(
+                    match self
+                        .first_stored_id("SELECT id FROM audit_events WHERE id = $1", ids)
+                        .await
+                    {
+                        Some(id) => StoreError::DuplicateEvent(id),
+                        None => e,
+                    },
+                );
             }
         }
         for chunk in decisions.chunks(INSERT_CHUNK) {
             if let Err(e) = Self::insert_decisions(&mut tx, chunk).await {
                 drop(tx);
-                return Err(self.name_duplicate_decision(e, &decisions).await);
+                if !is_unique(&e) {
+                    return Err(e);
+                }
+                // Idempotency keys were looked up under the chain lock: the collision is on
+                // a decision id.
+                let ids = decisions.iter().map(|d| d.id.as_str());
+                return Err(
+                    match self
+                        .first_stored_id("SELECT id FROM decisions WHERE id = $1", ids)
+                        .await
+                    {
+                        Some(id) => StoreError::DuplicateDecision(id),
+                        None => e,
+                    },
+                );
             }
         }
         // Durability: on SQLite (WAL, synchronous=FULL) and PostgreSQL alike this commit is

@@ -185,9 +185,10 @@ async fn reject(
     failure: Failure,
     key: Option<&KeyRecord>,
 ) -> ApiError {
+    let now = now_ms();
     let event = NewEvent {
-        id: crate::ids::ulid(now_ms()),
-        time_ms: now_ms(),
+        id: crate::ids::ulid(now),
+        time_ms: now,
         tenant: key.map_or(SYSTEM_TENANT, |k| k.tenant.as_str()).to_owned(),
         kind: kind::AUTH_FAILURE.to_owned(),
         detail: json!({

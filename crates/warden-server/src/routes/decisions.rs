@@ -13,7 +13,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -66,7 +66,14 @@ pub async fn create(
         prepare(&state, &caller, &body)?
     };
     let (effect, response) = match state.audit().append(prepared.append).await {
-        Ok(Appended::Written { .. }) => (prepared.body.effect, Json(prepared.body).into_response()),
+        Ok(Appended::Written { .. }) => (
+            prepared.effect,
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                prepared.answer,
+            )
+                .into_response(),
+        ),
         // The idempotency key was used before: the first decision, as recorded.
         Ok(Appended::Duplicate(first)) => {
             let effect = match first.body.get("effect").and_then(Value::as_str) {
@@ -80,7 +87,7 @@ pub async fn create(
             let body = DecisionBody::refusal(
                 "audit_unavailable",
                 "the decision could not be recorded in the audit log, so the action is denied",
-                &prepared.body.policy_version,
+                &prepared.policy_version,
             );
             let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
             response
@@ -97,7 +104,10 @@ pub async fn create(
 
 /// A decision made and ready to audit.
 struct Prepared {
-    body: DecisionBody,
+    effect: &'static str,
+    policy_version: String,
+    /// The decision body to answer, as JSON text.
+    answer: String,
     append: Append,
 }
 
@@ -163,7 +173,8 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
 
     // What is recorded: the answer with redacted values masked in its reasons.
     let masked;
-    let stored = if view.has_masks() {
+    let view_masked = view.has_masks();
+    let stored = if view_masked {
         let mut copy = body.clone();
         for reason in &mut copy.reasons {
             reason.message = view.mask(&reason.message);
@@ -183,16 +194,27 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         &decision_id,
         now,
     );
-    let stored = serde_json::to_string(stored).map_err(|e| {
-        tracing::error!(error = %e, "cannot encode a decision");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })?;
+    let encode = |b: &DecisionBody| {
+        serde_json::to_string(b).map_err(|e| {
+            tracing::error!(error = %e, "cannot encode a decision");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })
+    };
+    // Serialized once: without masks the record and the answer are the same text.
+    let stored = encode(stored)?;
+    let answer = if view_masked {
+        encode(&body)?
+    } else {
+        stored.clone()
+    };
     Ok(Prepared {
-        body,
+        effect: body.effect,
+        policy_version: body.policy_version,
+        answer,
         append: Append {
             event,
             decision: Some(NewDecision {

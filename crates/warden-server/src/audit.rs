@@ -11,12 +11,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use warden_store::{Append, Appended, Sorted, Store};
 
 /// Most events in one transaction. Larger batches amortize the fsync further but hold the
 /// chain lock longer; at this size a batch commits in a few milliseconds.
 const MAX_BATCH: usize = 512;
+
+/// Batches being appended at once. The store serializes their commits (chain lock, one
+/// SQLite writer), but while one commits the next is already read, hashed and bound, so the
+/// database never waits for this task to be scheduled between two batches.
+const IN_FLIGHT: usize = 2;
 
 /// Requests waiting for the writer before senders have to wait (backpressure).
 const QUEUE: usize = 16 * 1024;
@@ -192,11 +197,16 @@ async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut writing = JoinSet::new();
     let mut open = true;
     loop {
-        // While one batch commits, the next one queues up: batch size follows load by itself.
+        // While batches commit, the next one queues up: batch size follows load by itself.
         let received = tokio::select! {
-            n = rx.recv_many(&mut jobs, MAX_BATCH) => n,
+            n = rx.recv_many(&mut jobs, MAX_BATCH), if writing.len() < IN_FLIGHT => n,
+            Some(done) = writing.join_next() => {
+                log_abnormal(done);
+                continue;
+            }
             asked = &mut closed, if open => {
                 open = false;
                 // Asked to finish: refuse new events; what is queued is still written below.
@@ -211,25 +221,50 @@ async fn run(
             break;
         }
         let (items, replies): (Vec<Append>, Vec<Reply>) = jobs.drain(..).unzip();
-        let size = items.len();
-        let started = Instant::now();
-        let result = store.append(items).await;
-        metrics.audit_batch(size, started.elapsed());
-        match result {
-            Ok(results) => {
-                for (reply, appended) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(appended));
-                }
-            }
-            Err(e) => {
-                // The whole batch is rolled back, so every request in it is denied: fail
-                // closed. Ids are random, so a batch fails on the store, not on one item.
-                tracing::error!(error = %e, size, "audit write failed; the requests are denied");
-                for reply in replies {
-                    let _ = reply.send(Err(AuditUnavailable));
-                }
+        writing.spawn(write(
+            Arc::clone(&store),
+            items,
+            replies,
+            Arc::clone(&metrics),
+        ));
+    }
+    while let Some(done) = writing.join_next().await {
+        log_abnormal(done);
+    }
+}
+
+/// Appends one batch and answers every request in it.
+async fn write(
+    store: Arc<dyn Store>,
+    items: Vec<Append>,
+    replies: Vec<Reply>,
+    metrics: Arc<Metrics>,
+) {
+    let size = items.len();
+    let started = Instant::now();
+    let result = store.append(items).await;
+    metrics.audit_batch(size, started.elapsed());
+    match result {
+        Ok(results) => {
+            for (reply, appended) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(appended));
             }
         }
+        Err(e) => {
+            // The whole batch is rolled back, so every request in it is denied: fail
+            // closed. Ids are random, so a batch fails on the store, not on one item.
+            tracing::error!(error = %e, size, "audit write failed; the requests are denied");
+            for reply in replies {
+                let _ = reply.send(Err(AuditUnavailable));
+            }
+        }
+    }
+}
+
+/// A write task that panicked dropped its replies, so its requests were denied already.
+fn log_abnormal(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "an audit batch stopped abnormally; its requests were denied");
     }
 }
 

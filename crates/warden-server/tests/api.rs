@@ -115,25 +115,46 @@ impl Server {
     }
 }
 
-/// Every store the tests run on: SQLite always, PostgreSQL when configured.
-async fn stores() -> Vec<Arc<dyn Store>> {
-    let mut stores = vec![warden_store::open("sqlite::memory:").await.unwrap()];
+/// A store under test and the directory its SQLite file lives in.
+struct Db {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Every store the tests run on: a SQLite file (chain appends on the appender thread) and
+/// SQLite in memory (appends through sqlx) always, PostgreSQL when configured.
+async fn stores() -> Vec<Db> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = warden_store::open(&dir.path().join("warden.db").display().to_string())
+        .await
+        .unwrap();
+    let mut stores = vec![
+        Db {
+            store: file,
+            _dir: Some(dir),
+        },
+        Db {
+            store: warden_store::open("sqlite::memory:").await.unwrap(),
+            _dir: None,
+        },
+    ];
     match std::env::var("WARDEN_TEST_DATABASE_URL") {
         Ok(url) => {
             let schema = format!(
                 "api_{}",
                 warden_server::ids::random_base32(12).to_lowercase()
             );
-            stores.push(
-                warden_store::open_postgres_in_schema(&url, &schema)
+            stores.push(Db {
+                store: warden_store::open_postgres_in_schema(&url, &schema)
                     .await
                     .unwrap(),
-            );
+                _dir: None,
+            });
         }
         Err(_) => eprintln!("SKIPPED (PostgreSQL part): WARDEN_TEST_DATABASE_URL is not set"),
     }
-    for store in &stores {
-        store.migrate().await.unwrap();
+    for db in &stores {
+        db.store.migrate().await.unwrap();
     }
     stores
 }
@@ -174,7 +195,7 @@ async fn server_with(store: Arc<dyn Store>, policy: &str, limits: Limits) -> Ser
 
 #[tokio::test]
 async fn a_decision_is_answered_audited_and_readable_again() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let (status, body) = s
             .decide(json!({
@@ -255,7 +276,7 @@ async fn a_decision_is_answered_audited_and_readable_again() {
 
 #[tokio::test]
 async fn a_repeated_id_returns_the_first_decision_and_writes_nothing_new() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let action = json!({"id": "retry-1", "type": "ticket.update", "agent": "support-bot"});
         let (_, first) = s.decide(action.clone()).await;
@@ -313,7 +334,7 @@ async fn futures_join(s: &Server, action: Value, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_records_nothing() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         let cases: Vec<(String, StatusCode, &str, &str)> = vec![
@@ -419,7 +440,7 @@ async fn bad_input_gets_a_clear_error_and_records_nothing() {
 
 #[tokio::test]
 async fn keys_are_checked_and_failures_audited() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let action = json!({"type": "ticket.update"}).to_string();
         let bad_secret = format!(
@@ -499,7 +520,7 @@ async fn keys_are_checked_and_failures_audited() {
 
 #[tokio::test]
 async fn evaluation_errors_fail_closed_without_internal_detail() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let (status, body) = s
             .decide(json!({"type": "payment.refund", "payload": {"amount": 5}}))
@@ -520,7 +541,7 @@ async fn evaluation_errors_fail_closed_without_internal_detail() {
 
 #[tokio::test]
 async fn outcomes_are_recorded_against_their_decision() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let (_, decision) = s.decide(json!({"type": "ticket.update"})).await;
         let id = decision["decision_id"].as_str().unwrap();
@@ -572,7 +593,7 @@ async fn outcomes_are_recorded_against_their_decision() {
 
 #[tokio::test]
 async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let path = s.policies_dir.path().join("default.yaml");
         std::fs::write(&path, POLICY.replace("version: 1.0.0", "version: 1.1.0")).unwrap();
@@ -610,7 +631,7 @@ async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
 
 #[tokio::test]
 async fn operations_routes_answer_without_a_key() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         s.decide(json!({"type": "ticket.update"})).await;
         let (status, body) = s.call(Method::GET, "/healthz", None, "").await;
@@ -655,7 +676,7 @@ async fn operations_routes_answer_without_a_key() {
 
 #[tokio::test]
 async fn admins_query_their_tenant_and_verify_the_chain() {
-    for store in stores().await {
+    for Db { store, _dir } in stores().await {
         let s = server(store).await;
         s.decide(json!({"type": "ticket.update"})).await;
         let (status, body) = s
@@ -799,7 +820,7 @@ impl Store for Breakable {
 
 #[tokio::test]
 async fn when_the_audit_write_fails_the_answer_is_a_deny_never_an_allow() {
-    for inner in stores().await {
+    for Db { store: inner, _dir } in stores().await {
         let breakable = Breakable::over(inner);
         let s = server(breakable.clone()).await;
         let allowed = json!({"type": "ticket.update", "id": "after-outage"});

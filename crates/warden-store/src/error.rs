@@ -78,6 +78,24 @@ pub enum StoreError {
     // with its sources would say it twice.
     #[error("database error: {0}")]
     Database(sqlx::Error),
+
+    /// A failure of SQLite's appender connection (see `sqlite_appender`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+
+    /// The appender thread could not be started.
+    #[error("cannot start the sqlite appender thread: {0}")]
+    Thread(std::io::Error),
+
+    /// The appender thread is gone (it panicked); nothing more can be appended.
+    #[error("the sqlite appender thread stopped")]
+    AppenderStopped,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Sqlite(error)
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -19,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+mod append;
 mod chain;
 mod error;
 mod migrations;
@@ -26,6 +27,7 @@ mod model;
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlite_appender;
 
 use std::sync::Arc;
 

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use crate::chain::{self, ChainWalk, GENESIS_HASH, UnreadableRow};
+use crate::append::{self, Head, Link, Plan};
+use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
 use crate::migrations::migrations;
 use crate::model::{
@@ -69,12 +70,6 @@ const INSERT_EVENTS: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant,
 const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
     created_at_ms, revoked_at_ms";
 
-/// The last event of the chain, which the next one links to.
-struct Head {
-    seq: i64,
-    hash: String,
-}
-
 /// A value bound to a dynamically built query.
 enum Arg {
     Text(String),
@@ -89,9 +84,6 @@ pub(crate) struct SqlStore<DB: Database> {
     /// writers take turns anyway, and one connection keeps its page cache warm, where a
     /// connection picked at random would find its cache invalidated by the others' writes.
     writer: Pool<DB>,
-    /// Background work tied to the store's life (SQLite's checkpointer): dropping the
-    /// store drops this, which stops it.
-    _background: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 // Both impl blocks below carry the same bounds: what the generic code needs from a backend.
@@ -115,22 +107,12 @@ where
         Arc::new(Self {
             writer: pool.clone(),
             pool,
-            _background: None,
         })
     }
 
-    /// Wraps a reading pool and a writing pool, with background work that stops when
-    /// `stop` is dropped.
-    pub(crate) fn shared_with(
-        pool: Pool<DB>,
-        writer: Pool<DB>,
-        stop: tokio::sync::oneshot::Sender<()>,
-    ) -> Arc<dyn Store> {
-        Arc::new(Self {
-            pool,
-            writer,
-            _background: Some(stop),
-        })
+    /// Wraps a reading pool and a writing pool.
+    pub(crate) fn shared_with(pool: Pool<DB>, writer: Pool<DB>) -> Arc<dyn Store> {
+        Arc::new(Self { pool, writer })
     }
 
     /// Opens a write transaction that holds the chain lock.
@@ -152,10 +134,7 @@ where
                 seq: row.try_get("seq")?,
                 hash: row.try_get("hash")?,
             },
-            None => Head {
-                seq: 0,
-                hash: GENESIS_HASH.to_owned(),
-            },
+            None => Head::genesis(),
         })
     }
 
@@ -175,27 +154,18 @@ where
     }
 
     /// Inserts rows of the chain with one statement.
-    async fn insert_events(
-        conn: &mut DB::Connection,
-        rows: &[(i64, String, String, NewEvent)],
-    ) -> Result<(), StoreError> {
-        let sql = multi_row_insert::<DB>(INSERT_EVENTS, EVENT_FIELDS, rows.len());
-        let mut encoded = Vec::with_capacity(rows.len());
-        for (_, _, _, event) in rows {
-            encoded.push((
-                json_text(&event.id, &event.rule_ids)?,
-                json_text(&event.id, &event.reasons)?,
-                chain::canonical_json(&event.id, &event.kept)?,
-                chain::canonical_json(&event.id, &event.detail)?,
-            ));
-        }
+    async fn insert_events(conn: &mut DB::Connection, links: &[Link]) -> Result<(), StoreError> {
+        let sql = multi_row_insert::<DB>(INSERT_EVENTS, EVENT_FIELDS, links.len());
+        let encoded = links
+            .iter()
+            .map(|link| append::encode(&link.event))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut query = sqlx::query(&sql);
-        for ((seq, prev_hash, hash, event), (rule_ids, reasons, kept, detail)) in
-            rows.iter().zip(encoded)
-        {
-            // Borrowed, not cloned: the statement lives only as long as `rows`.
+        for (link, json) in links.iter().zip(encoded) {
+            let event = &link.event;
+            // Borrowed, not cloned: the statement lives only as long as `links`.
             query = query
-                .bind(*seq)
+                .bind(link.seq)
                 .bind(event.id.as_str())
                 .bind(event.time_ms)
                 .bind(event.tenant.as_str())
@@ -209,16 +179,16 @@ where
                 .bind(event.confidence_initial)
                 .bind(event.confidence_adjusted)
                 .bind(event.effect.as_deref())
-                .bind(rule_ids)
-                .bind(reasons)
+                .bind(json.rule_ids)
+                .bind(json.reasons)
                 .bind(event.policy_version.as_deref())
                 .bind(event.payload_digest.as_deref())
                 .bind(event.context_digest.as_deref())
-                .bind(kept)
+                .bind(json.kept)
                 .bind(event.decision_id.as_deref())
-                .bind(detail)
-                .bind(prev_hash.as_str())
-                .bind(hash.as_str());
+                .bind(json.detail)
+                .bind(link.prev_hash.as_str())
+                .bind(link.hash.as_str());
         }
         query.execute(&mut *conn).await?;
         Ok(())
@@ -271,13 +241,7 @@ where
         conn: &mut DB::Connection,
         batch: &[Append],
     ) -> Result<Vec<StoredDecision>, StoreError> {
-        let keyed: Vec<(&str, &str)> = batch
-            .iter()
-            .filter_map(|item| {
-                let d = item.decision.as_ref()?;
-                Some((d.tenant.as_str(), d.idempotency_key.as_deref()?))
-            })
-            .collect();
+        let keyed: Vec<(&str, &str)> = append::keys(batch).collect();
         let mut holders = Vec::new();
         for chunk in keyed.chunks(INSERT_CHUNK) {
             let mut sql = "SELECT id, tenant, idempotency_key, body, created_at_ms \
@@ -453,43 +417,9 @@ fn multi_row_insert<DB: Dialect>(prefix: &str, fields: usize, rows: usize) -> St
     sql
 }
 
-/// The decision already holding `decision`'s idempotency key in its tenant, if any.
-fn holder_of<'a>(
-    holders: &'a [StoredDecision],
-    decision: &NewDecision,
-) -> Option<&'a StoredDecision> {
-    let key = decision.idempotency_key.as_ref()?;
-    holders
-        .iter()
-        .find(|h| h.tenant == decision.tenant && h.idempotency_key.as_ref() == Some(key))
-}
-
 /// Whether a store error is a unique-constraint violation.
 fn is_unique(error: &StoreError) -> bool {
     matches!(error, StoreError::Database(e) if is_unique_violation(e))
-}
-
-/// Whether two new decisions of one tenant carry the same idempotency key.
-fn same_key(a: &NewDecision, b: &NewDecision) -> bool {
-    a.tenant == b.tenant && a.idempotency_key.is_some() && a.idempotency_key == b.idempotency_key
-}
-
-/// A batch that repeats an event or decision id would collide with itself; refuse it with
-/// the same error a collision with a stored row gives, before anything is written.
-fn refuse_repeated_ids(batch: &[Append]) -> Result<(), StoreError> {
-    let mut events = std::collections::HashSet::with_capacity(batch.len());
-    let mut decisions = std::collections::HashSet::new();
-    for item in batch {
-        if !events.insert(item.event.id.as_str()) {
-            return Err(StoreError::DuplicateEvent(item.event.id.clone()));
-        }
-        if let Some(d) = &item.decision
-            && !decisions.insert(d.id.as_str())
-        {
-            return Err(StoreError::DuplicateDecision(d.id.clone()));
-        }
-    }
-    Ok(())
 }
 
 /// Decodes the column `name` of an audit row; the error text names the column.
@@ -512,53 +442,6 @@ where
 {
     let text: String = column(row, name)?;
     serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))
-}
-
-/// `value` as JSON text for a TEXT column.
-fn json_text<T: serde::Serialize + ?Sized>(id: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|source| StoreError::Encode {
-        id: id.to_owned(),
-        source,
-    })
-}
-
-/// Refuses what the store must not record, before anything is written.
-fn validate(item: &mut Append) -> Result<(), StoreError> {
-    let id = item.event.id.clone();
-    let invalid = |reason: &str| StoreError::InvalidEvent {
-        id: id.clone(),
-        reason: reason.to_owned(),
-    };
-    let event = &mut item.event;
-    if event.id.is_empty() {
-        return Err(invalid("the event id is empty"));
-    }
-    if event.kind == kind::CHECKPOINT {
-        return Err(invalid("checkpoint events are written only by purge"));
-    }
-    let confidences = [
-        &mut event.confidence_initial,
-        &mut event.confidence_adjusted,
-    ];
-    for value in confidences.into_iter().flatten() {
-        if !value.is_finite() {
-            return Err(invalid("confidence must be a finite number"));
-        }
-        // SQLite may store an integral REAL as an integer, which turns -0.0 into 0.0 and
-        // would change the hash on the way back; record +0.0 from the start.
-        if *value == 0.0 {
-            *value = 0.0;
-        }
-    }
-    if let Some(decision) = &item.decision {
-        if decision.tenant != event.tenant {
-            return Err(invalid("the decision's tenant differs from the event's"));
-        }
-        if decision.id.is_empty() {
-            return Err(invalid("the decision id is empty"));
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -645,55 +528,21 @@ where
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        for item in &mut batch {
-            validate(item)?;
-        }
-        refuse_repeated_ids(&batch)?;
+        append::check(&mut batch)?;
         let mut tx = self.begin_chain_write().await?;
-        let mut head = Self::head(&mut tx).await?;
+        let head = Self::head(&mut tx).await?;
         // Every idempotency key of the batch, looked up at once under the chain lock.
-        let mut holders = Self::key_holders(&mut tx, &batch).await?;
+        let holders = Self::key_holders(&mut tx, &batch).await?;
         // Hashing stays on the executor here, unlike in verify: it is microseconds per
         // event, and each link depends on the one before and on rows read under the lock.
-        let mut events: Vec<(i64, String, String, NewEvent)> = Vec::with_capacity(batch.len());
-        let mut decisions: Vec<NewDecision> = Vec::new();
-        let mut results = Vec::with_capacity(batch.len());
-        for item in batch {
-            if let Some(decision) = &item.decision {
-                if let Some(holder) = holder_of(&holders, decision) {
-                    results.push(Appended::Duplicate(holder.clone()));
-                    continue;
-                }
-                // A key used earlier in this batch: that item's decision holds it. Parsed
-                // back only here, as a retry within one batch is rare.
-                if let Some(earlier) = decisions.iter().find(|d| same_key(d, decision)) {
-                    let holder = earlier.stored()?;
-                    results.push(Appended::Duplicate(holder.clone()));
-                    holders.push(holder);
-                    continue;
-                }
-            }
-            let seq = head.seq + 1;
-            let hash = chain::event_hash(seq, &head.hash, &item.event)?;
-            if let Some(decision) = item.decision {
-                decisions.push(decision);
-            }
-            results.push(Appended::Written {
-                seq,
-                hash: hash.clone(),
-            });
-            let prev = std::mem::replace(
-                &mut head,
-                Head {
-                    seq,
-                    hash: hash.clone(),
-                },
-            );
-            events.push((seq, prev.hash, hash, item.event));
-        }
+        let Plan {
+            links,
+            decisions,
+            results,
+        } = append::plan(batch, head, holders)?;
         // One statement per table per chunk: a batch costs a handful of round trips, not
         // three per event, which is what makes group commit pay off on PostgreSQL.
-        for chunk in events.chunks(INSERT_CHUNK) {
+        for chunk in links.chunks(INSERT_CHUNK) {
             if let Err(e) = Self::insert_events(&mut tx, chunk).await {
                 drop(tx);
                 if !is_unique(&e) {
@@ -701,7 +550,7 @@ where
                 }
                 // seq is assigned under the chain lock, so a correct insert can only collide
                 // on a caller-made event id.
-                let ids = events.iter().map(|(_, _, _, event)| event.id.as_str());
+                let ids = links.iter().map(|link| link.event.id.as_str());
                 return Err(
                     match self
                         .first_stored_id("SELECT id FROM audit_events WHERE id = $1", ids)
@@ -921,11 +770,13 @@ where
                 ..NewEvent::default()
             };
             let hash = chain::event_hash(seq, &head.hash, &checkpoint)?;
-            Self::insert_events(
-                &mut tx,
-                &[(seq, head.hash.clone(), hash, checkpoint.clone())],
-            )
-            .await?;
+            let link = Link {
+                seq,
+                prev_hash: head.hash.clone(),
+                hash,
+                event: checkpoint,
+            };
+            Self::insert_events(&mut tx, std::slice::from_ref(&link)).await?;
             report.purged = purged;
             report.checkpoint_seq = Some(seq);
         }
@@ -941,9 +792,9 @@ where
             .bind(key.id.clone())
             .bind(key.secret_hash.clone())
             .bind(key.tenant.clone())
-            .bind(json_text(&key.id, &key.roles)?)
+            .bind(append::json_text(&key.id, &key.roles)?)
             .bind(key.agent.clone())
-            .bind(json_text(&key.id, &key.groups)?)
+            .bind(append::json_text(&key.id, &key.groups)?)
             .bind(key.label.clone())
             .bind(key.created_at_ms)
             .execute(&self.pool)

@@ -1,0 +1,230 @@
+//! What a group commit writes, decided without I/O: both appenders (the generic sqlx one and
+//! SQLite's writer thread) check a batch, read the chain head and the stored holders of its
+//! idempotency keys under the chain lock, and then let [`plan`] decide the rest.
+
+use std::collections::HashSet;
+
+use crate::chain::{self, GENESIS_HASH};
+use crate::error::StoreError;
+use crate::model::{Append, Appended, NewDecision, NewEvent, StoredDecision, kind};
+
+/// The last event of the chain, which the next one links to.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl Head {
+    /// The position before the first event.
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
+    }
+}
+
+/// A new event at its place in the chain.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub event: NewEvent,
+}
+
+/// The rows a batch writes and the answer for each of its items, in order.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub links: Vec<Link>,
+    pub decisions: Vec<NewDecision>,
+    pub results: Vec<Appended>,
+}
+
+/// Refuses a batch the store must not record, before any lock is taken.
+pub(crate) fn check(batch: &mut [Append]) -> Result<(), StoreError> {
+    for item in batch.iter_mut() {
+        validate(item)?;
+    }
+    refuse_repeated_ids(batch)
+}
+
+/// The (tenant, idempotency key) of every keyed decision in `batch`.
+pub(crate) fn keys(batch: &[Append]) -> impl Iterator<Item = (&str, &str)> {
+    batch.iter().filter_map(|item| {
+        let d = item.decision.as_ref()?;
+        Some((d.tenant.as_str(), d.idempotency_key.as_deref()?))
+    })
+}
+
+/// Chains `batch` after `head`. `holders` are the stored decisions holding any of the
+/// batch's idempotency keys, read under the same lock as `head`: an item whose key is
+/// held (there, or by an earlier item of the batch) writes nothing and answers the holder.
+pub(crate) fn plan(
+    batch: Vec<Append>,
+    mut head: Head,
+    mut holders: Vec<StoredDecision>,
+) -> Result<Plan, StoreError> {
+    let mut links = Vec::with_capacity(batch.len());
+    let mut decisions: Vec<NewDecision> = Vec::new();
+    let mut results = Vec::with_capacity(batch.len());
+    for item in batch {
+        if let Some(decision) = &item.decision {
+            if let Some(holder) = holder_of(&holders, decision) {
+                results.push(Appended::Duplicate(holder.clone()));
+                continue;
+            }
+            // A key used earlier in this batch: that item's decision holds it. Parsed back
+            // only here, as a retry within one batch is rare.
+            if let Some(earlier) = decisions.iter().find(|d| same_key(d, decision)) {
+                let holder = earlier.stored()?;
+                results.push(Appended::Duplicate(holder.clone()));
+                holders.push(holder);
+                continue;
+            }
+        }
+        let seq = head.seq + 1;
+        let hash = chain::event_hash(seq, &head.hash, &item.event)?;
+        if let Some(decision) = item.decision {
+            decisions.push(decision);
+        }
+        results.push(Appended::Written {
+            seq,
+            hash: hash.clone(),
+        });
+        let prev = std::mem::replace(
+            &mut head,
+            Head {
+                seq,
+                hash: hash.clone(),
+            },
+        );
+        links.push(Link {
+            seq,
+            prev_hash: prev.hash,
+            hash,
+            event: item.event,
+        });
+    }
+    Ok(Plan {
+        links,
+        decisions,
+        results,
+    })
+}
+
+/// The JSON-valued columns of an event row, as the hash covers them.
+#[derive(Debug)]
+pub(crate) struct EncodedEvent {
+    pub rule_ids: String,
+    pub reasons: String,
+    pub kept: String,
+    pub detail: String,
+}
+
+/// Encodes `event`'s JSON-valued columns.
+pub(crate) fn encode(event: &NewEvent) -> Result<EncodedEvent, StoreError> {
+    Ok(EncodedEvent {
+        rule_ids: json_text(&event.id, &event.rule_ids)?,
+        reasons: json_text(&event.id, &event.reasons)?,
+        kept: chain::canonical_json(&event.id, &event.kept)?,
+        detail: chain::canonical_json(&event.id, &event.detail)?,
+    })
+}
+
+/// `value` as JSON text for a TEXT column.
+pub(crate) fn json_text<T: serde::Serialize + ?Sized>(
+    id: &str,
+    value: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode {
+        id: id.to_owned(),
+        source,
+    })
+}
+
+/// The decision already holding `decision`'s idempotency key in its tenant, if any.
+fn holder_of<'a>(
+    holders: &'a [StoredDecision],
+    decision: &NewDecision,
+) -> Option<&'a StoredDecision> {
+    let key = decision.idempotency_key.as_ref()?;
+    holders
+        .iter()
+        .find(|h| h.tenant == decision.tenant && h.idempotency_key.as_ref() == Some(key))
+}
+
+/// Whether two new decisions of one tenant carry the same idempotency key.
+fn same_key(a: &NewDecision, b: &NewDecision) -> bool {
+    a.tenant == b.tenant && a.idempotency_key.is_some() && a.idempotency_key == b.idempotency_key
+}
+
+/// A batch that repeats an event or decision id would collide with itself; refuse it with
+/// the same error a collision with a stored row gives, before anything is written.
+fn refuse_repeated_ids(batch: &[Append]) -> Result<(), StoreError> {
+    let mut events = HashSet::with_capacity(batch.len());
+    let mut decisions = HashSet::new();
+    for item in batch {
+        if !events.insert(item.event.id.as_str()) {
+            return Err(StoreError::DuplicateEvent(item.event.id.clone()));
+        }
+        if let Some(d) = &item.decision
+            && !decisions.insert(d.id.as_str())
+        {
+            return Err(StoreError::DuplicateDecision(d.id.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what the store must not record.
+fn validate(item: &mut Append) -> Result<(), StoreError> {
+    let invalid = |event: &NewEvent, reason: &str| StoreError::InvalidEvent {
+        id: event.id.clone(),
+        reason: reason.to_owned(),
+    };
+    let event = &mut item.event;
+    if event.id.is_empty() {
+        return Err(invalid(event, "the event id is empty"));
+    }
+    if event.kind == kind::CHECKPOINT {
+        return Err(invalid(
+            event,
+            "checkpoint events are written only by purge",
+        ));
+    }
+    let confidences = [event.confidence_initial, event.confidence_adjusted];
+    if confidences
+        .into_iter()
+        .flatten()
+        .any(|value| !value.is_finite())
+    {
+        return Err(invalid(event, "confidence must be a finite number"));
+    }
+    // SQLite may store an integral REAL as an integer, which turns -0.0 into 0.0 and would
+    // change the hash on the way back; record +0.0 from the start.
+    for value in [
+        &mut event.confidence_initial,
+        &mut event.confidence_adjusted,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if *value == 0.0 {
+            *value = 0.0;
+        }
+    }
+    if let Some(decision) = &item.decision {
+        if decision.tenant != event.tenant {
+            return Err(invalid(
+                event,
+                "the decision's tenant differs from the event's",
+            ));
+        }
+        if decision.id.is_empty() {
+            return Err(invalid(event, "the decision id is empty"));
+        }
+    }
+    Ok(())
+}

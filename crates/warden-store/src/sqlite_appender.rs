@@ -1,0 +1,233 @@
+//! SQLite's chain appender: one OS thread that owns a write connection and runs each batch
+//! from start to finish — take the write lock, read the head and the holders of the batch's
+//! idempotency keys, hash, insert, commit — as one job.
+//!
+//! Key decision: not through sqlx. There, every statement of a batch is a round trip between
+//! a runtime task and sqlx's connection thread, and under load each return waits for the
+//! task to be scheduled behind the requests being served: the database sat idle between the
+//! statements of a batch, and the batch, not the disk, set the pace of every decision. Here a
+//! batch costs one hop each way, and statements are prepared once and reused
+//! (`rusqlite`, over the same bundled SQLite library sqlx links).
+//!
+//! The rest of the SQLite store (reads, keys, purge, migrations) stays on sqlx. Both take
+//! SQLite's write lock with `BEGIN IMMEDIATE`, so they take turns as two processes would.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
+use tokio::sync::oneshot;
+
+use crate::append::{self, Head, Plan};
+use crate::error::StoreError;
+use crate::model::{Append, Appended, StoredDecision};
+
+const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+
+const KEY_HOLDER: &str = "SELECT id, tenant, idempotency_key, body, created_at_ms \
+    FROM decisions WHERE tenant = ?1 AND idempotency_key = ?2";
+
+const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
+    on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
+    confidence_adjusted, effect, rule_ids, reasons, policy_version, payload_digest, \
+    context_digest, kept, decision_id, detail, prev_hash, hash) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+    ?19, ?20, ?21, ?22, ?23, ?24)";
+
+const INSERT_DECISION: &str = "INSERT INTO decisions \
+    (id, tenant, idempotency_key, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// A batch and where its answer goes.
+struct Job {
+    batch: Vec<Append>,
+    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+}
+
+/// The handle to the appender thread. Dropping it ends the thread once queued jobs are done.
+#[derive(Debug)]
+pub(crate) struct Appender {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("batch", &self.batch.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Appender {
+    /// Opens a write connection to the (existing) database file at `path` and starts the
+    /// thread.
+    pub(crate) fn start(path: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
+        let conn = open(path, busy_timeout)?;
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("warden-sqlite-appender".to_owned())
+            .spawn(move || run(conn, queue))
+            .map_err(StoreError::Thread)?;
+        Ok(Self { jobs })
+    }
+
+    /// Appends `batch` as one transaction and answers once it is committed.
+    pub(crate) async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Checked here, on the caller's thread: the appender thread is the serial part.
+        append::check(&mut batch)?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { batch, reply })
+            .map_err(|_| StoreError::AppenderStopped)?;
+        answer.await.map_err(|_| StoreError::AppenderStopped)?
+    }
+}
+
+/// The connection, set up as sqlx sets up the others (see `sqlite::connect`).
+fn open(path: &str, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; \
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        // A caller that gave up still had its batch written or not as one unit: nothing to
+        // undo, so a closed reply channel is ignored.
+        let _ = job.reply.send(write(&mut conn, job.batch));
+    }
+}
+
+/// One batch, one transaction: `BEGIN IMMEDIATE` waits for the write lock (the busy
+/// timeout), so the head read below is the head the batch links to. An error rolls back
+/// everything (the transaction is dropped uncommitted).
+fn write(conn: &mut Connection, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head = tx
+        .prepare_cached(HEAD)?
+        .query_row([], |row| {
+            Ok(Head {
+                seq: row.get(0)?,
+                hash: row.get(1)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_else(Head::genesis);
+    let holders = key_holders(&tx, &batch)?;
+    let Plan {
+        links,
+        decisions,
+        results,
+    } = append::plan(batch, head, holders)?;
+    {
+        let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+        for link in &links {
+            let event = &link.event;
+            let json = append::encode(event)?;
+            insert
+                .execute(rusqlite::params![
+                    link.seq,
+                    event.id,
+                    event.time_ms,
+                    event.tenant,
+                    event.kind,
+                    event.agent,
+                    event.on_behalf_of,
+                    event.action_type,
+                    event.target_type,
+                    event.target_id,
+                    event.mode,
+                    event.confidence_initial,
+                    event.confidence_adjusted,
+                    event.effect,
+                    json.rule_ids,
+                    json.reasons,
+                    event.policy_version,
+                    event.payload_digest,
+                    event.context_digest,
+                    json.kept,
+                    event.decision_id,
+                    json.detail,
+                    link.prev_hash,
+                    link.hash,
+                ])
+                // seq is assigned under the write lock, so a correct insert can only collide
+                // on a caller-made event id.
+                .map_err(|e| unique_as(e, || StoreError::DuplicateEvent(event.id.clone())))?;
+        }
+        let mut insert = tx.prepare_cached(INSERT_DECISION)?;
+        for d in &decisions {
+            insert
+                .execute(rusqlite::params![
+                    d.id,
+                    d.tenant,
+                    d.idempotency_key,
+                    d.body,
+                    d.created_at_ms
+                ])
+                // Keys were looked up under the lock: the collision is on a decision id.
+                .map_err(|e| unique_as(e, || StoreError::DuplicateDecision(d.id.clone())))?;
+        }
+    }
+    // Durability: WAL with synchronous=FULL, so this commit is the one fsync of the batch,
+    // and nothing is acknowledged before it returns.
+    tx.commit()?;
+    Ok(results)
+}
+
+/// The stored decisions holding any idempotency key used in `batch`: one indexed lookup per
+/// key with a prepared statement, cheaper here than building an `OR` query per batch.
+fn key_holders(conn: &Connection, batch: &[Append]) -> Result<Vec<StoredDecision>, StoreError> {
+    let mut holders = Vec::new();
+    let mut select = conn.prepare_cached(KEY_HOLDER)?;
+    for (tenant, key) in append::keys(batch) {
+        let found = select
+            .query_row([tenant, key], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()?;
+        if let Some((id, tenant, idempotency_key, body, created_at_ms)) = found {
+            let body = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                what: "decision",
+                id: id.clone(),
+                detail: format!("body: {e}"),
+            })?;
+            holders.push(StoredDecision {
+                id,
+                tenant,
+                idempotency_key,
+                body,
+                created_at_ms,
+            });
+        }
+    }
+    Ok(holders)
+}
+
+/// `error` as `domain()` when it is a unique-constraint violation.
+fn unique_as(error: rusqlite::Error, domain: impl FnOnce() -> StoreError) -> StoreError {
+    match &error {
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
+                || e.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            domain()
+        }
+        _ => error.into(),
+    }
+}

@@ -8,9 +8,9 @@
 //! waits up to the busy timeout, which also serializes chain appends between connections
 //! and between processes sharing the file.
 //!
-//! Checkpoints are SQLite's automatic ones (every 1,000 WAL pages, run by the commit that
-//! crosses the mark). Measured under load: an inline checkpoint stalls that one commit for
-//! ~8 ms, while a background checkpointer syncing the database file beside the appender
+//! Checkpoints are run by the appender between batches when none is waiting, with SQLite's
+//! automatic one (every 1,000 WAL pages, inside a commit) as the backstop under constant
+//! load. A background checkpointer syncing the database file beside the appender, measured,
 //! made commits wait 20–30 ms for the disk several times a second.
 //!
 //! Chain appends run on their own thread and connection ([`crate::sqlite_appender`]); a

@@ -18,9 +18,9 @@ use warden_store::{Append, Appended, Sorted, Store};
 /// chain lock longer; at this size a batch commits in a few milliseconds.
 const MAX_BATCH: usize = 512;
 
-/// Batches being appended at once. The store serializes their commits (chain lock, one
-/// SQLite writer), but while one commits the next is already read, hashed and bound, so the
-/// database never waits for this task to be scheduled between two batches.
+/// Batches being appended at once. The store serializes them (chain lock, SQLite's one
+/// appender), but while one commits the next is already waiting at the store, so the
+/// database never idles while this task waits to be scheduled between two batches.
 const IN_FLIGHT: usize = 2;
 
 /// Requests waiting for the writer before senders have to wait (backpressure).

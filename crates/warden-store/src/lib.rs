@@ -12,7 +12,9 @@
 //!   a `checkpoint` event records the hash the remaining chain starts from.
 //! - **The store never reads the clock** for anything it records: callers pass times.
 //! - **One implementation, two dialects.** The SQL is written once against sqlx; the few
-//!   statements that differ live in each backend's module.
+//!   statements that differ live in each backend's module. The one exception is chain
+//!   appends to a SQLite file, which run on their own thread over rusqlite (the hot path:
+//!   see `sqlite_appender`); what they write is decided by the same code (`append`).
 //! - **Migrations are plain SQL files** in `migrations/{sqlite,postgres}`, embedded at build
 //!   time, additive only, applied in order, each in its own transaction. Opening a store
 //!   never migrates; call [`Store::migrate`].

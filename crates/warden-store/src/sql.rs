@@ -80,9 +80,9 @@ enum Arg {
 #[derive(Debug)]
 pub(crate) struct SqlStore<DB: Database> {
     pool: Pool<DB>,
-    /// Where chain appends, purges and migrations run. On SQLite a pool of one connection:
-    /// writers take turns anyway, and one connection keeps its page cache warm, where a
-    /// connection picked at random would find its cache invalidated by the others' writes.
+    /// Where chain appends (but a SQLite file's, see `sqlite_appender`), purges and
+    /// migrations run. On SQLite a pool of one connection: writers take turns anyway, and
+    /// one connection keeps its page cache warm.
     writer: Pool<DB>,
 }
 

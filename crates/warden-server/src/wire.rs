@@ -286,7 +286,7 @@ pub struct OutcomeBody {
 }
 
 /// An audit event as the API and the CLI show it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventBody {
     /// Position in the chain.
     pub seq: i64,
@@ -371,6 +371,41 @@ impl From<&Event> for EventBody {
             detail: n.detail.clone(),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
+        }
+    }
+}
+
+/// The event as the store holds it, read back from the API (`warden audit --server`).
+/// `time` is derived from `time_ms` and dropped.
+impl From<EventBody> for Event {
+    fn from(b: EventBody) -> Self {
+        Self {
+            seq: b.seq,
+            prev_hash: b.prev_hash,
+            hash: b.hash,
+            event: warden_store::NewEvent {
+                id: b.id,
+                time_ms: b.time_ms,
+                tenant: b.tenant,
+                kind: b.kind,
+                agent: b.agent,
+                on_behalf_of: b.on_behalf_of,
+                action_type: b.action_type,
+                target_type: b.target_type,
+                target_id: b.target_id,
+                mode: b.mode,
+                confidence_initial: b.confidence_initial,
+                confidence_adjusted: b.confidence_adjusted,
+                effect: b.effect,
+                rule_ids: b.rule_ids,
+                reasons: b.reasons,
+                policy_version: b.policy_version,
+                payload_digest: b.payload_digest,
+                context_digest: b.context_digest,
+                kept: b.kept,
+                decision_id: b.decision_id,
+                detail: b.detail,
+            },
         }
     }
 }

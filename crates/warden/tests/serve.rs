@@ -25,7 +25,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_warden");
 const PG_ENV: &str = "WARDEN_TEST_DATABASE_URL";
 
 /// Variables the binary reads: the test decides them, not the shell it runs in.
-const WARDEN_ENV: [&str; 8] = [
+const WARDEN_ENV: [&str; 9] = [
     "WARDEN_DB",
     "WARDEN_LISTEN",
     "WARDEN_POLICIES",
@@ -33,6 +33,7 @@ const WARDEN_ENV: [&str; 8] = [
     "WARDEN_AUDIT_KEY",
     "WARDEN_URL",
     "WARDEN_KEY",
+    "WARDEN_SERVER",
     "RUST_LOG",
 ];
 
@@ -526,6 +527,110 @@ fn first_start_prints_one_admin_key_and_later_starts_none() {
     assert_eq!(second.wait_exit(EXIT_TIMEOUT).code(), Some(0));
 }
 
+/// `warden audit --server` reads, follows, verifies and exports through the API with the
+/// admin key in WARDEN_KEY, showing what `--db` shows for the key's tenant; it refuses
+/// purge, `--tenant`, a missing key and a wrong one with a clear message.
+#[test]
+fn audit_commands_work_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), TICKETS_POLICY);
+    let rt = runtime();
+    let client = client();
+    let mut server = Server::start(dir.path(), "audit-api", &[], "info");
+    let admin = server
+        .stdout_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("admin key (tenant `default`), shown only now: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let controller = controller_key(dir.path(), "warden.db", "default");
+    rt.block_on(async {
+        for n in 1..=3 {
+            let action = ticket_action(&format!("via-api-{n}"), n);
+            let (status, body) = post_decision(&client, &server, &controller, &action)
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    let url = server.url("");
+    let with_key = [("WARDEN_KEY", admin.as_str())];
+    let api = |args: &[&str]| {
+        let mut all = vec!["audit", "--server", url.as_str()];
+        all.extend_from_slice(args);
+        warden_with(dir.path(), &all, &with_key)
+    };
+
+    let decisions = ["query", "--kind", "decision", "--json"];
+    let via_api = assert_success(&api(&decisions));
+    let mut via_db = vec!["audit"];
+    via_db.extend_from_slice(&decisions);
+    let via_db = assert_success(&warden(dir.path(), &via_db));
+    assert_eq!(via_api.lines().count(), 3, "{via_api}");
+    assert_eq!(via_api, via_db, "the API shows what the database holds");
+    let first: Value = serde_json::from_str(via_api.lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "decision");
+    assert_eq!(first["tenant"], "default");
+
+    let last_two = assert_success(&api(&["tail", "-n", "2", "--kind", "decision"]));
+    assert_eq!(last_two.lines().count(), 2, "{last_two}");
+
+    let verified = assert_success(&api(&["verify"]));
+    assert!(verified.starts_with("chain intact: "), "{verified}");
+
+    let ocsf = assert_success(&api(&["export", "--format", "ocsf", "--kind", "decision"]));
+    let records: Vec<Value> = ocsf
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{ocsf}");
+    assert!(records.iter().all(|r| r["class_uid"] == 6003), "{ocsf}");
+
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let refusals: [(&[&str], Env, &str); 4] = [
+        (
+            &["purge", "--older-than", "1d"],
+            &with_key,
+            "purge works on the database",
+        ),
+        (
+            &["query", "--tenant", "acme"],
+            &with_key,
+            "--tenant does not apply",
+        ),
+        (&["verify"], &[], "needs an admin key in WARDEN_KEY"),
+        (
+            &["verify"],
+            &[("WARDEN_KEY", "wdn_nope_nope")],
+            "the server answered 401",
+        ),
+    ];
+    for (args, env, expected) in refusals {
+        let mut all = vec!["audit", "--server", url.as_str()];
+        all.extend_from_slice(args);
+        let out = warden_with(dir.path(), &all, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let controller_env = [("WARDEN_KEY", controller.as_str())];
+    let out = warden_with(
+        dir.path(),
+        &["audit", "--server", &url, "verify"],
+        &controller_env,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the server answered 403"), "{stderr}");
+    assert!(
+        !stderr.contains(&controller),
+        "the key is not echoed: {stderr}"
+    );
+
+    server.sigterm();
+    assert_eq!(server.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}
+
 // ---------------------------------------------------------------------------------------
 // The server process
 // ---------------------------------------------------------------------------------------
@@ -961,6 +1066,12 @@ async fn served_mismatches(
 
 /// Runs `warden ARGS` in `dir`, killed if it outlives [`CLI_TIMEOUT`].
 fn warden(dir: &Path, args: &[&str]) -> Output {
+    warden_with(dir, args, &[])
+}
+
+/// Runs `warden ARGS` in `dir` with these environment variables set (and no other
+/// `WARDEN_*` ones).
+fn warden_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     command
         .args(args)
@@ -971,6 +1082,7 @@ fn warden(dir: &Path, args: &[&str]) -> Output {
     for var in WARDEN_ENV {
         command.env_remove(var);
     }
+    command.envs(env.iter().copied());
     let mut child = command.spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();

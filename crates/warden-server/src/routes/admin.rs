@@ -146,7 +146,7 @@ pub struct AuditQuery {
 }
 
 /// A page of audit events.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventsBody {
     /// The events, in the order asked for.
     pub events: Vec<EventBody>,
@@ -191,7 +191,7 @@ pub async fn query(
 }
 
 /// The result of walking the chain.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VerifyBody {
     /// Whether every link holds.
     pub intact: bool,
@@ -202,7 +202,7 @@ pub struct VerifyBody {
 }
 
 /// Where the chain breaks.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BrokenBody {
     /// Its seq.
     pub seq: i64,

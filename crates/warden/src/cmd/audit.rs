@@ -1,5 +1,6 @@
 //! `warden audit`: read, follow, verify, export and purge the audit log, straight from the
-//! database.
+//! database, or through a running server's API with `--server` (reads and verification
+//! only, and only the admin key's tenant).
 //!
 //! Reads page through the chain by seq (never by offset), so a long export or a follow
 //! sees every event exactly once while the server keeps appending.
@@ -7,12 +8,14 @@
 use crate::Outcome;
 use crate::db::{self, DbArgs, Migrate};
 use crate::time::{self, TimeArg};
-use anyhow::{Context, Result};
-use serde_json::json;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use warden_server::routes::admin::{EventsBody, VerifyBody};
 use warden_server::wire::EventBody;
 use warden_store::{Event, EventFilter, Store};
 
@@ -21,8 +24,164 @@ use warden_store::{Event, EventFilter, Store};
 pub struct Args {
     #[command(flatten)]
     db: DbArgs,
+    /// Go through a running server's API instead of the database, e.g.
+    /// http://127.0.0.1:8080, with the admin key in WARDEN_KEY. Shows the key's tenant only;
+    /// purge needs --db.
+    #[arg(long, value_name = "URL", env = "WARDEN_SERVER", global = true)]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The environment variable holding the API key for `--server` (not an argument: other
+/// users can read a process's arguments).
+const KEY_ENV: &str = "WARDEN_KEY";
+
+/// Where events come from: the database, or a server's `/v1/audit` routes.
+enum Source {
+    Db(Arc<dyn Store>),
+    Server(Api),
+}
+
+/// A server's audit API, with an admin key.
+struct Api {
+    base: String,
+    key: String,
+    client: reqwest::Client,
+}
+
+/// The outcome of a chain walk, from either source.
+struct Verified {
+    events_checked: u64,
+    /// seq, event id, what is wrong.
+    first_broken: Option<(i64, String, String)>,
+}
+
+impl Source {
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        match self {
+            Self::Db(store) => store
+                .events(filter)
+                .await
+                .context("cannot read the audit log"),
+            Self::Server(api) => api.events(filter).await,
+        }
+    }
+
+    async fn verify(&self) -> Result<Verified> {
+        match self {
+            Self::Db(store) => {
+                let report = store
+                    .verify()
+                    .await
+                    .context("cannot verify the audit chain")?;
+                Ok(Verified {
+                    events_checked: report.events_checked,
+                    first_broken: report
+                        .first_broken
+                        .map(|b| (b.seq, b.event_id, b.problem.to_string())),
+                })
+            }
+            Self::Server(api) => {
+                let body: VerifyBody = api.get("/v1/audit/verify", &[]).await?;
+                Ok(Verified {
+                    events_checked: body.events_checked,
+                    first_broken: body.first_broken.map(|b| (b.seq, b.event_id, b.problem)),
+                })
+            }
+        }
+    }
+}
+
+impl Api {
+    fn new(base: &str) -> Result<Self> {
+        let key = std::env::var(KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .with_context(|| format!("--server needs an admin key in {KEY_ENV}"))?;
+        let base = base.trim_end_matches('/');
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--server takes an http:// or https:// URL, got `{base}`");
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Self {
+            base: base.to_owned(),
+            key,
+            client,
+        })
+    }
+
+    /// One page of the key's tenant's events, as the filter asks.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let mut query: Vec<(&str, String)> = vec![("limit", filter.limit.to_string())];
+        let text = [
+            ("kind", &filter.kind),
+            ("agent", &filter.agent),
+            ("action", &filter.action_type),
+            ("effect", &filter.effect),
+        ];
+        for (name, value) in text {
+            if let Some(value) = value {
+                query.push((name, value.clone()));
+            }
+        }
+        let numbers = [
+            ("since_ms", filter.since_ms),
+            ("until_ms", filter.until_ms),
+            ("after_seq", filter.after_seq),
+            ("before_seq", filter.before_seq),
+        ];
+        for (name, value) in numbers {
+            if let Some(value) = value {
+                query.push((name, value.to_string()));
+            }
+        }
+        if filter.newest_first {
+            query.push(("newest_first", "true".to_owned()));
+        }
+        let body: EventsBody = self.get("/v1/audit", &query).await?;
+        Ok(body.events.into_iter().map(Event::from).collect())
+    }
+
+    /// GETs `path` and decodes a 200 answer; any other answer becomes the server's error.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .client
+            .get(&url)
+            .bearer_auth(&self.key)
+            .query(query)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("cannot read the answer of {url}"))?;
+        if !status.is_success() {
+            // The server's one error shape; anything else is not a Warden server.
+            if let Ok(body) = serde_json::from_slice::<Value>(&bytes)
+                && let Some(code) = body["error"].as_str()
+            {
+                bail!(
+                    "the server answered {}: {code}: {}",
+                    status.as_u16(),
+                    body["detail"].as_str().unwrap_or_default()
+                );
+            }
+            bail!("the server answered {} to {url}", status.as_u16());
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("the answer of {url} is not what a Warden server sends"))
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -148,25 +307,44 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 /// Runs a `warden audit` subcommand against the database.
 pub fn run(args: Args, json: bool) -> Result<Outcome> {
     super::block_on(async move {
-        let store = db::open(&args.db.url, Migrate::RequireCurrent).await?;
-        let store = store.as_ref();
+        if args.server.is_some() {
+            if matches!(args.command, Command::Purge(_)) {
+                bail!(
+                    "purge works on the database (--db), not through --server: it deletes \
+                     every tenant's oldest events, which no tenant's key may do"
+                );
+            }
+            let tenant = match &args.command {
+                Command::Query(q) => q.filters.tenant.as_ref(),
+                Command::Tail(t) => t.filters.tenant.as_ref(),
+                Command::Export(e) => e.filters.tenant.as_ref(),
+                Command::Verify | Command::Purge(_) => None,
+            };
+            if tenant.is_some() {
+                bail!("--tenant does not apply with --server: the server shows the key's tenant");
+            }
+        }
+        let source = match &args.server {
+            Some(server) => Source::Server(Api::new(server)?),
+            None => Source::Db(db::open(&args.db.url, Migrate::RequireCurrent).await?),
+        };
         match args.command {
-            Command::Query(query_args) => query(store, &query_args, json).await,
-            Command::Tail(tail_args) => tail(store, &tail_args, json).await,
-            Command::Verify => verify(store, json).await,
-            Command::Export(export_args) => export(store, &export_args).await,
-            Command::Purge(purge_args) => purge(store, &purge_args, json).await,
+            Command::Query(query_args) => query(&source, &query_args, json).await,
+            Command::Tail(tail_args) => tail(&source, &tail_args, json).await,
+            Command::Verify => verify(&source, json).await,
+            Command::Export(export_args) => export(&source, &export_args).await,
+            Command::Purge(purge_args) => match &source {
+                Source::Db(store) => purge(store.as_ref(), &purge_args, json).await,
+                Source::Server(_) => bail!("purge needs --db"),
+            },
         }
     })
 }
 
 /// Reads the next page (at most `limit` events) and moves the filter's cursor past it.
-async fn page(store: &dyn Store, filter: &mut EventFilter, limit: u32) -> Result<Vec<Event>> {
+async fn page(source: &Source, filter: &mut EventFilter, limit: u32) -> Result<Vec<Event>> {
     filter.limit = limit.clamp(1, EventFilter::MAX_LIMIT);
-    let events = store
-        .events(filter)
-        .await
-        .context("cannot read the audit log")?;
+    let events = source.events(filter).await?;
     if let Some(last) = events.last() {
         if filter.newest_first {
             filter.before_seq = Some(last.seq);
@@ -177,7 +355,7 @@ async fn page(store: &dyn Store, filter: &mut EventFilter, limit: u32) -> Result
     Ok(events)
 }
 
-async fn query(store: &dyn Store, args: &QueryArgs, json: bool) -> Result<Outcome> {
+async fn query(source: &Source, args: &QueryArgs, json: bool) -> Result<Outcome> {
     let mut filter = args.filters.to_filter(time::now_ms());
     filter.after_seq = args.after_seq;
     let wanted = args.limit as usize;
@@ -185,7 +363,7 @@ async fn query(store: &dyn Store, args: &QueryArgs, json: bool) -> Result<Outcom
     // One more than asked for tells whether there is more to continue from.
     while events.len() <= wanted {
         let ask = u32::try_from(wanted + 1 - events.len()).unwrap_or(u32::MAX);
-        let next = page(store, &mut filter, ask).await?;
+        let next = page(source, &mut filter, ask).await?;
         let exhausted = next.len() < ask.min(EventFilter::MAX_LIMIT) as usize;
         events.extend(next);
         if exhausted {
@@ -205,7 +383,7 @@ async fn query(store: &dyn Store, args: &QueryArgs, json: bool) -> Result<Outcom
     Ok(Outcome::Ok)
 }
 
-async fn tail(store: &dyn Store, args: &TailArgs, json: bool) -> Result<Outcome> {
+async fn tail(source: &Source, args: &TailArgs, json: bool) -> Result<Outcome> {
     let base = args.filters.to_filter(time::now_ms());
     let mut newest = EventFilter {
         newest_first: true,
@@ -215,7 +393,7 @@ async fn tail(store: &dyn Store, args: &TailArgs, json: bool) -> Result<Outcome>
     let wanted = args.lines as usize;
     while events.len() < wanted {
         let ask = u32::try_from(wanted - events.len()).unwrap_or(u32::MAX);
-        let next = page(store, &mut newest, ask).await?;
+        let next = page(source, &mut newest, ask).await?;
         let exhausted = next.len() < ask.min(EventFilter::MAX_LIMIT) as usize;
         events.extend(next);
         if exhausted {
@@ -246,7 +424,7 @@ async fn tail(store: &dyn Store, args: &TailArgs, json: bool) -> Result<Outcome>
             _ = &mut interrupted => return Ok(Outcome::Ok),
         }
         loop {
-            let next = page(store, &mut filter, EventFilter::MAX_LIMIT).await?;
+            let next = page(source, &mut filter, EventFilter::MAX_LIMIT).await?;
             for event in &next {
                 write_event(&mut out, event, json)?;
             }
@@ -258,15 +436,12 @@ async fn tail(store: &dyn Store, args: &TailArgs, json: bool) -> Result<Outcome>
     }
 }
 
-async fn verify(store: &dyn Store, json: bool) -> Result<Outcome> {
-    let report = store
-        .verify()
-        .await
-        .context("cannot verify the audit chain")?;
+async fn verify(source: &Source, json: bool) -> Result<Outcome> {
+    let report = source.verify().await?;
     let mut out = std::io::stdout().lock();
     if json {
         let broken = report.first_broken.as_ref().map(
-            |b| json!({"seq": b.seq, "event_id": b.event_id, "problem": b.problem.to_string()}),
+            |(seq, event_id, problem)| json!({"seq": seq, "event_id": event_id, "problem": problem}),
         );
         let body = json!({
             "intact": report.first_broken.is_none(),
@@ -281,10 +456,9 @@ async fn verify(store: &dyn Store, json: bool) -> Result<Outcome> {
                 "chain intact: {} events checked",
                 report.events_checked
             )?,
-            Some(b) => writeln!(
+            Some((seq, event_id, problem)) => writeln!(
                 out,
-                "chain broken at seq {} (event {}): {}",
-                b.seq, b.event_id, b.problem
+                "chain broken at seq {seq} (event {event_id}): {problem}"
             )?,
         }
     }
@@ -295,7 +469,7 @@ async fn verify(store: &dyn Store, json: bool) -> Result<Outcome> {
     })
 }
 
-async fn export(store: &dyn Store, args: &ExportArgs) -> Result<Outcome> {
+async fn export(source: &Source, args: &ExportArgs) -> Result<Outcome> {
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => {
             Box::new(BufWriter::new(File::create(path).with_context(|| {
@@ -307,7 +481,7 @@ async fn export(store: &dyn Store, args: &ExportArgs) -> Result<Outcome> {
     let mut filter = args.filters.to_filter(time::now_ms());
     let mut count: u64 = 0;
     loop {
-        let next = page(store, &mut filter, EventFilter::MAX_LIMIT).await?;
+        let next = page(source, &mut filter, EventFilter::MAX_LIMIT).await?;
         for event in &next {
             let record = match args.format {
                 Format::Ocsf => warden_server::ocsf::to_ocsf(event).to_string(),

@@ -137,6 +137,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.appender.check()?;
         self.sql.ping().await
     }
 

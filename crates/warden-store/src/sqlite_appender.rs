@@ -47,6 +47,7 @@ struct Job {
 #[derive(Debug)]
 pub(crate) struct Appender {
     jobs: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Job {
@@ -63,11 +64,20 @@ impl Appender {
     pub(crate) fn start(path: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
         let conn = open(path, busy_timeout)?;
         let (jobs, queue) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("warden-sqlite-appender".to_owned())
             .spawn(move || run(conn, queue))
             .map_err(StoreError::Thread)?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, thread })
+    }
+
+    /// Whether the thread still takes batches: it ends only with the store, or by a panic,
+    /// after which every append fails and the store must not report itself ready.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if self.thread.is_finished() {
+            return Err(StoreError::AppenderStopped);
+        }
+        Ok(())
     }
 
     /// Appends `batch` as one transaction and answers once it is committed.

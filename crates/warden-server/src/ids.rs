@@ -6,9 +6,12 @@ use rand::RngCore;
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A ULID: 48 bits of Unix milliseconds, 80 random bits, 26 Crockford base32 characters.
+///
+/// The bits come from the thread's CSPRNG (seeded from the OS), not a `getrandom` call per
+/// id: one is made per decision. Key secrets still come from the OS directly (`keys`).
 pub fn ulid(now_ms: i64) -> String {
     let mut random = [0u8; 10];
-    rand::rngs::OsRng.fill_bytes(&mut random);
+    rand::thread_rng().fill_bytes(&mut random);
     let mut value: u128 = (u128::from(now_ms.max(0) as u64) & 0xFFFF_FFFF_FFFF) << 80;
     for (i, b) in random.iter().enumerate() {
         value |= u128::from(*b) << (8 * (9 - i));
@@ -22,7 +25,7 @@ pub fn ulid(now_ms: i64) -> String {
 /// `n` random Crockford base32 characters (5 bits of entropy each).
 pub fn random_base32(n: usize) -> String {
     let mut bytes = vec![0u8; n];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     bytes
         .iter()
         .map(|b| CROCKFORD[(b & 0x1F) as usize] as char)

@@ -15,6 +15,7 @@
 //!   statements that differ live in each backend's module. The one exception is chain
 //!   appends to a SQLite file, which run on their own thread over rusqlite (the hot path:
 //!   see `sqlite_appender`); what they write is decided by the same code (`append`).
+//!   PostgreSQL's appends run the generic code on a thread of their own (`split`).
 //! - **Migrations are plain SQL files** in `migrations/{sqlite,postgres}`, embedded at build
 //!   time, additive only, applied in order, each in its own transaction. Opening a store
 //!   never migrates; call [`Store::migrate`].
@@ -27,6 +28,7 @@ mod error;
 mod migrations;
 mod model;
 mod postgres;
+mod split;
 mod sql;
 mod sqlite;
 mod sqlite_appender;

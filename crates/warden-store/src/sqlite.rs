@@ -26,13 +26,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use async_trait::async_trait;
-
 use crate::error::StoreError;
-use crate::model::{
-    Append, Appended, Event, EventFilter, KeyRecord, NewKey, PurgeReport, StoredDecision,
-    VerifyReport,
-};
+use crate::split::Split;
 use crate::sql::{Dialect, SqlStore};
 use crate::sqlite_appender::Appender;
 use crate::{Backend, Store};
@@ -109,79 +104,8 @@ pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
         .connect_with(options)
         .await?;
     let appender = Appender::start(path, BUSY_TIMEOUT)?;
-    Ok(Arc::new(SqliteStore {
+    Ok(Arc::new(Split {
         sql: SqlStore::shared_with(pool, writer),
-        appender,
+        appender: Box::new(appender),
     }))
-}
-
-/// A SQLite file: chain appends go to the appender thread, everything else to sqlx.
-#[derive(Debug)]
-struct SqliteStore {
-    sql: Arc<dyn Store>,
-    appender: Appender,
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-
-    async fn migrate(&self) -> Result<Vec<String>, StoreError> {
-        self.sql.migrate().await
-    }
-
-    async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
-        self.sql.pending_migrations().await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.appender.check()?;
-        self.sql.ping().await
-    }
-
-    async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
-        self.appender.append(batch).await
-    }
-
-    async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {
-        self.sql.decision(tenant, id).await
-    }
-
-    async fn decision_by_key(
-        &self,
-        tenant: &str,
-        idempotency_key: &str,
-    ) -> Result<Option<StoredDecision>, StoreError> {
-        self.sql.decision_by_key(tenant, idempotency_key).await
-    }
-
-    async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        self.sql.events(filter).await
-    }
-
-    async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.sql.verify().await
-    }
-
-    async fn purge(&self, older_than_ms: i64, now_ms: i64) -> Result<PurgeReport, StoreError> {
-        self.sql.purge(older_than_ms, now_ms).await
-    }
-
-    async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
-        self.sql.create_key(key).await
-    }
-
-    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        self.sql.key(id).await
-    }
-
-    async fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        self.sql.revoke_key(id, now_ms).await
-    }
-
-    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.sql.keys().await
-    }
 }

@@ -15,12 +15,14 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
 use tokio::sync::oneshot;
 
 use crate::append::{self, Head, Plan};
 use crate::error::StoreError;
 use crate::model::{Append, Appended, StoredDecision};
+use crate::split::ChainAppender;
 
 const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
 
@@ -70,18 +72,12 @@ impl Appender {
             .map_err(StoreError::Thread)?;
         Ok(Self { jobs, thread })
     }
+}
 
-    /// Whether the thread still takes batches: it ends only with the store, or by a panic,
-    /// after which every append fails and the store must not report itself ready.
-    pub(crate) fn check(&self) -> Result<(), StoreError> {
-        if self.thread.is_finished() {
-            return Err(StoreError::AppenderStopped);
-        }
-        Ok(())
-    }
-
+#[async_trait]
+impl ChainAppender for Appender {
     /// Appends `batch` as one transaction and answers once it is committed.
-    pub(crate) async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
+    async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -92,6 +88,15 @@ impl Appender {
             .send(Job { batch, reply })
             .map_err(|_| StoreError::AppenderStopped)?;
         answer.await.map_err(|_| StoreError::AppenderStopped)?
+    }
+
+    /// Whether the thread still takes batches: it ends only with the store, or by a panic,
+    /// after which every append fails and the store must not report itself ready.
+    fn check(&self) -> Result<(), StoreError> {
+        if self.thread.is_finished() {
+            return Err(StoreError::AppenderStopped);
+        }
+        Ok(())
     }
 }
 

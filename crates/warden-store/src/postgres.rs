@@ -12,12 +12,8 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{Connection, PgConnection, Postgres};
 
-use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
-
 use crate::error::StoreError;
-use crate::model::{Append, Appended};
-use crate::split::{ChainAppender, Split};
+use crate::split::{AppenderThread, Split};
 use crate::sql::{Dialect, SqlStore};
 use crate::{Backend, Store};
 
@@ -88,83 +84,38 @@ async fn pool(options: PgConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
         .await?;
     Ok(Arc::new(Split {
         sql: SqlStore::shared(pool),
-        appender: Box::new(RuntimeAppender::start(options)?),
+        appender: start_appender(options)?,
     }))
-}
-
-/// A batch and where its answer goes.
-struct Job {
-    batch: Vec<Append>,
-    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
 }
 
 /// PostgreSQL's chain appender: the same sqlx append as everywhere (`SqlStore::append`),
 /// on a thread with a runtime and a connection of its own, so the statements of a batch
 /// (run under the chain lock) never wait behind the requests being served.
-#[derive(Debug)]
-pub(crate) struct RuntimeAppender {
-    jobs: mpsc::UnboundedSender<Job>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl RuntimeAppender {
-    fn start(options: PgConnectOptions) -> Result<Self, StoreError> {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("warden-pg-appender".to_owned())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        // The queue closes with the thread: appends fail, readiness too.
-                        tracing::error!(error = %e, "cannot start the postgres appender");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    // Appends are serialized by the chain lock: one connection is enough.
-                    let pool = PgPoolOptions::new()
-                        .max_connections(1)
-                        .acquire_timeout(ACQUIRE_TIMEOUT)
-                        .connect_lazy_with(options);
-                    let store = SqlStore::shared(pool);
-                    while let Some(job) = queue.recv().await {
-                        let _ = job.reply.send(store.append(job.batch).await);
-                    }
-                });
-            })
-            .map_err(StoreError::Thread)?;
-        Ok(Self { jobs, thread })
-    }
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("batch", &self.batch.len())
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl ChainAppender for RuntimeAppender {
-    async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { batch, reply })
-            .map_err(|_| StoreError::AppenderStopped)?;
-        answer.await.map_err(|_| StoreError::AppenderStopped)?
-    }
-
-    fn check(&self) -> Result<(), StoreError> {
-        if self.thread.is_finished() {
-            return Err(StoreError::AppenderStopped);
-        }
-        Ok(())
-    }
+fn start_appender(options: PgConnectOptions) -> Result<AppenderThread, StoreError> {
+    AppenderThread::spawn("warden-pg-appender", move |mut queue| {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                // The queue closes with the thread: appends fail, readiness too.
+                tracing::error!(error = %e, "cannot start the postgres appender");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            // Appends are serialized by the chain lock: one connection is enough.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+            let store = SqlStore::shared(pool);
+            while let Some(job) = queue.recv().await {
+                let _ = job.reply.send(store.append(job.batch).await);
+            }
+        });
+    })
 }
 
 /// A schema name safe to interpolate: a lowercase identifier PostgreSQL keeps as is.

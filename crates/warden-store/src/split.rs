@@ -4,12 +4,15 @@
 //! batch waited for the writer task to be scheduled behind the requests being served, and
 //! for its socket to be polled — while the batch held the chain lock. Both backends
 //! therefore append from a dedicated thread: SQLite over rusqlite (`sqlite_appender`),
-//! PostgreSQL over sqlx on a runtime of its own (`postgres::RuntimeAppender`).
+//! PostgreSQL over sqlx on a runtime of its own (`postgres::start_appender`).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use tokio::sync::{mpsc, oneshot};
+
+use crate::append;
 use crate::error::StoreError;
 use crate::model::{
     Append, Appended, Event, EventFilter, KeyRecord, NewKey, PurgeReport, StoredDecision,
@@ -17,21 +20,71 @@ use crate::model::{
 };
 use crate::{Backend, Store};
 
-/// Where a [`Split`] store sends chain appends.
-#[async_trait]
-pub(crate) trait ChainAppender: Send + Sync + std::fmt::Debug {
-    /// Appends `batch` as one transaction; answers once it is durable.
-    async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError>;
+/// A batch and where its answer goes.
+pub(crate) struct Job {
+    pub batch: Vec<Append>,
+    pub reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+}
 
-    /// Fails when the appender can take no more batches (its thread is gone).
-    fn check(&self) -> Result<(), StoreError>;
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("batch", &self.batch.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The thread a [`Split`] store appends on. Dropping it closes the queue, which ends the
+/// thread once the queued jobs are done.
+#[derive(Debug)]
+pub(crate) struct AppenderThread {
+    jobs: mpsc::UnboundedSender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AppenderThread {
+    /// Starts thread `name`, running `work` over the queue of jobs.
+    pub fn spawn(
+        name: &str,
+        work: impl FnOnce(mpsc::UnboundedReceiver<Job>) + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || work(queue))
+            .map_err(StoreError::Thread)?;
+        Ok(Self { jobs, thread })
+    }
+
+    /// Appends `batch` on the thread and answers once it is durable.
+    async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Checked here, on the caller's thread: the appender thread is the serial part.
+        append::check(&mut batch)?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { batch, reply })
+            .map_err(|_| StoreError::AppenderStopped)?;
+        answer.await.map_err(|_| StoreError::AppenderStopped)?
+    }
+
+    /// The thread ends only with the store, or by a panic, after which every append fails
+    /// and the store must not report itself ready.
+    fn check(&self) -> Result<(), StoreError> {
+        if self.thread.is_finished() {
+            return Err(StoreError::AppenderStopped);
+        }
+        Ok(())
+    }
 }
 
 /// Chain appends to `appender`, everything else to `sql`.
 #[derive(Debug)]
 pub(crate) struct Split {
     pub sql: Arc<dyn Store>,
-    pub appender: Box<dyn ChainAppender>,
+    pub appender: AppenderThread,
 }
 
 #[async_trait]

@@ -29,7 +29,7 @@ use sqlx::sqlite::{
 use crate::error::StoreError;
 use crate::split::Split;
 use crate::sql::{Dialect, SqlStore};
-use crate::sqlite_appender::Appender;
+use crate::sqlite_appender;
 use crate::{Backend, Store};
 
 /// How long a writer waits for another to finish before failing.
@@ -103,9 +103,8 @@ pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
         .max_connections(1)
         .connect_with(options)
         .await?;
-    let appender = Appender::start(path, BUSY_TIMEOUT)?;
     Ok(Arc::new(Split {
         sql: SqlStore::shared_with(pool, writer),
-        appender: Box::new(appender),
+        appender: sqlite_appender::start(path, BUSY_TIMEOUT)?,
     }))
 }

@@ -12,17 +12,15 @@
 //! The rest of the SQLite store (reads, keys, purge, migrations) stays on sqlx. Both take
 //! SQLite's write lock with `BEGIN IMMEDIATE`, so they take turns as two processes would.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, ffi};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use crate::append::{self, Head, Plan};
 use crate::error::StoreError;
 use crate::model::{Append, Appended, StoredDecision};
-use crate::split::ChainAppender;
+use crate::split::{AppenderThread, Job};
 
 const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
 
@@ -39,65 +37,11 @@ const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, 
 const INSERT_DECISION: &str = "INSERT INTO decisions \
     (id, tenant, idempotency_key, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
 
-/// A batch and where its answer goes.
-struct Job {
-    batch: Vec<Append>,
-    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
-}
-
-/// The handle to the appender thread. Dropping it ends the thread once queued jobs are done.
-#[derive(Debug)]
-pub(crate) struct Appender {
-    jobs: mpsc::Sender<Job>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("batch", &self.batch.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Appender {
-    /// Opens a write connection to the (existing) database file at `path` and starts the
-    /// thread.
-    pub(crate) fn start(path: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
-        let conn = open(path, busy_timeout)?;
-        let (jobs, queue) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("warden-sqlite-appender".to_owned())
-            .spawn(move || run(conn, queue))
-            .map_err(StoreError::Thread)?;
-        Ok(Self { jobs, thread })
-    }
-}
-
-#[async_trait]
-impl ChainAppender for Appender {
-    /// Appends `batch` as one transaction and answers once it is committed.
-    async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Checked here, on the caller's thread: the appender thread is the serial part.
-        append::check(&mut batch)?;
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { batch, reply })
-            .map_err(|_| StoreError::AppenderStopped)?;
-        answer.await.map_err(|_| StoreError::AppenderStopped)?
-    }
-
-    /// Whether the thread still takes batches: it ends only with the store, or by a panic,
-    /// after which every append fails and the store must not report itself ready.
-    fn check(&self) -> Result<(), StoreError> {
-        if self.thread.is_finished() {
-            return Err(StoreError::AppenderStopped);
-        }
-        Ok(())
-    }
+/// Opens a write connection to the (existing) database file at `path` and starts the
+/// appender thread on it.
+pub(crate) fn start(path: &str, busy_timeout: Duration) -> Result<AppenderThread, StoreError> {
+    let conn = open(path, busy_timeout)?;
+    AppenderThread::spawn("warden-sqlite-appender", move |queue| run(conn, queue))
 }
 
 /// The connection, set up as sqlx sets up the others (see `sqlite::connect`).
@@ -114,20 +58,20 @@ fn open(path: &str, busy_timeout: Duration) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn run(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+fn run(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
     // Batches committed since the last checkpoint.
     let mut unchecked = 0;
     loop {
         let job = match queue.try_recv() {
             Ok(job) => job,
-            Err(mpsc::TryRecvError::Disconnected) => return,
-            Err(mpsc::TryRecvError::Empty) => {
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
                 if unchecked >= IDLE_CHECKPOINT_BATCHES {
                     unchecked = checkpoint(&conn);
                 }
-                match queue.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
+                match queue.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
                 }
             }
         };

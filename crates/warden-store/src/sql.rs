@@ -217,23 +217,29 @@ where
         Ok(())
     }
 
-    /// After a unique violation in a multi-row insert: the first of `ids` that `select`
-    /// (one `$1` id parameter) finds stored. Runs outside the failed transaction.
-    async fn first_stored_id<'a>(
+    /// After a failed multi-row insert (its transaction already dropped): a unique
+    /// violation becomes `named(id)` for the first of `ids` that `select` (one `$1` id
+    /// parameter) finds stored; any other error, or a collision it cannot name, stays as is.
+    async fn name_collision<'a>(
         &self,
+        error: StoreError,
         select: &str,
         ids: impl Iterator<Item = &'a str>,
-    ) -> Option<String> {
+        named: fn(String) -> StoreError,
+    ) -> StoreError {
+        if !is_unique(&error) {
+            return error;
+        }
         for id in ids {
             let found = sqlx::query(select)
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await;
             if let Ok(Some(_)) = found {
-                return Some(id.to_owned());
+                return named(id.to_owned());
             }
         }
-        None
+        error
     }
 
     /// The stored decisions holding any idempotency key used in `batch`.
@@ -545,41 +551,25 @@ where
         for chunk in links.chunks(INSERT_CHUNK) {
             if let Err(e) = Self::insert_events(&mut tx, chunk).await {
                 drop(tx);
-                if !is_unique(&e) {
-                    return Err(e);
-                }
                 // seq is assigned under the chain lock, so a correct insert can only collide
                 // on a caller-made event id.
                 let ids = links.iter().map(|link| link.event.id.as_str());
-                return Err(
-                    match self
-                        .first_stored_id("SELECT id FROM audit_events WHERE id = $1", ids)
-                        .await
-                    {
-                        Some(id) => StoreError::DuplicateEvent(id),
-                        None => e,
-                    },
-                );
+                let select = "SELECT id FROM audit_events WHERE id = $1";
+                return Err(self
+                    .name_collision(e, select, ids, StoreError::DuplicateEvent)
+                    .await);
             }
         }
         for chunk in decisions.chunks(INSERT_CHUNK) {
             if let Err(e) = Self::insert_decisions(&mut tx, chunk).await {
                 drop(tx);
-                if !is_unique(&e) {
-                    return Err(e);
-                }
                 // Idempotency keys were looked up under the chain lock: the collision is on
                 // a decision id.
                 let ids = decisions.iter().map(|d| d.id.as_str());
-                return Err(
-                    match self
-                        .first_stored_id("SELECT id FROM decisions WHERE id = $1", ids)
-                        .await
-                    {
-                        Some(id) => StoreError::DuplicateDecision(id),
-                        None => e,
-                    },
-                );
+                let select = "SELECT id FROM decisions WHERE id = $1";
+                return Err(self
+                    .name_collision(e, select, ids, StoreError::DuplicateDecision)
+                    .await);
             }
         }
         // Durability: on SQLite (WAL, synchronous=FULL) and PostgreSQL alike this commit is

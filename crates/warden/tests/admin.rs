@@ -3,13 +3,14 @@
 //! `WARDEN_TEST_DATABASE_URL` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use serde_json::{Value, json};
 use sqlx::Connection;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use warden_store::{Append, NewEvent, Store, kind};
@@ -53,7 +54,7 @@ impl Db {
             );
             return None;
         };
-        let schema = unique_schema();
+        let schema = common::unique_name("warden_cli_test");
         runtime().block_on(async {
             warden_store::open_postgres_in_schema(&base, &schema)
                 .await
@@ -138,16 +139,6 @@ async fn pg_connection(url: &str, schema: Option<&str>) -> sqlx::PgConnection {
         options = options.options([("search_path", schema)]);
     }
     sqlx::PgConnection::connect_with(&options).await.unwrap()
-}
-
-fn unique_schema() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("warden_cli_test_{}_{nanos}_{n}", std::process::id())
 }
 
 /// Runs `test` on a SQLite file, then on a migrated PostgreSQL schema if there is a server.

@@ -7,6 +7,8 @@
 //! `WARDEN_TEST_DATABASE_URL`, in a database created for the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use serde_json::{Value, json};
 use sqlx::Connection;
 use std::collections::HashMap;
@@ -15,9 +17,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
@@ -1259,13 +1261,7 @@ struct PgDatabase {
 
 impl PgDatabase {
     fn create(base: &str, prefix: &str) -> PgDatabase {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{prefix}_{}_{nanos}_{n}", std::process::id());
+        let name = common::unique_name(prefix);
         pg_exec(base, &format!("CREATE DATABASE \"{name}\""));
         PgDatabase {
             base: base.to_owned(),

@@ -3,12 +3,11 @@
 //! Parsing validates every field once, at the edge, so the evaluator never sees an action
 //! type that is not a dotted name or a confidence outside [0, 1].
 
-use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
 
-/// The deepest JSON nesting an action may have.
-pub const MAX_DEPTH: usize = 64;
+use crate::json::JsonError;
+pub use crate::json::MAX_DEPTH;
 
 /// Why an action was refused before evaluation. Each message names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,6 +26,22 @@ pub enum ActionError {
     /// The document nests deeper than [`MAX_DEPTH`].
     #[error("JSON nesting is deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// An object repeats a key: parsers disagree on which one counts, so none does.
+    #[error("duplicate key at `{path}`: each key may appear once per object")]
+    DuplicateKey {
+        /// Where, as a dotted path with `[i]` for array items (`context.user.role`).
+        path: String,
+    },
+}
+
+impl From<JsonError> for ActionError {
+    fn from(e: JsonError) -> Self {
+        match e {
+            JsonError::Syntax(message) => ActionError::Json(message),
+            JsonError::TooDeep => ActionError::TooDeep,
+            JsonError::DuplicateKey { path } => ActionError::DuplicateKey { path },
+        }
+    }
 }
 
 impl ActionError {
@@ -103,19 +118,16 @@ impl fmt::Display for ActionType {
 }
 
 /// What the action is done to.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Target {
     /// The kind of object, e.g. `ticket`.
-    #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Its identifier, e.g. `T-1042`.
     pub id: Option<String>,
 }
 
 /// Resources the action consumes.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
     /// Model tokens.
     pub tokens: Option<u64>,
@@ -157,27 +169,6 @@ pub struct Action {
     pub usage: Option<Usage>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAction {
-    id: Option<String>,
-    #[serde(rename = "type")]
-    kind: String,
-    target: Option<Target>,
-    confidence: Option<f64>,
-    mode: Option<String>,
-    agent: Option<String>,
-    on_behalf_of: Option<String>,
-    app: Option<String>,
-    workflow: Option<String>,
-    run_id: Option<String>,
-    #[serde(default)]
-    payload: Value,
-    #[serde(default)]
-    context: Value,
-    usage: Option<Usage>,
-}
-
 impl Action {
     /// An action of the given type with every optional field empty.
     pub fn new(kind: ActionType) -> Self {
@@ -199,33 +190,10 @@ impl Action {
     }
 
     /// Parses and validates an action from JSON bytes. Invalid UTF-8, nesting deeper than
-    /// [`MAX_DEPTH`], unknown fields and out-of-range values are refused.
+    /// [`MAX_DEPTH`], a key repeated in any object, unknown fields and out-of-range values
+    /// are refused.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ActionError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            ActionError::Json(format!(
-                "body is not valid UTF-8 (at byte {})",
-                e.valid_up_to()
-            ))
-        })?;
-        // serde_json stops at 128 levels on its own; checking the raw text first keeps a deep
-        // document from being built at all.
-        if raw_depth(text) > MAX_DEPTH {
-            return Err(ActionError::TooDeep);
-        }
-        // The fast parser first; only a body that fails is parsed again to name the field.
-        let raw: RawAction = match serde_json::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                return Err(
-                    match serde_path_to_error::deserialize::<_, RawAction>(&mut de) {
-                        Err(with_path) => path_message(with_path),
-                        Ok(_) => ActionError::Json(json_message(&e)),
-                    },
-                );
-            }
-        };
-        Self::from_raw(raw)
+        Self::from_value(crate::json::parse_strict(bytes)?)
     }
 
     /// Validates an action given as a JSON value (e.g. from a YAML test case).
@@ -233,98 +201,227 @@ impl Action {
         if value_depth(&value) > MAX_DEPTH {
             return Err(ActionError::TooDeep);
         }
-        let raw: RawAction = serde_path_to_error::deserialize(value).map_err(path_message)?;
-        Self::from_raw(raw)
-    }
-
-    fn from_raw(raw: RawAction) -> Result<Self, ActionError> {
-        let kind = ActionType::new(&raw.kind).map_err(|message| ActionError::Invalid {
-            field: "type",
-            message,
-        })?;
-        let confidence = match raw.confidence {
-            None => None,
-            Some(c) => Some(Confidence::new(c).ok_or_else(|| ActionError::Invalid {
-                field: "confidence",
-                message: format!("{c} is outside [0, 1]"),
-            })?),
+        let Value::Object(mut fields) = value else {
+            return Err(ActionError::Json(format!(
+                "an action is a JSON object, not {}",
+                type_name(&value)
+            )));
         };
-        if let Some(cost) = raw.usage.as_ref().and_then(|u| u.cost_usd)
-            && !(cost.is_finite() && cost >= 0.0)
-        {
-            return Err(ActionError::Invalid {
-                field: "usage.cost_usd",
-                message: format!("{cost} is not a non-negative amount"),
-            });
+        if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ActionError::Json(format!(
+                "unknown field `{}`; an action has {}",
+                unknown.escape_debug(),
+                FIELDS.map(|f| format!("`{f}`")).join(", ")
+            )));
         }
+        let mut take = |name: &str| fields.remove(name).filter(|v| !v.is_null());
+        let kind = match take("type") {
+            Some(Value::String(name)) => {
+                ActionType::new(&name).map_err(|message| ActionError::Invalid {
+                    field: "type",
+                    message,
+                })?
+            }
+            Some(other) => return Err(wrong_type("type", "a string", &other)),
+            None => return Err(ActionError::Json("missing field `type`".into())),
+        };
+        let confidence = match take("confidence") {
+            None => None,
+            Some(Value::Number(n)) => {
+                let c = n.as_f64().unwrap_or(f64::NAN);
+                Some(Confidence::new(c).ok_or_else(|| ActionError::Invalid {
+                    field: "confidence",
+                    message: format!("{n} is outside [0, 1]"),
+                })?)
+            }
+            Some(other) => return Err(wrong_type("confidence", "a number", &other)),
+        };
+        let target = match take("target") {
+            None => None,
+            Some(Value::Object(mut t)) => {
+                if let Some(unknown) = t.keys().find(|k| *k != "type" && *k != "id") {
+                    return Err(ActionError::Json(format!(
+                        "unknown field `{}` in `target`; a target has `type` and `id`",
+                        unknown.escape_debug()
+                    )));
+                }
+                Some(Target {
+                    kind: text(t.remove("type"), "target.type", Text::Identifier)?,
+                    id: text(t.remove("id"), "target.id", Text::Reference)?,
+                })
+            }
+            Some(other) => return Err(wrong_type("target", "an object", &other)),
+        };
+        let usage = match take("usage") {
+            None => None,
+            Some(Value::Object(mut u)) => {
+                if let Some(unknown) = u
+                    .keys()
+                    .find(|k| !["tokens", "cost_usd", "tool_calls"].contains(&k.as_str()))
+                {
+                    return Err(ActionError::Json(format!(
+                        "unknown field `{}` in `usage`; usage has `tokens`, `cost_usd` and \
+                         `tool_calls`",
+                        unknown.escape_debug()
+                    )));
+                }
+                let cost_usd = match u.remove("cost_usd").filter(|v| !v.is_null()) {
+                    None => None,
+                    Some(Value::Number(n)) => match n.as_f64() {
+                        Some(c) if c.is_finite() && c >= 0.0 => Some(c),
+                        _ => {
+                            return Err(ActionError::Invalid {
+                                field: "usage.cost_usd",
+                                message: format!("{n} is not a non-negative amount"),
+                            });
+                        }
+                    },
+                    Some(other) => return Err(wrong_type("usage.cost_usd", "a number", &other)),
+                };
+                Some(Usage {
+                    tokens: count(u.remove("tokens"), "usage.tokens")?,
+                    cost_usd,
+                    tool_calls: count(u.remove("tool_calls"), "usage.tool_calls")?,
+                })
+            }
+            Some(other) => return Err(wrong_type("usage", "an object", &other)),
+        };
+        let object = |value: Option<Value>, field: &'static str| match value {
+            None => Ok(Value::Null),
+            Some(v @ Value::Object(_)) => Ok(v),
+            Some(other) => Err(wrong_type(field, "an object", &other)),
+        };
         Ok(Self {
-            id: raw.id,
+            id: text(take("id"), "id", Text::Reference)?,
             kind,
-            target: raw.target,
+            target,
             confidence,
-            mode: raw.mode,
-            agent: raw.agent,
-            on_behalf_of: raw.on_behalf_of,
-            app: raw.app,
-            workflow: raw.workflow,
-            run_id: raw.run_id,
-            payload: raw.payload,
-            context: raw.context,
-            usage: raw.usage,
+            mode: text(take("mode"), "mode", Text::Mode)?,
+            agent: text(take("agent"), "agent", Text::Identifier)?,
+            on_behalf_of: text(take("on_behalf_of"), "on_behalf_of", Text::Identifier)?,
+            app: text(take("app"), "app", Text::Identifier)?,
+            workflow: text(take("workflow"), "workflow", Text::Identifier)?,
+            run_id: text(take("run_id"), "run_id", Text::Identifier)?,
+            payload: object(take("payload"), "payload")?,
+            context: object(take("context"), "context")?,
+            usage,
         })
     }
 }
 
-/// A type or shape error, naming the field it is in (`at `usage.tokens`: …`) when there is one.
-fn path_message(e: serde_path_to_error::Error<serde_json::Error>) -> ActionError {
-    let path = e.path().to_string();
-    let message = json_message(e.inner());
-    if path.is_empty() || path == "." {
-        ActionError::Json(message)
-    } else {
-        ActionError::Json(format!("at `{path}`: {message}"))
+/// Every field of an action, as submitted.
+const FIELDS: [&str; 13] = [
+    "id",
+    "type",
+    "target",
+    "confidence",
+    "mode",
+    "agent",
+    "on_behalf_of",
+    "app",
+    "workflow",
+    "run_id",
+    "payload",
+    "context",
+    "usage",
+];
+
+/// The longest identifier (`agent`, `on_behalf_of`, `app`, `workflow`, `run_id`,
+/// `target.type`), in characters.
+pub const MAX_IDENTIFIER: usize = 200;
+
+/// The longest `id` or `target.id`, in characters.
+pub const MAX_REFERENCE: usize = 512;
+
+/// The longest `mode`, in characters.
+pub const MAX_MODE: usize = 64;
+
+/// What a string field may hold.
+#[derive(Clone, Copy)]
+enum Text {
+    /// Names matched by policy and shown in the audit log.
+    Identifier,
+    /// Ids chosen by callers (idempotency keys, target ids).
+    Reference,
+    /// An execution mode such as `auto` or `draft`.
+    Mode,
+}
+
+impl Text {
+    fn max(self) -> usize {
+        match self {
+            Text::Identifier => MAX_IDENTIFIER,
+            Text::Reference => MAX_REFERENCE,
+            Text::Mode => MAX_MODE,
+        }
     }
 }
 
-/// serde_json's messages name Rust-free concepts already; keep them, minus the trailing
-/// position, which we restate in words.
-fn json_message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let text = match text.find(" at line ") {
-        Some(at) => &text[..at],
-        None => &text,
+/// A string field: present, non-empty, within its length, and printable. Control and
+/// invisible formatting characters are refused in every string field that the audit log
+/// shows: a newline in an agent name forged a line in `warden audit tail`, and bidi
+/// overrides can make a log line read differently from what it holds.
+fn text(
+    value: Option<Value>,
+    field: &'static str,
+    kind: Text,
+) -> Result<Option<String>, ActionError> {
+    let value = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(wrong_type(field, "a string", &other)),
     };
-    if e.line() > 0 {
-        format!("{text} (line {}, column {})", e.line(), e.column())
-    } else {
-        text.to_owned()
+    let invalid = |message: String| ActionError::Invalid { field, message };
+    if value.is_empty() {
+        return Err(invalid("must not be empty".into()));
+    }
+    if value.chars().count() > kind.max() {
+        return Err(invalid(format!("is longer than {} characters", kind.max())));
+    }
+    if let Some(c) = value.chars().find(|c| !printable(*c)) {
+        return Err(invalid(format!(
+            "holds the non-printable character U+{:04X}",
+            u32::from(c)
+        )));
+    }
+    Ok(Some(value))
+}
+
+/// Whether `c` may appear in a field the audit log shows: not a control character, not an
+/// invisible formatting or bidi character, not a line or paragraph separator.
+pub fn printable(c: char) -> bool {
+    !(c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'))
+}
+
+fn count(value: Option<Value>, field: &'static str) -> Result<Option<u64>, ActionError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| ActionError::Invalid {
+            field,
+            message: format!("{n} is not a whole number of at least 0"),
+        }),
+        Some(other) => Err(wrong_type(field, "a whole number", &other)),
     }
 }
 
-/// Nesting depth of JSON text, counting brackets outside strings.
-fn raw_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+fn wrong_type(field: &'static str, expected: &str, got: &Value) -> ActionError {
+    ActionError::Invalid {
+        field,
+        message: format!("expected {expected}, got {}", type_name(got)),
     }
-    max
+}
+
+/// A JSON value's kind in words, for messages.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn value_depth(value: &Value) -> usize {
@@ -399,13 +496,13 @@ mod tests {
             Err(ActionError::TooDeep)
         );
         let ok = format!(
-            r#"{{"type":"t","payload":{}1{}}}"#,
+            r#"{{"type":"t","payload":{{"x":{}1{}}}}}"#,
             "[".repeat(60),
             "]".repeat(60)
         );
         assert!(Action::from_json(ok.as_bytes()).is_ok());
         // Brackets inside strings do not count.
-        let text = format!(r#"{{"type":"t","payload":"{}"}}"#, "[".repeat(100));
+        let text = format!(r#"{{"type":"t","payload":{{"s":"{}"}}}}"#, "[".repeat(100));
         assert!(Action::from_json(text.as_bytes()).is_ok());
         assert!(
             Action::from_json(b"{\"type\":\"t\xff\"}")

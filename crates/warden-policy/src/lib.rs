@@ -30,6 +30,7 @@ pub mod decision;
 mod document;
 mod expr;
 pub mod glob;
+pub mod json;
 pub mod policy;
 mod template;
 pub mod testing;

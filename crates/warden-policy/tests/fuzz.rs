@@ -67,7 +67,16 @@ fn action() -> impl Strategy<Value = Value> {
         json_value(),
     )
         .prop_map(|(kind, confidence, agent, app, payload, context)| {
-            let mut a = json!({"type": kind, "payload": payload, "context": context});
+            // Payload and context are objects (or absent) in every accepted action.
+            let object = |v: Value| {
+                if v.is_object() || v.is_null() {
+                    v
+                } else {
+                    json!({"v": v})
+                }
+            };
+            let mut a =
+                json!({"type": kind, "payload": object(payload), "context": object(context)});
             if let Some(c) = confidence {
                 a["confidence"] = json!(c);
             }
@@ -179,7 +188,25 @@ proptest! {
         if let Ok(policy) = Policy::parse(&source) {
             let a = Action::from_value(a).unwrap();
             let d = policy.evaluate(&a, &env());
-            prop_assert!(d.verdict == Verdict::Deny || d.verdict == Verdict::Allow);
+            // What this one-rule policy implies: an error denies as `evaluation_error`; the
+            // rule, when it matches, denies with its reason; otherwise the default allows.
+            let matched = d.matched_rules().any(|r| r.as_str() == "r");
+            match (d.failure.is_some(), matched) {
+                (true, _) => {
+                    prop_assert_eq!(d.verdict, Verdict::Deny);
+                    prop_assert_eq!(d.reasons[0].code, ReasonCode::EvaluationError);
+                }
+                (false, true) => {
+                    prop_assert_eq!(d.verdict, Verdict::Deny);
+                    prop_assert_eq!(d.reasons[0].code, ReasonCode::PolicyRule);
+                    prop_assert!(d.reasons[0].message.starts_with("got "));
+                }
+                (false, false) => {
+                    prop_assert_eq!(d.verdict, Verdict::Allow);
+                    prop_assert_eq!(d.reasons.len(), 1);
+                    prop_assert_eq!(d.reasons[0].code, ReasonCode::DefaultEffect);
+                }
+            }
         }
     }
 

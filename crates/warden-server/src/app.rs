@@ -2,22 +2,32 @@
 //! from the handlers, and [`serve`]: listen, reload on SIGHUP, drain and flush on shutdown.
 
 use crate::audit::AuditTask;
+use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::routes::{admin, decisions, health};
 use crate::state::AppState;
+use crate::state::Limits;
 use crate::wire;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::Instant;
-use tokio::net::TcpListener;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use utoipa::OpenApi;
@@ -75,7 +85,8 @@ pub fn openapi_json() -> String {
         .clone()
 }
 
-/// Every route, with the body limit, request timeout, in-flight bound and error mapping.
+/// Every route, with the body limit and deadline, request timeout, in-flight bound and
+/// error mapping.
 pub fn app(state: AppState) -> Router {
     let limits = state.limits().clone();
     let guard = ServiceBuilder::new()
@@ -100,7 +111,22 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.body_bytes))
         .layer(guard)
+        // Outside the in-flight bound: a slow body holds bytes of the budget, not a slot.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            body::read_first,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// `GET /metrics` alone and without a key, for `--metrics-listen`: an address only the
+/// scraper can reach.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::open_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -125,11 +151,7 @@ async fn guard_error(error: BoxError) -> ApiError {
             "the request took too long; try again",
         )
     } else if error.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in flight; try again",
-        )
+        ApiError::overloaded("too many requests in flight; try again")
     } else {
         tracing::error!(error = %error, "request failed");
         ApiError::new(
@@ -164,26 +186,134 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-/// and flushes the audit writer: every answered decision is durable when this returns.
+/// (for at most `Limits::shutdown_grace`, whatever clients do) and flushes the audit writer:
+/// every answered decision is durable when this returns. `metrics`, if given, serves
+/// `GET /metrics` without a key.
 pub async fn serve(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     state: AppState,
     audit: AuditTask,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
-    // Answers are one small write each: send them at once rather than wait for an ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
+    let flusher = tokio::spawn(flush_auth_failures(state.clone()));
+    let limits = state.limits().clone();
+    let (stop, stopped) = watch::channel(false);
+    let metrics = metrics.map(|listener| {
+        tokio::spawn(accept(
+            listener,
+            metrics_app(state.clone()),
+            limits.clone(),
+            stopped.clone(),
+        ))
     });
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let main = tokio::spawn(accept(listener, app(state.clone()), limits, stopped));
+    shutdown.await;
+    let _ = stop.send(true);
+    let served = main.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     reloader.abort();
+    flusher.abort();
+    crate::auth::flush_failures(&state, true).await;
     audit.finish().await;
-    result
+    served.unwrap_or(Ok(()))
+}
+
+/// Accepts connections until `stopped`, then drains them within the grace period and
+/// closes what is left.
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = until_stopped(&mut stopped) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection(
+                        stream,
+                        peer,
+                        router.clone(),
+                        limits.header_timeout,
+                        stopped.clone(),
+                    ));
+                }
+                // Out of file descriptors, say: keep serving the connections we have.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the shutdown grace period are closed"
+        );
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 connection. The header timeout also closes idle keep-alive connections:
+/// hyper starts it whenever it waits for the next request head.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    header_timeout: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    // Answers are one small write each: send them at once rather than wait for an ACK.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(crate::conn::JsonErrors::new(stream)), service);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        () = until_stopped(&mut stopped) => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves once shutdown is asked for (or its sender is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Audits the authentication failures of each ended window.
+async fn flush_auth_failures(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        crate::auth::flush_failures(&state, false).await;
+    }
 }
 
 /// SIGHUP reloads the policies, as `POST /v1/policy/reload` does.

@@ -9,9 +9,11 @@ use rand::RngCore;
 use sha2::Sha256;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+use warden_policy::Action;
 use warden_store::{Append, Appended, Sorted, Store};
 
 /// Most events in one transaction. Larger batches amortize the fsync further but hold the
@@ -115,6 +117,37 @@ impl AuditKey {
     }
 }
 
+impl AuditKey {
+    /// The keyed digest of an action as evaluated: every field but the idempotency key, in
+    /// canonical JSON (sorted keys at every depth), so key order and whitespace in the
+    /// request do not matter but any difference in meaning does. Keyed, like payload
+    /// digests, so a low-entropy payload cannot be guessed from the stored digest.
+    pub fn action_digest(&self, action: &Action) -> String {
+        let target = action.target.as_ref();
+        let usage = action.usage.as_ref();
+        // Fields in sorted order; `Sorted` sorts inside payload and context.
+        let canonical = serde_json::json!({
+            "agent": action.agent,
+            "app": action.app,
+            "confidence": action.confidence.map(|c| c.get()),
+            "context": Sorted(&action.context),
+            "mode": action.mode,
+            "on_behalf_of": action.on_behalf_of,
+            "payload": Sorted(&action.payload),
+            "run_id": action.run_id,
+            "target": target.map(|t| serde_json::json!({"id": t.id, "type": t.kind})),
+            "type": action.kind.as_str(),
+            "usage": usage.map(|u| serde_json::json!({
+                "cost_usd": u.cost_usd, "tokens": u.tokens, "tool_calls": u.tool_calls,
+            })),
+            "workflow": action.workflow,
+        });
+        let mut mac = (*self.0).clone();
+        let _ = serde_json::to_writer(MacWriter(&mut mac), &Sorted(&canonical));
+        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
 struct MacWriter<'a>(&'a mut Hmac<Sha256>);
 
 impl std::io::Write for MacWriter<'_> {
@@ -151,6 +184,7 @@ type Reply = oneshot::Sender<Result<Appended, AuditUnavailable>>;
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<(Append, Reply)>,
+    failing: Arc<AtomicBool>,
 }
 
 /// The writer task; call [`AuditTask::finish`] after the last request to flush.
@@ -165,8 +199,21 @@ impl AuditWriter {
     pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> (Self, AuditTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (close, closed) = oneshot::channel();
-        let handle = tokio::spawn(run(store, rx, closed, metrics));
-        (Self { tx }, AuditTask { handle, close })
+        let failing = Arc::new(AtomicBool::new(false));
+        let handle = tokio::spawn(run(store, rx, closed, metrics, Arc::clone(&failing)));
+        (Self { tx, failing }, AuditTask { handle, close })
+    }
+
+    /// Whether the latest audit commit failed (and none has succeeded since): every
+    /// decision is then a 503 deny, and the replica must not report itself ready.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Records that a write on the audit path succeeded outside a batch (readiness's
+    /// probe), so readiness recovers without waiting for traffic that will not come.
+    pub fn mark_recovered(&self) {
+        self.failing.store(false, Ordering::Relaxed);
     }
 
     /// Appends one event (and its decision) and waits until it is durable.
@@ -195,6 +242,7 @@ async fn run(
     mut rx: mpsc::Receiver<(Append, Reply)>,
     mut closed: oneshot::Receiver<()>,
     metrics: Arc<Metrics>,
+    failing: Arc<AtomicBool>,
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut writing = JoinSet::new();
@@ -226,6 +274,7 @@ async fn run(
             items,
             replies,
             Arc::clone(&metrics),
+            Arc::clone(&failing),
         ));
     }
     while let Some(done) = writing.join_next().await {
@@ -239,11 +288,13 @@ async fn write(
     items: Vec<Append>,
     replies: Vec<Reply>,
     metrics: Arc<Metrics>,
+    failing: Arc<AtomicBool>,
 ) {
     let size = items.len();
     let started = Instant::now();
     let result = store.append(items).await;
     metrics.audit_batch(size, started.elapsed());
+    failing.store(result.is_err(), Ordering::Relaxed);
     match result {
         Ok(results) => {
             for (reply, appended) in replies.into_iter().zip(results) {

@@ -6,11 +6,13 @@
 use crate::error::ApiError;
 use crate::keys::{self, Role};
 use crate::state::{AppState, now_ms};
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde_json::json;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use warden_policy::glob::Glob;
@@ -57,7 +59,13 @@ impl Caller {
             };
         }
         match (named, self.agent.as_deref()) {
-            (None, _) => Ok(None),
+            (None, None) => Ok(None),
+            // A key limited to some agents acts only as one of them: an action that names
+            // none would skip every tier and agent rule.
+            (None, Some(pattern)) => Err(ApiError::bad_request(
+                "agent_required",
+                format!("this key acts for agents `{pattern}`: name the agent in `agent`"),
+            )),
             (Some(named), Some(pattern)) if Glob::new(pattern).matches(named) => {
                 Ok(Some(named.to_owned()))
             }
@@ -68,8 +76,10 @@ impl Caller {
     }
 }
 
-/// Verified keys, kept briefly so a decision does not cost a key lookup. A revocation made
-/// through this replica applies at once; one made elsewhere applies within the TTL.
+/// Keys read from the store, kept briefly so a decision does not cost a key lookup. An
+/// entry lives `ttl` from the moment it was read from the store, however often it is used
+/// (using it never renews it), so a revocation stored by any replica applies everywhere
+/// within `ttl`; one made through this replica applies at once.
 #[derive(Debug)]
 pub struct KeyCache {
     ttl: Duration,
@@ -91,6 +101,7 @@ impl KeyCache {
         (at.elapsed() < self.ttl).then(|| record.clone())
     }
 
+    /// Caches `record`, just read from the store.
     fn put(&self, record: KeyRecord) {
         if let Ok(mut entries) = self.entries.lock() {
             // Bounded: a flood of distinct valid keys cannot grow it without limit.
@@ -117,6 +128,7 @@ enum Failure {
     UnknownKey,
     WrongSecret,
     Revoked,
+    Invalid,
 }
 
 impl Failure {
@@ -127,6 +139,7 @@ impl Failure {
             Failure::UnknownKey => "unknown_key",
             Failure::WrongSecret => "wrong_secret",
             Failure::Revoked => "revoked",
+            Failure::Invalid => "invalid_key",
         }
     }
 }
@@ -135,6 +148,16 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A source that keeps failing is turned away before any lookup.
+        if let Some(retry) = state.auth_failures().blocked(source(parts), Instant::now()) {
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                "too many failed authentications from this address; try again later",
+            );
+            error.retry_after(retry);
+            return Err(error);
+        }
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -151,7 +174,11 @@ impl FromRequestParts<AppState> for Caller {
         let record = match state.keys().get(id) {
             Some(record) => record,
             None => match state.store().key(id).await {
-                Ok(Some(record)) => record,
+                Ok(Some(record)) => {
+                    // Stamped now, when read from the store; hits below never renew it.
+                    state.keys().put(record.clone());
+                    record
+                }
                 Ok(None) => return Err(reject(state, parts, Failure::UnknownKey, None).await),
                 Err(e) => {
                     tracing::error!(error = %e, "key lookup failed");
@@ -166,19 +193,26 @@ impl FromRequestParts<AppState> for Caller {
             state.keys().forget(&record.id);
             return Err(reject(state, parts, Failure::Revoked, Some(&record)).await);
         }
-        state.keys().put(record.clone());
+        let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        // An agent key names exactly one agent. One stored without (written by an older
+        // version, or by hand) would act for whichever agent a body names: refuse it.
+        if roles.contains(&Role::Agent) && !record.agent.as_deref().is_some_and(keys::is_agent_id) {
+            return Err(reject(state, parts, Failure::Invalid, Some(&record)).await);
+        }
         Ok(Caller {
             key_id: record.id,
             tenant: record.tenant,
-            roles: record.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            roles,
             agent: record.agent,
             groups: record.groups,
         })
     }
 }
 
-/// Audits a failed authentication and builds the 401. The event names the key id only when
-/// the key exists, and never the presented secret.
+/// Records a failed authentication and builds the 401. The first failure of a (source,
+/// reason, key) in a window is audited at once; the ones after it are counted and audited
+/// as one event when the window ends, so a flood of bad keys cannot grow the log without
+/// bound. Events name the key id only when the key exists, and never the presented secret.
 async fn reject(
     state: &AppState,
     parts: &Parts,
@@ -186,31 +220,207 @@ async fn reject(
     key: Option<&KeyRecord>,
 ) -> ApiError {
     let now = now_ms();
-    let event = NewEvent {
-        id: crate::ids::ulid(now),
-        time_ms: now,
+    let attempt = Attempt {
+        source: source(parts),
+        reason: failure.as_str(),
+        key_id: key.map(|k| k.id.clone()),
         tenant: key.map_or(SYSTEM_TENANT, |k| k.tenant.as_str()).to_owned(),
-        kind: kind::AUTH_FAILURE.to_owned(),
-        detail: json!({
-            "reason": failure.as_str(),
-            "key_id": key.map(|k| k.id.as_str()),
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-        }),
-        ..NewEvent::default()
     };
-    let appended = state
-        .audit()
-        .append(Append {
-            event,
-            decision: None,
-        })
-        .await;
-    if appended.is_err() {
-        tracing::error!("an authentication failure could not be audited");
+    let first = state.auth_failures().record(
+        attempt.clone(),
+        now,
+        parts.method.as_str(),
+        parts.uri.path(),
+    );
+    if first {
+        let event = failure_event(&attempt, &Tally::single(now, parts), now);
+        let appended = state
+            .audit()
+            .append(Append {
+                event,
+                decision: None,
+            })
+            .await;
+        if appended.is_err() {
+            tracing::error!("an authentication failure could not be audited");
+        }
     }
     tracing::info!(reason = failure.as_str(), "authentication failed");
     ApiError::unauthorized("a valid API key is required: Authorization: Bearer <key>")
+}
+
+/// The address a request came from, as the listener saw it (no forwarding headers are
+/// trusted); `unknown` where there is none, as in tests through the router.
+fn source(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// What a failure is aggregated by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Attempt {
+    source: IpAddr,
+    reason: &'static str,
+    key_id: Option<String>,
+    tenant: String,
+}
+
+/// Failures of one [`Attempt`] not yet audited.
+#[derive(Debug, Clone)]
+struct Tally {
+    count: u64,
+    first_ms: i64,
+    last_ms: i64,
+    method: String,
+    path: String,
+}
+
+impl Tally {
+    fn single(now: i64, parts: &Parts) -> Self {
+        Self {
+            count: 1,
+            first_ms: now,
+            last_ms: now,
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().chars().take(200).collect(),
+        }
+    }
+}
+
+fn failure_event(attempt: &Attempt, tally: &Tally, now: i64) -> NewEvent {
+    NewEvent {
+        id: crate::ids::ulid(now),
+        time_ms: now,
+        tenant: attempt.tenant.clone(),
+        kind: kind::AUTH_FAILURE.to_owned(),
+        detail: json!({
+            "reason": attempt.reason,
+            "key_id": attempt.key_id,
+            "source": attempt.source.to_string(),
+            "method": tally.method,
+            "path": tally.path,
+            "count": tally.count,
+            "first_ms": tally.first_ms,
+            "last_ms": tally.last_ms,
+        }),
+        ..NewEvent::default()
+    }
+}
+
+/// Authentication failures in the current window: per source, for the 429 threshold, and
+/// per [`Attempt`], for the aggregated audit events.
+#[derive(Debug)]
+pub struct AuthFailures {
+    limit: u32,
+    window: Duration,
+    inner: Mutex<FailureWindow>,
+}
+
+#[derive(Debug)]
+struct FailureWindow {
+    started: Instant,
+    by_source: HashMap<IpAddr, u32>,
+    /// Attempts seen this window, with the failures after the first not yet audited.
+    pending: HashMap<Attempt, Option<Tally>>,
+}
+
+/// Distinct attempts remembered per window; past it, further ones are still refused and
+/// counted per source, but audited only if their source was seen.
+const MAX_ATTEMPTS: usize = 10_000;
+
+impl AuthFailures {
+    /// `limit` failures per source per `window`.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            inner: Mutex::new(FailureWindow {
+                started: Instant::now(),
+                by_source: HashMap::new(),
+                pending: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Seconds until `source` may try again, if it is over the limit this window.
+    fn blocked(&self, source: IpAddr, now: Instant) -> Option<u32> {
+        let inner = self.inner.lock().ok()?;
+        let count = *inner.by_source.get(&source)?;
+        let elapsed = now.saturating_duration_since(inner.started);
+        (count >= self.limit && elapsed < self.window).then(|| {
+            let left = self.window.saturating_sub(elapsed).as_secs();
+            u32::try_from(left.max(1)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Counts a failure; returns whether it is the first of its attempt this window (and
+    /// so must be audited at once).
+    fn record(&self, attempt: Attempt, now_ms: i64, method: &str, path: &str) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return true;
+        };
+        *inner.by_source.entry(attempt.source).or_insert(0) += 1;
+        if inner.pending.len() >= MAX_ATTEMPTS && !inner.pending.contains_key(&attempt) {
+            return false;
+        }
+        match inner.pending.get_mut(&attempt) {
+            None => {
+                inner.pending.insert(attempt, None);
+                true
+            }
+            Some(later) => {
+                let tally = later.get_or_insert_with(|| Tally {
+                    count: 0,
+                    first_ms: now_ms,
+                    last_ms: now_ms,
+                    method: method.to_owned(),
+                    path: path.chars().take(200).collect(),
+                });
+                tally.count += 1;
+                tally.last_ms = now_ms;
+                false
+            }
+        }
+    }
+
+    /// Ends the window if it is over (or `force`), returning the aggregated events.
+    fn close_window(&self, now: Instant, now_ms: i64, force: bool) -> Vec<NewEvent> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        if !force && now.saturating_duration_since(inner.started) < self.window {
+            return Vec::new();
+        }
+        inner.started = now;
+        inner.by_source.clear();
+        let pending = std::mem::take(&mut inner.pending);
+        pending
+            .into_iter()
+            .filter_map(|(attempt, tally)| tally.map(|t| failure_event(&attempt, &t, now_ms)))
+            .collect()
+    }
+}
+
+/// Audits the failures counted in windows that have ended; `force` ends the current one
+/// (at shutdown). The server runs this every second.
+pub async fn flush_failures(state: &AppState, force: bool) {
+    let events = state
+        .auth_failures()
+        .close_window(Instant::now(), now_ms(), force);
+    for event in events {
+        let appended = state
+            .audit()
+            .append(Append {
+                event,
+                decision: None,
+            })
+            .await;
+        if appended.is_err() {
+            tracing::error!("aggregated authentication failures could not be audited");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,8 +445,9 @@ mod tests {
             Some("support-bot")
         );
         assert!(c.agent_for(Some("infra-bot")).is_err());
-        assert_eq!(c.agent_for(None).unwrap(), None);
+        assert_eq!(c.agent_for(None).unwrap_err().code(), "agent_required");
         let bare = caller(&[Role::Controller], None);
+        assert_eq!(bare.agent_for(None).unwrap(), None);
         assert!(bare.agent_for(Some("support-bot")).is_err());
     }
 

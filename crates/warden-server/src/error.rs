@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+use warden_policy::json::JsonError;
 
 /// An error answered to the caller.
 #[derive(Debug, Clone)]
@@ -14,6 +15,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    retry_after: Option<u32>,
 }
 
 /// The JSON body of every error.
@@ -36,7 +38,20 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the caller to retry after `seconds` (`Retry-After`), for refusals under load.
+    pub fn retry_after(&mut self, seconds: u32) {
+        self.retry_after = Some(seconds);
+    }
+
+    /// 503 `overloaded`: more work than the server takes at once; retry in a second.
+    pub fn overloaded(detail: impl Into<String>) -> Self {
+        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail);
+        error.retry_after(1);
+        error
     }
 
     /// 400: the request is malformed.
@@ -89,6 +104,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
@@ -108,24 +128,62 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`, naming what is wrong without internal detail.
+/// Parses a JSON body into `T` with the strict parser (no repeated keys at any depth),
+/// naming what is wrong without internal detail.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if std::str::from_utf8(bytes).is_err() {
+    let value = warden_policy::json::parse_strict(bytes).map_err(|e| match e {
+        JsonError::DuplicateKey { .. } => ApiError::bad_request("duplicate_key", e.to_string()),
+        other => ApiError::bad_request("invalid_body", other.to_string()),
+    })?;
+    if !value.is_object() {
         return Err(ApiError::bad_request(
             "invalid_body",
-            "the body is not valid UTF-8",
+            "the body must be a JSON object",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        // serde_json's messages describe the input (`unknown field `x``, `expected a string`),
-        // not our internals; drop the position suffix and restate it in words.
-        let text = e.to_string();
-        let text = text
-            .find(" at line ")
-            .map_or(text.as_str(), |at| &text[..at]);
-        ApiError::bad_request(
-            "invalid_body",
-            format!("{text} (line {}, column {})", e.line(), e.column()),
-        )
-    })
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request("invalid_body", in_words(&e.to_string())))
+}
+
+/// A serde message in the caller's terms: JSON kinds instead of Rust types
+/// (`expected struct Target` → `expected an object`, `u64` → `a whole number`).
+pub fn in_words(message: &str) -> String {
+    let message = message
+        .find(" at line ")
+        .map_or(message, |at| &message[..at]);
+    let mut out = Vec::new();
+    let mut words = message.split(' ').peekable();
+    while let Some(word) = words.next() {
+        match word {
+            "struct" | "enum" => {
+                // The type's name follows; the caller knows it as an object or a value.
+                let name = words.next().unwrap_or("");
+                let rest = name.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+                out.push(format!(
+                    "{}{rest}",
+                    if word == "struct" {
+                        "an object"
+                    } else {
+                        "one of the documented values"
+                    }
+                ));
+                // `with N elements` describes the tuple form serde also accepts.
+                if words.peek() == Some(&"with") {
+                    words.next();
+                    words.next();
+                    words.next();
+                }
+            }
+            w => out.push(match w.trim_end_matches([',', '`']) {
+                "u8" | "u16" | "u32" | "u64" | "i32" | "i64" | "usize" => {
+                    w.replacen(w.trim_end_matches([',', '`']), "a whole number", 1)
+                }
+                "f32" | "f64" => w.replacen(w.trim_end_matches([',', '`']), "a number", 1),
+                "sequence" => w.replacen("sequence", "an array", 1),
+                "map" => w.replacen("map", "an object", 1),
+                _ => w.to_owned(),
+            }),
+        }
+    }
+    out.join(" ")
 }

@@ -18,13 +18,22 @@ pub enum Role {
     Agent,
     /// Decides approvals and proposals.
     Approver,
-    /// Manages policy, keys and the audit log.
+    /// Manages its tenant's policy and reads its tenant's audit log.
     Admin,
+    /// Runs the installation: what spans tenants (reloading every policy, verifying the
+    /// whole chain, metrics, purging).
+    Operator,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Controller, Role::Agent, Role::Approver, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Controller,
+        Role::Agent,
+        Role::Approver,
+        Role::Admin,
+        Role::Operator,
+    ];
 
     /// The role's name.
     pub fn as_str(self) -> &'static str {
@@ -33,6 +42,7 @@ impl Role {
             Role::Agent => "agent",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
     }
 
@@ -96,6 +106,9 @@ pub fn issue(spec: KeySpec, now_ms: i64) -> IssuedKey {
 /// Why a key could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateKeyError {
+    /// The key's spec is not one Warden accepts; nothing was stored.
+    #[error("{0}")]
+    Invalid(String),
     /// The store refused the key.
     #[error("cannot store the key: {0}")]
     Store(#[source] StoreError),
@@ -122,6 +135,7 @@ pub async fn create(
     by: &str,
     now_ms: i64,
 ) -> Result<(IssuedKey, KeyRecord), CreateKeyError> {
+    validate(&spec).map_err(CreateKeyError::Invalid)?;
     let issued = issue(spec, now_ms);
     let record = store
         .create_key(issued.record.clone())
@@ -157,6 +171,43 @@ pub async fn create(
         });
     }
     Ok((issued, record))
+}
+
+/// Refuses a key that would not mean one thing: an agent key names exactly one agent (no
+/// glob), a controller's agent pattern is printable, and roles are not empty.
+pub fn validate(spec: &KeySpec) -> Result<(), String> {
+    if spec.roles.is_empty() {
+        return Err("a key needs at least one role".into());
+    }
+    if spec.tenant.is_empty() || !spec.tenant.chars().all(warden_policy::action::printable) {
+        return Err("a key needs a tenant of printable characters".into());
+    }
+    let agent = spec.agent.as_deref();
+    if spec.roles.contains(&Role::Agent) && !agent.is_some_and(is_agent_id) {
+        return Err(
+            "an agent key names exactly one agent: `--agent ID`, without `*`, `?` or `[`".into(),
+        );
+    }
+    if let Some(agent) = agent
+        && (agent.is_empty()
+            || agent.len() > warden_policy::action::MAX_IDENTIFIER
+            || !agent.chars().all(warden_policy::action::printable))
+    {
+        return Err(format!(
+            "the agent pattern must be 1 to {} printable characters",
+            warden_policy::action::MAX_IDENTIFIER
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `id` names one agent: printable, within the identifier limit, and no glob.
+pub fn is_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= warden_policy::action::MAX_IDENTIFIER
+        && id
+            .chars()
+            .all(|c| warden_policy::action::printable(c) && !matches!(c, '*' | '?' | '[' | ']'))
 }
 
 /// Splits a token into its id and secret; `None` if it is not shaped like a Warden key.

@@ -12,6 +12,8 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod body;
+pub mod conn;
 pub mod error;
 pub mod ids;
 pub mod keys;

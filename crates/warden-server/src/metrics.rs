@@ -15,6 +15,11 @@ struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     code: &'static str,
 }
@@ -24,6 +29,7 @@ struct ErrorLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    replayed: Family<TenantLabels, Counter>,
     decision_seconds: Histogram,
     audit_batch_size: Histogram,
     audit_batch_seconds: Histogram,
@@ -43,6 +49,12 @@ impl Default for Metrics {
             "decisions",
             "Decisions answered, by tenant and effect",
             decisions.clone(),
+        );
+        let replayed = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "decisions_replayed",
+            "Decisions answered again for a repeated idempotency key, by tenant",
+            replayed.clone(),
         );
         let decision_seconds = Histogram::new(seconds_buckets());
         registry.register(
@@ -69,6 +81,7 @@ impl Default for Metrics {
         Self {
             registry,
             decisions,
+            replayed,
             decision_seconds,
             audit_batch_size,
             audit_batch_seconds,
@@ -87,6 +100,15 @@ impl Metrics {
             })
             .inc();
         self.decision_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a decision answered from the record of an earlier identical request.
+    pub fn replayed(&self, tenant: &str) {
+        self.replayed
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one audit transaction.

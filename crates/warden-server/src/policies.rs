@@ -61,6 +61,8 @@ pub struct LoadError {
 pub struct Policies {
     dir: PathBuf,
     current: ArcSwap<PolicySet>,
+    /// Reloads take turns, so a tenant's reload never undoes another's.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Policies {
@@ -70,6 +72,7 @@ impl Policies {
         Ok(Self {
             dir: dir.to_owned(),
             current: ArcSwap::from_pointee(set),
+            reloading: std::sync::Mutex::new(()),
         })
     }
 
@@ -80,9 +83,49 @@ impl Policies {
 
     /// Recompiles the folder; swaps the new set in only if all of it compiles.
     pub fn reload(&self) -> Result<Arc<PolicySet>, LoadError> {
+        let _turn = self.reloading.lock();
         let set = Arc::new(load_dir(&self.dir)?);
         self.current.store(Arc::clone(&set));
         Ok(set)
+    }
+
+    /// Recompiles `tenant`'s own file alone and swaps only that tenant: a tenant's admin
+    /// reloads its policy without touching, seeing or being blocked by any other. Returns
+    /// the new version, or `None` when the tenant has no file (any more) and so uses
+    /// `default`.
+    pub fn reload_tenant(&self, tenant: &str) -> Result<Option<String>, LoadError> {
+        let _turn = self.reloading.lock();
+        let mut files = Vec::new();
+        for path in list(&self.dir)? {
+            if tenant_of(&path).as_deref() == Some(tenant) && path.is_file() {
+                files.push(path);
+            }
+        }
+        let loaded = match files.as_slice() {
+            [] => None,
+            [path] => Some(Arc::new(compile(&self.dir, path)?)),
+            [first, second, ..] => {
+                return Err(LoadError {
+                    problems: vec![format!(
+                        "{}: tenant `{tenant}` already has a policy in {}",
+                        relative(&self.dir, second),
+                        relative(&self.dir, first)
+                    )],
+                });
+            }
+        };
+        let version = loaded
+            .as_ref()
+            .map(|p| p.policy.version().as_str().to_owned());
+        let mut set = PolicySet {
+            by_tenant: self.current.load().by_tenant.clone(),
+        };
+        match loaded {
+            Some(policy) => set.by_tenant.insert(tenant.to_owned(), policy),
+            None => set.by_tenant.remove(tenant),
+        };
+        self.current.store(Arc::new(set));
+        Ok(version)
     }
 
     /// The folder policies are read from.
@@ -105,51 +148,64 @@ fn tenant_of(path: &Path) -> Option<String> {
     Some(stem.to_owned())
 }
 
-fn load_dir(dir: &Path) -> Result<PolicySet, LoadError> {
-    let fail = |message: String| LoadError {
-        problems: vec![message],
+/// A file's name relative to the policy folder: errors never show the server's paths.
+fn relative(dir: &Path, path: &Path) -> String {
+    path.strip_prefix(dir).unwrap_or(path).display().to_string()
+}
+
+/// The folder's entries, sorted.
+fn list(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let fail = |e: std::io::Error| LoadError {
+        problems: vec![format!("the policy folder cannot be read: {e}")],
     };
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| fail(format!("{}: cannot read the folder: {e}", dir.display())))?;
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| fail(format!("{}: cannot read the folder: {e}", dir.display())))?;
-        paths.push(entry.path());
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        paths.push(entry.map_err(fail)?.path());
     }
     paths.sort();
+    Ok(paths)
+}
+
+/// Reads and compiles one policy file; problems name it relative to the folder.
+fn compile(dir: &Path, path: &Path) -> Result<LoadedPolicy, LoadError> {
+    let name = relative(dir, path);
+    let source = std::fs::read_to_string(path).map_err(|e| LoadError {
+        problems: vec![format!("{name}: cannot read: {e}")],
+    })?;
+    match Policy::parse(&source) {
+        Ok(policy) => Ok(LoadedPolicy {
+            policy,
+            path: path.to_owned(),
+        }),
+        Err(errors) => Err(LoadError {
+            problems: errors.iter().map(|e| format!("{name}:{e}")).collect(),
+        }),
+    }
+}
+
+fn load_dir(dir: &Path) -> Result<PolicySet, LoadError> {
     let mut set = PolicySet::default();
     let mut problems = Vec::new();
-    for path in paths {
+    for path in list(dir)? {
         let Some(tenant) = tenant_of(&path) else {
             continue;
         };
         if !path.is_file() {
             continue;
         }
-        let source = match std::fs::read_to_string(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("{}: cannot read: {e}", path.display()));
-                continue;
+        if let Some(previous) = set.by_tenant.get(&tenant) {
+            problems.push(format!(
+                "{}: tenant `{tenant}` already has a policy in {}",
+                relative(dir, &path),
+                relative(dir, &previous.path)
+            ));
+            continue;
+        }
+        match compile(dir, &path) {
+            Ok(loaded) => {
+                set.by_tenant.insert(tenant, Arc::new(loaded));
             }
-        };
-        match Policy::parse(&source) {
-            Ok(policy) => {
-                if let Some(previous) = set.by_tenant.get(&tenant) {
-                    problems.push(format!(
-                        "{}: tenant `{tenant}` already has a policy in {}",
-                        path.display(),
-                        previous.path.display()
-                    ));
-                    continue;
-                }
-                set.by_tenant
-                    .insert(tenant, Arc::new(LoadedPolicy { policy, path }));
-            }
-            Err(errors) => {
-                problems.extend(errors.iter().map(|e| format!("{}:{e}", path.display())));
-            }
+            Err(e) => problems.extend(e.problems),
         }
     }
     if problems.is_empty() {
@@ -162,6 +218,50 @@ fn load_dir(dir: &Path) -> Result<PolicySet, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_reload_swaps_that_tenant_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "version: 1.0.0\ndefault: deny\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "version: 1.0.0\ndefault: deny\n").unwrap();
+        let policies = Policies::load(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "version: 2.0.0\ndefault: deny\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "version: 2.0.0\ndefault: alow\n").unwrap();
+        assert_eq!(
+            policies.reload_tenant("a").unwrap().as_deref(),
+            Some("2.0.0")
+        );
+        let error = policies.reload_tenant("b").unwrap_err().to_string();
+        assert!(error.starts_with("b.yaml:2:"), "{error}");
+        let set = policies.current();
+        let version = |t: &str| {
+            set.for_tenant(t)
+                .unwrap()
+                .policy
+                .version()
+                .as_str()
+                .to_owned()
+        };
+        assert_eq!(
+            (version("a"), version("b")),
+            ("2.0.0".into(), "1.0.0".into())
+        );
+        // A tenant without a file of its own reloads to the default.
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert_eq!(policies.reload_tenant("a").unwrap(), None);
+        assert_eq!(
+            policies
+                .current()
+                .for_tenant("a")
+                .unwrap()
+                .policy
+                .version()
+                .as_str(),
+            "1.0.0"
+        );
+        assert_eq!(policies.reload_tenant("../default").unwrap(), None);
+    }
 
     const POLICY: &str = "version: 1.0.0\ndefault: deny\n";
 
@@ -199,7 +299,13 @@ mod tests {
         )
         .unwrap();
         let error = policies.reload().unwrap_err();
-        assert!(error.to_string().contains("default.yaml:2:"), "{error}");
+        assert!(error.to_string().starts_with("default.yaml:2:"), "{error}");
+        assert!(
+            !error
+                .to_string()
+                .contains(&dir.path().display().to_string()),
+            "no server path in {error}"
+        );
         assert_eq!(
             policies
                 .current()

@@ -2,7 +2,8 @@
 //! digest key, the key cache and the metrics, behind one cheap-to-clone handle.
 
 use crate::audit::{AuditKey, AuditWriter};
-use crate::auth::KeyCache;
+use crate::auth::{AuthFailures, KeyCache};
+use crate::body::BodyBudget;
 use crate::metrics::Metrics;
 use crate::policies::Policies;
 use std::sync::Arc;
@@ -18,8 +19,23 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Requests handled at once; more are answered 503 `overloaded` at once.
     pub max_in_flight: usize,
-    /// How long a verified key is trusted without asking the store again.
+    /// How long a verified key is trusted without asking the store again, counted from
+    /// when it was read from the store: a revocation anywhere applies within this.
     pub key_cache_ttl: Duration,
+    /// A request body must arrive in full within this; 408 `body_timeout` otherwise.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once across all requests; past it, 503.
+    pub body_budget_bytes: usize,
+    /// Authentication failures from one source within [`Limits::auth_failure_window`]
+    /// after which that source is answered 429 before any key lookup.
+    pub auth_failure_limit: u32,
+    /// The window authentication failures are counted and aggregated in.
+    pub auth_failure_window: Duration,
+    /// A connection must send a whole request head within this, from when it opens or
+    /// from its previous answer; an idle keep-alive connection is closed after it.
+    pub header_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take before their connections close.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -29,6 +45,12 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             max_in_flight: 1024,
             key_cache_ttl: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(15),
+            body_budget_bytes: 64 * 1024 * 1024,
+            auth_failure_limit: 100,
+            auth_failure_window: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(15),
         }
     }
 }
@@ -44,6 +66,8 @@ struct Inner {
     audit: AuditWriter,
     audit_key: AuditKey,
     keys: KeyCache,
+    auth_failures: AuthFailures,
+    body_budget: BodyBudget,
     metrics: Arc<Metrics>,
     limits: Limits,
 }
@@ -64,6 +88,8 @@ impl AppState {
             audit,
             audit_key,
             keys: KeyCache::new(limits.key_cache_ttl),
+            auth_failures: AuthFailures::new(limits.auth_failure_limit, limits.auth_failure_window),
+            body_budget: BodyBudget::new(limits.body_budget_bytes),
             metrics,
             limits,
         }))
@@ -88,6 +114,14 @@ impl AppState {
     /// Recently verified keys.
     pub fn keys(&self) -> &KeyCache {
         &self.0.keys
+    }
+    /// Recent authentication failures, by source.
+    pub fn auth_failures(&self) -> &AuthFailures {
+        &self.0.auth_failures
+    }
+    /// The bytes request bodies may hold at once.
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.0.body_budget
     }
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {

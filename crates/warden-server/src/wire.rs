@@ -36,6 +36,10 @@ pub struct DecisionBody {
     pub next_steps: Vec<Value>,
     /// Time spent evaluating, in nanoseconds.
     pub eval_ns: u64,
+    /// Present and `true` when this is the recorded answer to an earlier request with the
+    /// same idempotency key and the same action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<bool>,
 }
 
 /// One reason.
@@ -137,6 +141,7 @@ impl DecisionBody {
             rule_missing: None,
             next_steps: Vec::new(),
             eval_ns,
+            replayed: None,
         }
     }
 }
@@ -161,6 +166,7 @@ impl DecisionBody {
             rule_missing: None,
             next_steps: Vec::new(),
             eval_ns: 0,
+            replayed: None,
         }
     }
 }
@@ -171,35 +177,78 @@ impl DecisionBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    /// Idempotency key: a repeat from the same tenant returns the first decision.
+    /// Idempotency key: a repeat of the same action by the same key returns the first
+    /// decision; the same key for a different action is 409 `idempotency_mismatch`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 512,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub id: Option<String>,
     /// Dotted action name, e.g. `ticket.resolve`.
     #[serde(rename = "type")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+    )]
     pub kind: String,
     /// What the action is done to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetRequest>,
     /// The agent's confidence, in [0, 1].
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub confidence: Option<f64>,
     /// Execution mode, e.g. `auto` or `draft`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub mode: Option<String>,
-    /// The agent; only where the key allows naming it.
+    /// The agent; only where the key allows naming it, and required when the key has an
+    /// agent pattern.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub agent: Option<String>,
     /// The human the agent acts for.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub on_behalf_of: Option<String>,
     /// The application.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub app: Option<String>,
     /// The workflow within the application.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub workflow: Option<String>,
     /// The agent run.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub run_id: Option<String>,
     /// Arguments; read by rules, stored only as a keyed digest.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,9 +269,19 @@ pub struct ActionRequest {
 pub struct TargetRequest {
     /// The kind of object, e.g. `ticket`.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub kind: Option<String>,
     /// Its id.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 512,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub id: Option<String>,
 }
 
@@ -235,6 +294,7 @@ pub struct UsageRequest {
     pub tokens: Option<u64>,
     /// Money spent, in US dollars.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0)]
     pub cost_usd: Option<f64>,
     /// Tool invocations.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,6 +309,7 @@ pub struct OutcomeRequest {
     pub status: OutcomeStatus,
     /// For a failure, a short machine code (letters, digits, `_`, `-`, `.`; at most 64).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_.-]+$")]
     pub error_code: Option<String>,
 }
 
@@ -328,13 +389,14 @@ pub struct EventBody {
     pub payload_digest: Option<String>,
     /// Keyed digest of the context.
     pub context_digest: Option<String>,
-    /// Fields kept by `audit.keep`.
-    #[schema(value_type = Object)]
+    /// Fields kept by `audit.keep`, keyed by their path as the policy writes it; `null`
+    /// when nothing was kept.
+    #[schema(value_type = Option<Object>)]
     pub kept: Value,
     /// The decision this event records or refers to.
     pub decision_id: Option<String>,
-    /// Kind-specific detail.
-    #[schema(value_type = Object)]
+    /// Kind-specific detail; `null` when there is none.
+    #[schema(value_type = Option<Object>)]
     pub detail: Value,
     /// The previous event's hash.
     pub prev_hash: String,

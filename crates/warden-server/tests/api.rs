@@ -51,8 +51,13 @@ struct Server {
     app: Router,
     store: Arc<dyn Store>,
     policies_dir: tempfile::TempDir,
+    state: AppState,
     admin: String,
+    operator: String,
+    /// A controller that names no agent.
     controller: String,
+    /// A controller for agents `support-*`: every action must name one.
+    support: String,
 }
 
 impl Server {
@@ -80,13 +85,12 @@ impl Server {
     }
 
     async fn decide(&self, body: Value) -> (StatusCode, Value) {
-        self.call(
-            Method::POST,
-            "/v1/decisions",
-            Some(&self.controller),
-            &body.to_string(),
-        )
-        .await
+        self.decide_as(&self.controller, body).await
+    }
+
+    async fn decide_as(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/v1/decisions", Some(key), &body.to_string())
+            .await
     }
 
     async fn events(&self, kind: &str) -> Vec<Event> {
@@ -180,14 +184,19 @@ async fn server_with(store: Arc<dyn Store>, policy: &str, limits: Limits) -> Ser
     let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
     let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
     let mut s = Server {
-        app: app(state),
+        app: app(state.clone()),
+        state,
         store,
         policies_dir: dir,
         admin: String::new(),
+        operator: String::new(),
         controller: String::new(),
+        support: String::new(),
     };
     s.admin = s.key("acme", vec![Role::Admin], None).await;
-    s.controller = s
+    s.operator = s.key("_system", vec![Role::Operator], None).await;
+    s.controller = s.key("acme", vec![Role::Controller], None).await;
+    s.support = s
         .key("acme", vec![Role::Controller], Some("support-*"))
         .await;
     s
@@ -198,12 +207,15 @@ async fn a_decision_is_answered_audited_and_readable_again() {
     for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let (status, body) = s
-            .decide(json!({
-                "type": "ticket.resolve", "confidence": 0.7, "agent": "support-bot",
-                "target": {"type": "ticket", "id": "T-1042"},
-                "payload": {"resolution": "refund"},
-                "context": {"user": {"email": "ann@example.com", "role": "agent"}}
-            }))
+            .decide_as(
+                &s.support,
+                json!({
+                    "type": "ticket.resolve", "confidence": 0.7, "agent": "support-bot",
+                    "target": {"type": "ticket", "id": "T-1042"},
+                    "payload": {"resolution": "refund"},
+                    "context": {"user": {"email": "ann@example.com", "role": "agent"}}
+                }),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["effect"], "deny");
@@ -279,15 +291,21 @@ async fn a_repeated_id_returns_the_first_decision_and_writes_nothing_new() {
     for Db { store, _dir } in stores().await {
         let s = server(store).await;
         let action = json!({"id": "retry-1", "type": "ticket.update", "agent": "support-bot"});
-        let (_, first) = s.decide(action.clone()).await;
-        let (status, second) = s.decide(action.clone()).await;
+        let (_, first) = s.decide_as(&s.support, action.clone()).await;
+        // The same action with its keys in another order and other spacing is the same.
+        let reordered = r#"{ "agent" : "support-bot", "type": "ticket.update", "id": "retry-1" }"#;
+        let (status, second) = s
+            .call(Method::POST, "/v1/decisions", Some(&s.support), reordered)
+            .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(first["decision_id"], second["decision_id"]);
         assert_eq!(first["effect"], "allow");
+        assert!(first.get("replayed").is_none(), "{first}");
+        assert_eq!(second["replayed"], true);
         assert_eq!(s.events(kind::DECISION).await.len(), 1);
 
         // Concurrent repeats all get the one decision.
-        let answers = futures_join(&s, action.clone(), 8).await;
+        let answers = futures_join(&s, &s.support, action.clone(), 8).await;
         assert!(
             answers
                 .iter()
@@ -309,15 +327,16 @@ async fn a_repeated_id_returns_the_first_decision_and_writes_nothing_new() {
     }
 }
 
-async fn futures_join(s: &Server, action: Value, n: usize) -> Vec<Value> {
+async fn futures_join(s: &Server, key: &str, action: Value, n: usize) -> Vec<Value> {
     let mut handles = Vec::new();
     for _ in 0..n {
         let app = s.app.clone();
-        let token = s.controller.clone();
+        let token = key.to_owned();
         let body = action.to_string();
         handles.push(tokio::spawn(async move {
             let request = Request::post("/v1/decisions")
                 .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
                 .body(Body::from(body))
                 .unwrap();
             let response = app.oneshot(request).await.unwrap();
@@ -343,7 +362,7 @@ async fn bad_input_gets_a_clear_error_and_records_nothing() {
                 "[]".into(),
                 StatusCode::BAD_REQUEST,
                 "invalid_action",
-                "expected",
+                "an action is a JSON object, not an array",
             ),
             (
                 json!({"type": "ticket.resolve", "tenant": "x"}).to_string(),
@@ -354,14 +373,81 @@ async fn bad_input_gets_a_clear_error_and_records_nothing() {
             (
                 json!({"type": 5}).to_string(),
                 StatusCode::BAD_REQUEST,
-                "invalid_action",
-                "at `type`: invalid type",
+                "invalid_field",
+                "invalid `type`: expected a string, got a number",
             ),
             (
                 json!({"type": "x.y", "usage": {"tokens": "many"}}).to_string(),
                 StatusCode::BAD_REQUEST,
-                "invalid_action",
-                "at `usage.tokens`",
+                "invalid_field",
+                "invalid `usage.tokens`: expected a whole number, got a string",
+            ),
+            (
+                json!({"type": "x.y", "target": ["ticket", "T-1"]}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `target`: expected an object, got an array",
+            ),
+            (
+                json!({"type": "x.y", "context": [1, 2]}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `context`: expected an object, got an array",
+            ),
+            (
+                json!({"type": ""}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `type`: must not be empty",
+            ),
+            (
+                json!({"type": "x.y", "agent": "support-x\n99999 allow FORGED-LINE"}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `agent`: holds the non-printable character U+000A",
+            ),
+            (
+                json!({"type": "x.y", "on_behalf_of": "user\u{202e}evil"}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `on_behalf_of`: holds the non-printable character U+202E",
+            ),
+            (
+                json!({"type": "x.y", "mode": "m".repeat(65)}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `mode`: is longer than 64 characters",
+            ),
+            (
+                json!({"type": "x.y", "target": {"id": "t".repeat(513)}}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `target.id`: is longer than 512 characters",
+            ),
+            (
+                json!({"type": "x.y", "workflow": "w".repeat(201)}).to_string(),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "invalid `workflow`: is longer than 200 characters",
+            ),
+            (
+                r#"{"type": "x.y", "context": {"user": {"role": "restricted", "role": "agent"}}}"#
+                    .into(),
+                StatusCode::BAD_REQUEST,
+                "duplicate_key",
+                "duplicate key at `context.user.role`",
+            ),
+            (
+                r#"{"type": "x.y", "payload": {"items": [{"a": 1}, {"b": 1, "b": 2}]}}"#.into(),
+                StatusCode::BAD_REQUEST,
+                "duplicate_key",
+                "duplicate key at `payload.items[1].b`",
+            ),
+            (
+                r#"{"type": "x.y", "type": "ticket.update"}"#.into(),
+                StatusCode::BAD_REQUEST,
+                "duplicate_key",
+                "duplicate key at `type`",
             ),
             (
                 json!({"confidence": 0.5}).to_string(),
@@ -390,7 +476,7 @@ async fn bad_input_gets_a_clear_error_and_records_nothing() {
                 "deeper than 64",
             ),
             (
-                json!({"type": "x.y", "id": "k".repeat(500)}).to_string(),
+                json!({"type": "x.y", "id": "k".repeat(513)}).to_string(),
                 StatusCode::BAD_REQUEST,
                 "invalid_field",
                 "`id`",
@@ -404,15 +490,49 @@ async fn bad_input_gets_a_clear_error_and_records_nothing() {
             assert_eq!(answer["error"], code, "{body}: {answer}");
             let text = answer["detail"].as_str().unwrap();
             assert!(text.contains(detail), "{body}: {text}");
-            assert!(
-                !text.contains("serde") && !text.contains("warden_"),
-                "{text}"
+            for internal in [
+                "serde",
+                "warden_",
+                "struct",
+                "RawAction",
+                "u64",
+                "f64",
+                "sequence",
+            ] {
+                assert!(!text.contains(internal), "{body}: {text}");
+            }
+        }
+
+        // Only JSON is read as JSON.
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let mut request = Request::post("/v1/decisions")
+                .header("authorization", format!("Bearer {}", s.controller));
+            if let Some(t) = content_type {
+                request = request.header("content-type", t);
+            }
+            let request = request
+                .body(Body::from(r#"{"type":"ticket.update"}"#))
+                .unwrap();
+            let response = s.app.clone().oneshot(request).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{content_type:?}"
             );
+            let body: Value =
+                serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
+            assert_eq!(body["error"], "unsupported_media_type");
         }
 
         // Invalid UTF-8.
         let request = Request::post("/v1/decisions")
             .header("authorization", format!("Bearer {}", s.controller))
+            .header("content-type", "application/json")
             .body(Body::from(vec![b'{', 0xff, b'}']))
             .unwrap();
         let response = s.app.clone().oneshot(request).await.unwrap();
@@ -491,15 +611,34 @@ async fn keys_are_checked_and_failures_audited() {
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert_eq!(body["error"], "forbidden");
 
-        // The controller may name only agents its pattern allows.
+        // The controller may name only agents its pattern allows, and must name one.
         let (status, _) = s
-            .decide(json!({"type": "ticket.update", "agent": "support-bot"}))
+            .decide_as(
+                &s.support,
+                json!({"type": "ticket.update", "agent": "support-bot"}),
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         let (status, body) = s
-            .decide(json!({"type": "ticket.update", "agent": "infra-bot"}))
+            .decide_as(
+                &s.support,
+                json!({"type": "ticket.update", "agent": "infra-bot"}),
+            )
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, body) = s
+            .decide_as(&s.support, json!({"type": "ticket.update"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "agent_required");
+        let (status, _) = s
+            .decide(json!({"type": "ticket.update", "agent": "support-bot"}))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "a key without a pattern names no agent"
+        );
 
         // A revoked key stops working.
         let id = keys::parse_token(&s.controller).unwrap().0.to_owned();
@@ -598,7 +737,7 @@ async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
         let path = s.policies_dir.path().join("default.yaml");
         std::fs::write(&path, POLICY.replace("version: 1.0.0", "version: 1.1.0")).unwrap();
         let (status, body) = s
-            .call(Method::POST, "/v1/policy/reload", Some(&s.admin), "")
+            .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["policies"][0]["version"], "1.1.0");
@@ -607,7 +746,7 @@ async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
 
         std::fs::write(&path, "version: 1.2.0\ndefault: alow\n").unwrap();
         let (status, body) = s
-            .call(Method::POST, "/v1/policy/reload", Some(&s.admin), "")
+            .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(body["error"], "policy_invalid");
@@ -630,7 +769,7 @@ async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
 }
 
 #[tokio::test]
-async fn operations_routes_answer_without_a_key() {
+async fn operations_routes_answer_without_a_key_and_metrics_need_an_operator() {
     for Db { store, _dir } in stores().await {
         let s = server(store).await;
         s.decide(json!({"type": "ticket.update"})).await;
@@ -644,7 +783,7 @@ async fn operations_routes_answer_without_a_key() {
             (status, body["status"].as_str()),
             (StatusCode::OK, Some("ready"))
         );
-        let (status, metrics) = s.call(Method::GET, "/metrics", None, "").await;
+        let (status, metrics) = s.call(Method::GET, "/metrics", Some(&s.operator), "").await;
         assert_eq!(status, StatusCode::OK);
         let metrics = metrics.as_str().unwrap();
         assert!(
@@ -691,6 +830,14 @@ async fn admins_query_their_tenant_and_verify_the_chain() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (status, body) = s
             .call(Method::GET, "/v1/audit/verify", Some(&s.admin), "")
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the chain spans tenants: {body}"
+        );
+        let (status, body) = s
+            .call(Method::GET, "/v1/audit/verify", Some(&s.operator), "")
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["intact"], true);
@@ -775,6 +922,12 @@ impl Store for Breakable {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+    async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        self.inner.probe_write(now_ms).await
     }
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
         if self.broken.load(Ordering::SeqCst) {
@@ -864,7 +1017,7 @@ async fn a_broken_sqlite_database_denies() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["effect"], "deny");
     assert_eq!(body["reasons"][0]["code"], "audit_unavailable");
-    let (_, metrics) = s.call(Method::GET, "/metrics", None, "").await;
+    let (_, metrics) = s.call(Method::GET, "/metrics", Some(&s.operator), "").await;
     assert!(
         metrics
             .as_str()
@@ -906,6 +1059,7 @@ async fn no_policy_for_the_tenant_means_deny() {
     .token;
     let request = Request::post("/v1/decisions")
         .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
         .body(Body::from(r#"{"type": "ticket.update"}"#))
         .unwrap();
     let response = app(state).oneshot(request).await.unwrap();
@@ -939,6 +1093,7 @@ async fn requests_over_the_in_flight_bound_are_refused_at_once() {
     let stuck = tokio::spawn(async move {
         let request = Request::post("/v1/decisions")
             .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
             .body(Body::from(r#"{"type": "ticket.update"}"#))
             .unwrap();
         app.oneshot(request).await.unwrap().status()
@@ -960,4 +1115,515 @@ async fn requests_over_the_in_flight_bound_are_refused_at_once() {
     assert_eq!(stuck.await.unwrap(), StatusCode::OK);
     let (status, _) = s.call(Method::GET, "/healthz", None, "").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Issue 4 §1: an idempotency key is scoped to the key that asked and bound to the action.
+/// Before, another controller key of the tenant got the first allow back for a refund.
+#[tokio::test]
+async fn an_idempotency_key_never_replays_a_different_action() {
+    for Db { store, _dir } in stores().await {
+        let s = server(store).await;
+        let (_, first) = s
+            .decide_as(
+                &s.support,
+                json!({"id": "k1", "type": "ticket.get", "agent": "support-bot"}),
+            )
+            .await;
+        assert_eq!(first["effect"], "allow");
+        let refund = json!({"id": "k1", "type": "billing.refund", "agent": "triage-bot",
+                            "payload": {"amount": 99999}});
+        // Another key of the tenant: its own key space, so this is decided on its own.
+        let other = s.key("acme", vec![Role::Controller], Some("*")).await;
+        let (status, theirs) = s.decide_as(&other, refund.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{theirs}");
+        assert_eq!(theirs["effect"], "deny");
+        assert_ne!(theirs["decision_id"], first["decision_id"]);
+        // The same key for another action: 409, never the first answer.
+        let changed = json!({"id": "k1", "type": "ticket.get", "agent": "support-bot",
+                             "payload": {"x": 1}});
+        let (status, body) = s.decide_as(&s.support, changed).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"], "idempotency_mismatch");
+        assert!(body.get("decision_id").is_none());
+        let mismatches = s.events(kind::IDEMPOTENCY_MISMATCH).await;
+        assert_eq!(mismatches.len(), 1);
+        let e = &mismatches[0].event;
+        assert_eq!(e.tenant, "acme");
+        assert_eq!(e.agent.as_deref(), Some("support-bot"));
+        assert_eq!(e.action_type.as_deref(), Some("ticket.get"));
+        assert_eq!(
+            e.decision_id,
+            first["decision_id"].as_str().map(str::to_owned)
+        );
+        let support_id = keys::parse_token(&s.support).unwrap().0;
+        assert_eq!(e.detail["key_id"], support_id);
+        assert!(
+            e.payload_digest.is_none(),
+            "no payload, not even its digest"
+        );
+        assert_eq!(
+            s.events(kind::DECISION).await.len(),
+            2,
+            "nothing new was decided"
+        );
+        // The unchanged retry is still a replay, and counted.
+        let (_, again) = s
+            .decide_as(
+                &s.support,
+                json!({"id": "k1", "type": "ticket.get", "agent": "support-bot"}),
+            )
+            .await;
+        assert_eq!(again["decision_id"], first["decision_id"]);
+        assert_eq!(again["replayed"], true);
+        let (_, metrics) = s.call(Method::GET, "/metrics", Some(&s.operator), "").await;
+        assert!(
+            metrics
+                .as_str()
+                .unwrap()
+                .contains(r#"warden_decisions_replayed_total{tenant="acme"} 1"#),
+            "{metrics}"
+        );
+    }
+}
+
+/// Issue 4 §2: a cache hit used to renew the entry, so a key used every 0.27 s stayed
+/// valid forever after its revocation. Entries now expire a TTL after the store read.
+#[tokio::test]
+async fn a_revoked_key_stops_within_the_cache_ttl_however_often_it_is_used() {
+    for Db { store, _dir } in stores().await {
+        let ttl = Duration::from_millis(400);
+        let s = server_with(
+            store,
+            POLICY,
+            Limits {
+                key_cache_ttl: ttl,
+                ..Limits::default()
+            },
+        )
+        .await;
+        let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(status, StatusCode::OK);
+        // Revoked in the store, as another replica or `warden keys revoke` does.
+        let id = keys::parse_token(&s.controller).unwrap().0.to_owned();
+        assert!(s.store.revoke_key(&id, 2).await.unwrap());
+        let revoked_at = std::time::Instant::now();
+        let mut last_ok = None;
+        while revoked_at.elapsed() < ttl * 4 {
+            let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+            if status == StatusCode::OK {
+                last_ok = Some(revoked_at.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            last_ok.is_none_or(|at| at <= ttl),
+            "answered {last_ok:?} after the revocation, with a {ttl:?} TTL"
+        );
+    }
+}
+
+/// Issue 4 §6: an agent key names one agent; one stored without is refused.
+#[tokio::test]
+async fn agent_keys_name_exactly_one_agent() {
+    let store = warden_store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let s = server(Arc::clone(&store)).await;
+    for agent in [None, Some("support-*"), Some("bot?"), Some("")] {
+        let spec = KeySpec {
+            tenant: "acme".into(),
+            roles: vec![Role::Agent],
+            agent: agent.map(str::to_owned),
+            ..KeySpec::default()
+        };
+        let error = keys::create(store.as_ref(), spec, "test", 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, keys::CreateKeyError::Invalid(_)),
+            "{agent:?}: {error}"
+        );
+    }
+    // Written around the check (an older version, by hand): refused when used.
+    let issued = keys::issue(
+        KeySpec {
+            tenant: "acme".into(),
+            roles: vec![Role::Agent],
+            agent: Some("support-*".into()),
+            ..KeySpec::default()
+        },
+        1,
+    );
+    store.create_key(issued.record.clone()).await.unwrap();
+    let (status, _) = s
+        .call(Method::GET, "/v1/decisions/x", Some(&issued.token), "")
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let failures = s.events(kind::AUTH_FAILURE).await;
+    assert_eq!(
+        failures.last().unwrap().event.detail["reason"],
+        "invalid_key"
+    );
+}
+
+/// Issue 4 §5: a tenant's admin reloads and reads its own tenant only; the operator spans.
+#[tokio::test]
+async fn a_tenant_admin_is_not_the_operator() {
+    let store = warden_store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let s = server(store).await;
+    let dir = s.policies_dir.path();
+    std::fs::write(dir.join("acme.yaml"), POLICY.replace("1.0.0", "3.0.0")).unwrap();
+    std::fs::write(dir.join("zeta.yaml"), "version: 9.0.0\ndefault: alow\n").unwrap();
+    let (status, body) = s
+        .call(Method::POST, "/v1/policy/reload", Some(&s.admin), "")
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "zeta's broken file does not block acme: {body}"
+    );
+    assert_eq!(
+        body["policies"],
+        json!([{"tenant": "acme", "version": "3.0.0"}])
+    );
+    let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+    assert_eq!(d["policy_version"], "3.0.0");
+    // The operator reloads everything, and sees the problem, named relative to the folder.
+    let (status, body) = s
+        .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("zeta.yaml:2:"), "{detail}");
+    assert!(
+        !detail.contains(&dir.display().to_string()),
+        "no server path: {detail}"
+    );
+    // An admin's own broken file: its own error only.
+    std::fs::write(dir.join("acme.yaml"), "version: 4.0.0\ndefault: alow\n").unwrap();
+    let (status, body) = s
+        .call(Method::POST, "/v1/policy/reload", Some(&s.admin), "")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("the previous policy stays in force: acme.yaml:2:"),
+        "{detail}"
+    );
+    assert!(!detail.contains("zeta"), "{detail}");
+    // Metrics and the whole chain are the operator's.
+    for (path, key) in [("/metrics", &s.admin), ("/v1/audit/verify", &s.admin)] {
+        let (status, _) = s.call(Method::GET, path, Some(key), "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let (status, _) = s.call(Method::GET, "/metrics", None, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The operator reads every tenant's events, or one tenant's.
+    let (_, mine) = s.call(Method::GET, "/v1/audit", Some(&s.admin), "").await;
+    assert!(
+        mine["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["tenant"] == "acme")
+    );
+    let (status, _) = s
+        .call(Method::GET, "/v1/audit?tenant=_system", Some(&s.admin), "")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, all) = s
+        .call(Method::GET, "/v1/audit", Some(&s.operator), "")
+        .await;
+    let tenants: std::collections::BTreeSet<&str> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tenant"].as_str().unwrap())
+        .collect();
+    assert!(
+        tenants.contains("acme") && tenants.contains("_system"),
+        "{tenants:?}"
+    );
+}
+
+/// Issue 4 §11: the tenant filter of the audit query, with two tenants' events present.
+#[tokio::test]
+async fn the_audit_query_shows_only_the_callers_tenant() {
+    for Db { store, _dir } in stores().await {
+        let s = server(store).await;
+        let theirs = s.key("zeta", vec![Role::Controller], None).await;
+        s.decide(json!({"type": "ticket.update"})).await;
+        s.decide_as(&theirs, json!({"type": "ticket.update"})).await;
+        s.decide_as(&theirs, json!({"type": "ticket.update"})).await;
+        let (_, body) = s
+            .call(Method::GET, "/v1/audit?kind=decision", Some(&s.admin), "")
+            .await;
+        let events = body["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{body}");
+        assert_eq!(events[0]["tenant"], "acme");
+        let (_, body) = s
+            .call(
+                Method::GET,
+                "/v1/audit?kind=decision&tenant=zeta",
+                Some(&s.operator),
+                "",
+            )
+            .await;
+        assert_eq!(body["events"].as_array().unwrap().len(), 2);
+    }
+}
+
+/// Issue 4 §9: bad filters and ids are 400s in the one error shape, naming the parameter.
+#[tokio::test]
+async fn every_error_is_json_and_names_what_was_wrong() {
+    let store = warden_store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let s = server(store).await;
+    for (path, detail) in [
+        ("/v1/audit?effect=foo", "`effect` must be"),
+        ("/v1/audit?kind=nope", "`kind` must be one of"),
+        (
+            "/v1/audit?since_ms=abc",
+            "`since_ms` must be a whole number",
+        ),
+        ("/v1/audit?limit=0", "`limit` must be"),
+        (
+            "/v1/audit?limit=5&limit=6",
+            "`limit` is given more than once",
+        ),
+        ("/v1/audit?newest_first=yes", "`newest_first` must be"),
+        ("/v1/audit?colour=red", "unknown parameter `colour`"),
+        ("/v1/audit?agent=%ff", "not valid percent-encoded UTF-8"),
+    ] {
+        let (status, body) = s.call(Method::GET, path, Some(&s.admin), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"], "invalid_query", "{path}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(detail),
+            "{path}: {body}"
+        );
+    }
+    for path in ["/v1/decisions/%ff%fe", "/v1/decisions/%00"] {
+        let (status, body) = s.call(Method::GET, path, Some(&s.controller), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"], "invalid_id");
+    }
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/v1/decisions/x/outcome",
+            Some(&s.controller),
+            r#"{"status": 1}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        !detail.contains("OutcomeStatus") && !detail.contains("enum"),
+        "{detail}"
+    );
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/v1/decisions/x/outcome",
+            Some(&s.controller),
+            r#"{"status": "failed", "status": "executed"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("duplicate_key"))
+    );
+}
+
+/// Issue 4 §8: while audit commits fail, the replica is not ready; it recovers when a
+/// write on the audit path works again, without waiting for traffic.
+#[tokio::test]
+async fn readiness_fails_while_audit_writes_fail() {
+    for Db { store: inner, _dir } in stores().await {
+        let breakable = Breakable::over(inner);
+        let s = server(breakable.clone()).await;
+        let (status, _) = s.call(Method::GET, "/readyz", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        breakable.broken.store(true, Ordering::SeqCst);
+        let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, body) = s.call(Method::GET, "/readyz", None, "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "not_ready");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("audit writes fail")
+        );
+        breakable.broken.store(false, Ordering::SeqCst);
+        let (status, body) = s.call(Method::GET, "/readyz", None, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+/// Issue 4 §7: bodies are read within a deadline and a shared byte budget, and a claimed
+/// length over the limit is refused before anything is read.
+#[tokio::test]
+async fn bodies_have_a_deadline_a_budget_and_a_declared_limit() {
+    let store = warden_store::open("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let s = server_with(
+        store,
+        POLICY,
+        Limits {
+            body_timeout: Duration::from_millis(200),
+            body_budget_bytes: 100,
+            key_cache_ttl: Duration::ZERO,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let post = |body: Body, length: Option<&str>| {
+        let mut request = Request::post("/v1/decisions")
+            .header("authorization", format!("Bearer {}", s.controller))
+            .header("content-type", "application/json");
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        request.body(body).unwrap()
+    };
+    let answer = |response: axum::response::Response| async move {
+        let status = response.status();
+        let retry = response.headers().get("retry-after").cloned();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            retry,
+        )
+    };
+    // A claimed 10 GB is refused at once, whatever follows.
+    let (status, body, _) = answer(
+        s.app
+            .clone()
+            .oneshot(post(Body::empty(), Some("10000000000")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    // A body that never finishes gets 408 after the deadline.
+    let (status, body, _) = answer(
+        s.app
+            .clone()
+            .oneshot(post(Body::new(Stalled), None))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::REQUEST_TIMEOUT, Some("body_timeout"))
+    );
+    // Over the byte budget: 503 with retry-after, never an allow.
+    let big = json!({"type": "ticket.update", "payload": {"pad": "x".repeat(200)}}).to_string();
+    let (status, body, retry) = answer(
+        s.app
+            .clone()
+            .oneshot(post(Body::from(big), None))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded"))
+    );
+    assert_eq!(retry.unwrap(), "1");
+    // Within it, fine; and the budget was given back.
+    for _ in 0..3 {
+        let (status, body, _) = answer(
+            s.app
+                .clone()
+                .oneshot(post(Body::from(r#"{"type":"ticket.update"}"#), None))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert!(s.events(kind::DECISION).await.len() == 3);
+}
+
+/// A request body whose bytes never arrive.
+struct Stalled;
+
+impl axum::body::HttpBody for Stalled {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Issue 4 §7: a flood of bad keys is aggregated in the audit log, and a source over the
+/// threshold is turned away with 429 before any lookup.
+#[tokio::test]
+async fn a_flood_of_bad_keys_is_aggregated_and_then_refused() {
+    for Db { store, _dir } in stores().await {
+        let s = server_with(
+            store,
+            POLICY,
+            Limits {
+                auth_failure_limit: 20,
+                key_cache_ttl: Duration::ZERO,
+                ..Limits::default()
+            },
+        )
+        .await;
+        let bogus = format!("wdn_aaaaaaaaaaaa_{}", "0".repeat(64));
+        for _ in 0..20 {
+            let (status, _) = s
+                .call(
+                    Method::POST,
+                    "/v1/decisions",
+                    Some(&bogus),
+                    r#"{"type":"t.x"}"#,
+                )
+                .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        let (status, body) = s
+            .call(
+                Method::POST,
+                "/v1/decisions",
+                Some(&s.controller),
+                r#"{"type":"t.x"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"], "too_many_failures");
+        let failures = s.events(kind::AUTH_FAILURE).await;
+        assert_eq!(
+            failures.len(),
+            1,
+            "the first is audited at once, the rest wait"
+        );
+        assert_eq!(failures[0].event.detail["count"], 1);
+        warden_server::auth::flush_failures(&s.state, true).await;
+        let failures = s.events(kind::AUTH_FAILURE).await;
+        assert_eq!(failures.len(), 2);
+        let tally = &failures[1].event.detail;
+        assert_eq!(tally["count"], 19, "{tally}");
+        assert_eq!(tally["reason"], "unknown_key");
+        assert!(tally["last_ms"].as_i64() >= tally["first_ms"].as_i64());
+        // A new window lets the source back in.
+        let (status, _) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
 }

@@ -89,6 +89,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Commits a one-row write on the connection chain appends commit on, the way they
+    /// commit, and reports the durability setting it committed under
+    /// (`synchronous=FULL` on SQLite, `synchronous_commit=on` on PostgreSQL). A full disk
+    /// or a lost connection fails it as it fails appends; readiness uses it to notice
+    /// that audit writes work again.
+    async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError>;
+
     /// Group commit: chains every item's event (and stores its decision) in one
     /// transaction, and returns one result per item, in order, once it is durable.
     ///

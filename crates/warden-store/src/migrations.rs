@@ -25,15 +25,27 @@ impl Migration {
     }
 }
 
-const SQLITE: &[Migration] = &[Migration {
-    name: "0001_init",
-    sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
-}];
+const SQLITE: &[Migration] = &[
+    Migration {
+        name: "0001_init",
+        sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        name: "0002_hardening",
+        sql: include_str!("../../../migrations/sqlite/0002_hardening.sql"),
+    },
+];
 
-const POSTGRES: &[Migration] = &[Migration {
-    name: "0001_init",
-    sql: include_str!("../../../migrations/postgres/0001_init.sql"),
-}];
+const POSTGRES: &[Migration] = &[
+    Migration {
+        name: "0001_init",
+        sql: include_str!("../../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        name: "0002_hardening",
+        sql: include_str!("../../../migrations/postgres/0002_hardening.sql"),
+    },
+];
 
 /// The migrations of `backend`, in the order they are applied.
 pub fn migrations(backend: Backend) -> &'static [Migration] {

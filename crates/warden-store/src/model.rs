@@ -21,6 +21,20 @@ pub mod kind {
     pub const POLICY_RELOADED: &str = "policy_reloaded";
     /// A retention purge removed the oldest events; written only by [`crate::Store::purge`].
     pub const CHECKPOINT: &str = "checkpoint";
+    /// An idempotency key reused for a different action, refused with 409.
+    pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
+
+    /// Every kind, for validating filters.
+    pub const ALL: [&str; 8] = [
+        DECISION,
+        OUTCOME,
+        KEY_CREATED,
+        KEY_REVOKED,
+        AUTH_FAILURE,
+        POLICY_RELOADED,
+        CHECKPOINT,
+        IDEMPOTENCY_MISMATCH,
+    ];
 }
 
 /// The tenant recorded on events that belong to no tenant (purge checkpoints).
@@ -95,8 +109,11 @@ pub struct NewDecision {
     pub id: String,
     /// The tenant; must equal the event's tenant.
     pub tenant: String,
-    /// The caller's idempotency key, unique per tenant.
+    /// The idempotency key as scoped by the caller (the server uses `<api key id>:<client
+    /// id>`), unique per tenant.
     pub idempotency_key: Option<String>,
+    /// A digest of the action decided, so a reused key can be told apart from a retry.
+    pub action_digest: Option<String>,
     /// The decision body exactly as answered, as JSON text (stored as given, so the
     /// server serializes it once).
     pub body: String,
@@ -111,8 +128,10 @@ pub struct StoredDecision {
     pub id: String,
     /// The tenant it belongs to.
     pub tenant: String,
-    /// The caller's idempotency key, if it gave one.
+    /// The scoped idempotency key, if the caller gave one.
     pub idempotency_key: Option<String>,
+    /// The digest of the action decided, when it was recorded with an idempotency key.
+    pub action_digest: Option<String>,
     /// The decision body as answered.
     pub body: Value,
     /// When it was made, unix milliseconds.
@@ -131,6 +150,7 @@ impl NewDecision {
             id: self.id.clone(),
             tenant: self.tenant.clone(),
             idempotency_key: self.idempotency_key.clone(),
+            action_digest: self.action_digest.clone(),
             body,
             created_at_ms: self.created_at_ms,
         })
@@ -158,7 +178,8 @@ pub enum Appended {
     },
     /// The decision's idempotency key was already used in this tenant (earlier in the
     /// database or earlier in the same batch): nothing was written for this item, and
-    /// this is the decision that holds the key.
+    /// this is the decision that holds the key. Its `action_digest` tells a retry of the
+    /// same action from a reused key.
     Duplicate(StoredDecision),
 }
 

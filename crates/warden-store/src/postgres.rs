@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::error::StoreError;
-use crate::split::{AppenderThread, Split};
+use crate::split::{AppenderThread, Job, Split};
 use crate::sql::{Dialect, SqlStore};
 use crate::{Backend, Store};
 
@@ -36,6 +36,8 @@ impl Dialect for Postgres {
         FROM information_schema.tables \
         WHERE table_schema = current_schema() AND table_name = 'warden_migrations'";
     const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+    const DURABILITY: &'static str =
+        "SELECT 'synchronous_commit=' || current_setting('synchronous_commit') AS setting";
 
     fn placeholder(sql: &mut String, n: usize) {
         use std::fmt::Write;
@@ -105,14 +107,23 @@ fn start_appender(options: PgConnectOptions) -> Result<AppenderThread, StoreErro
             }
         };
         runtime.block_on(async move {
-            // Appends are serialized by the chain lock: one connection is enough.
+            // Appends are serialized by the chain lock: one connection is enough. Its
+            // commits must be durable whatever the database's default is: a default of
+            // `synchronous_commit = off` would lose acknowledged decisions on a crash.
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options);
+                .connect_lazy_with(options.options([("synchronous_commit", "on")]));
             let store = SqlStore::shared(pool);
             while let Some(job) = queue.recv().await {
-                let _ = job.reply.send(store.append(job.batch).await);
+                match job {
+                    Job::Append { batch, reply } => {
+                        let _ = reply.send(store.append(batch).await);
+                    }
+                    Job::Probe { now_ms, reply } => {
+                        let _ = reply.send(store.probe_write(now_ms).await);
+                    }
+                }
             }
         });
     })

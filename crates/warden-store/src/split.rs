@@ -20,17 +20,29 @@ use crate::model::{
 };
 use crate::{Backend, Store};
 
-/// A batch and where its answer goes.
-pub(crate) struct Job {
-    pub batch: Vec<Append>,
-    pub reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+/// Work for the appender thread, and where its answer goes.
+pub(crate) enum Job {
+    /// A batch to chain.
+    Append {
+        batch: Vec<Append>,
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    },
+    /// A readiness write on the appending connection (`Store::probe_write`).
+    Probe {
+        now_ms: i64,
+        reply: oneshot::Sender<Result<String, StoreError>>,
+    },
 }
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("batch", &self.batch.len())
-            .finish_non_exhaustive()
+        match self {
+            Job::Append { batch, .. } => f
+                .debug_struct("Append")
+                .field("batch", &batch.len())
+                .finish_non_exhaustive(),
+            Job::Probe { now_ms, .. } => f.debug_struct("Probe").field("now_ms", now_ms).finish(),
+        }
     }
 }
 
@@ -65,7 +77,16 @@ impl AppenderThread {
         append::check(&mut batch)?;
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { batch, reply })
+            .send(Job::Append { batch, reply })
+            .map_err(|_| StoreError::AppenderStopped)?;
+        answer.await.map_err(|_| StoreError::AppenderStopped)?
+    }
+
+    /// Runs the write probe on the thread, behind any batches already queued.
+    async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Probe { now_ms, reply })
             .map_err(|_| StoreError::AppenderStopped)?;
         answer.await.map_err(|_| StoreError::AppenderStopped)?
     }
@@ -108,6 +129,10 @@ impl Store for Split {
 
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
         self.appender.append(batch).await
+    }
+
+    async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
+        self.appender.probe_write(now_ms).await
     }
 
     async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {

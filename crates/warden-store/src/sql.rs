@@ -39,6 +39,9 @@ pub(crate) trait Dialect: Database {
     /// An SQL expression for the database's clock in unix milliseconds. Used only for
     /// `warden_migrations.applied_at_ms`, which is bookkeeping, not audit data.
     const NOW_MS: &'static str;
+    /// One row with the text column `setting`: the commit durability setting of this
+    /// connection, as `name=value`.
+    const DURABILITY: &'static str;
 
     /// Writes the placeholder of the `n`th (1-based) bound value into `sql`.
     fn placeholder(sql: &mut String, n: usize);
@@ -66,6 +69,10 @@ const INSERT_EVENTS: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant,
     on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
     confidence_adjusted, effect, rule_ids, reasons, policy_version, payload_digest, \
     context_digest, kept, decision_id, detail, prev_hash, hash) VALUES ";
+
+/// The readiness probe's write (see `Store::probe_write`).
+pub(crate) const WRITE_PROBE: &str = "INSERT INTO write_probe (id, at_ms) VALUES (1, $1) \
+    ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms";
 
 const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
     created_at_ms, revoked_at_ms";
@@ -200,8 +207,9 @@ where
         rows: &[NewDecision],
     ) -> Result<(), StoreError> {
         let sql = multi_row_insert::<DB>(
-            "INSERT INTO decisions (id, tenant, idempotency_key, body, created_at_ms) VALUES ",
-            5,
+            "INSERT INTO decisions \
+             (id, tenant, idempotency_key, body, created_at_ms, action_digest) VALUES ",
+            6,
             rows.len(),
         );
         let mut query = sqlx::query(&sql);
@@ -211,7 +219,8 @@ where
                 .bind(d.tenant.as_str())
                 .bind(d.idempotency_key.as_deref())
                 .bind(d.body.as_str())
-                .bind(d.created_at_ms);
+                .bind(d.created_at_ms)
+                .bind(d.action_digest.as_deref());
         }
         query.execute(&mut *conn).await?;
         Ok(())
@@ -250,8 +259,8 @@ where
         let keyed: Vec<(&str, &str)> = append::keys(batch).collect();
         let mut holders = Vec::new();
         for chunk in keyed.chunks(INSERT_CHUNK) {
-            let mut sql = "SELECT id, tenant, idempotency_key, body, created_at_ms \
-                           FROM decisions WHERE "
+            let mut sql = "SELECT id, tenant, idempotency_key, body, created_at_ms, \
+                           action_digest FROM decisions WHERE "
                 .to_owned();
             for i in 0..chunk.len() {
                 if i > 0 {
@@ -285,6 +294,7 @@ where
         Ok(StoredDecision {
             tenant: row.try_get("tenant")?,
             idempotency_key: row.try_get("idempotency_key")?,
+            action_digest: row.try_get("action_digest")?,
             body,
             created_at_ms: row.try_get("created_at_ms")?,
             id,
@@ -388,12 +398,12 @@ impl DecisionLookup {
     fn sql(self) -> &'static str {
         match self {
             Self::Id => {
-                "SELECT id, tenant, idempotency_key, body, created_at_ms FROM decisions \
-                 WHERE tenant = $1 AND id = $2"
+                "SELECT id, tenant, idempotency_key, body, created_at_ms, action_digest \
+                 FROM decisions WHERE tenant = $1 AND id = $2"
             }
             Self::IdempotencyKey => {
-                "SELECT id, tenant, idempotency_key, body, created_at_ms FROM decisions \
-                 WHERE tenant = $1 AND idempotency_key = $2"
+                "SELECT id, tenant, idempotency_key, body, created_at_ms, action_digest \
+                 FROM decisions WHERE tenant = $1 AND idempotency_key = $2"
             }
         }
     }
@@ -528,6 +538,18 @@ where
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
+        let mut tx = self.begin_chain_write().await?;
+        sqlx::query(WRITE_PROBE)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(DB::DURABILITY).fetch_one(&mut *tx).await?;
+        let setting: String = row.try_get("setting")?;
+        tx.commit().await?;
+        Ok(setting)
     }
 
     async fn append(&self, mut batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {

@@ -32,6 +32,11 @@ use crate::sql::{Dialect, SqlStore};
 use crate::sqlite_appender;
 use crate::{Backend, Store};
 
+/// The `synchronous` pragma by name, as `Store::probe_write` reports it.
+pub(crate) const SYNCHRONOUS: &str = "SELECT 'synchronous=' || CASE synchronous \
+    WHEN 0 THEN 'OFF' WHEN 1 THEN 'NORMAL' WHEN 2 THEN 'FULL' WHEN 3 THEN 'EXTRA' \
+    ELSE synchronous END AS setting FROM pragma_synchronous";
+
 /// How long a writer waits for another to finish before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,6 +53,7 @@ impl Dialect for Sqlite {
     const MIGRATIONS_TABLE_EXISTS: &'static str = "SELECT COUNT(*) AS n FROM sqlite_master \
         WHERE type = 'table' AND name = 'warden_migrations'";
     const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    const DURABILITY: &'static str = SYNCHRONOUS;
 
     // Plain `?`: sqlx resolves a `$N` placeholder by comparing it with every parameter
     // name of the statement, which is quadratic in a multi-row insert.

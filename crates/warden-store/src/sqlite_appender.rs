@@ -21,11 +21,13 @@ use crate::append::{self, Head, Plan};
 use crate::error::StoreError;
 use crate::model::{Append, Appended, StoredDecision};
 use crate::split::{AppenderThread, Job};
+use crate::sql::WRITE_PROBE;
+use crate::sqlite::SYNCHRONOUS;
 
 const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
 
-const KEY_HOLDER: &str = "SELECT id, tenant, idempotency_key, body, created_at_ms \
-    FROM decisions WHERE tenant = ?1 AND idempotency_key = ?2";
+const KEY_HOLDER: &str = "SELECT id, tenant, idempotency_key, body, created_at_ms, \
+    action_digest FROM decisions WHERE tenant = ?1 AND idempotency_key = ?2";
 
 const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
     on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
@@ -35,7 +37,8 @@ const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, 
     ?19, ?20, ?21, ?22, ?23, ?24)";
 
 const INSERT_DECISION: &str = "INSERT INTO decisions \
-    (id, tenant, idempotency_key, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
+    (id, tenant, idempotency_key, body, created_at_ms, action_digest) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// Opens a write connection to the (existing) database file at `path` and starts the
 /// appender thread on it.
@@ -77,8 +80,15 @@ fn run(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
         };
         // A caller that gave up still had its batch written or not as one unit: nothing to
         // undo, so a closed reply channel is ignored.
-        let _ = job.reply.send(write(&mut conn, job.batch));
-        unchecked += 1;
+        match job {
+            Job::Append { batch, reply } => {
+                let _ = reply.send(write(&mut conn, batch));
+                unchecked += 1;
+            }
+            Job::Probe { now_ms, reply } => {
+                let _ = reply.send(probe(&mut conn, now_ms));
+            }
+        }
     }
 }
 
@@ -98,6 +108,16 @@ fn checkpoint(conn: &Connection) -> u32 {
             IDLE_CHECKPOINT_BATCHES / 2
         }
     }
+}
+
+/// The readiness write: committed like a batch, on the same connection.
+fn probe(conn: &mut Connection, now_ms: i64) -> Result<String, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // SQLite numbers `$1` as the first parameter, so the shared text binds positionally.
+    tx.execute(WRITE_PROBE, [now_ms])?;
+    let setting: String = tx.query_row(SYNCHRONOUS, [], |row| row.get(0))?;
+    tx.commit()?;
+    Ok(setting)
 }
 
 /// One batch, one transaction: `BEGIN IMMEDIATE` waits for the write lock (the busy
@@ -165,7 +185,8 @@ fn write(conn: &mut Connection, batch: Vec<Append>) -> Result<Vec<Appended>, Sto
                     d.tenant,
                     d.idempotency_key,
                     d.body,
-                    d.created_at_ms
+                    d.created_at_ms,
+                    d.action_digest
                 ])
                 // Keys were looked up under the lock: the collision is on a decision id.
                 .map_err(|e| unique_as(e, || StoreError::DuplicateDecision(d.id.clone())))?;
@@ -191,10 +212,11 @@ fn key_holders(conn: &Connection, batch: &[Append]) -> Result<Vec<StoredDecision
                     row.get::<_, Option<String>>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, i64>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })
             .optional()?;
-        if let Some((id, tenant, idempotency_key, body, created_at_ms)) = found {
+        if let Some((id, tenant, idempotency_key, body, created_at_ms, action_digest)) = found {
             let body = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
                 what: "decision",
                 id: id.clone(),
@@ -204,6 +226,7 @@ fn key_holders(conn: &Connection, batch: &[Append]) -> Result<Vec<StoredDecision
                 id,
                 tenant,
                 idempotency_key,
+                action_digest,
                 body,
                 created_at_ms,
             });

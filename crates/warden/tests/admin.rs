@@ -384,10 +384,10 @@ fn revoking_is_audited_and_an_unknown_or_revoked_key_exits_1() {
 fn keys_create_refuses_flags_that_do_not_fit_together() {
     let db = Db::sqlite();
     let cases: [(&[&str], &str); 4] = [
-        (&["--role", "agent"], "an agent key needs the agent's id"),
+        (&["--role", "agent"], "an agent key names exactly one agent"),
         (
             &["--role", "agent", "--agent", "support-*"],
-            "not the pattern `support-*`",
+            "an agent key names exactly one agent: `--agent ID`, without `*`",
         ),
         (&["--role", "admni"], "unknown role `admni`"),
         (
@@ -444,7 +444,10 @@ fn migrate_print_shows_the_sql_of_the_backend_the_url_names_without_connecting()
 #[test]
 fn migrate_applies_once_then_reports_up_to_date_on_sqlite() {
     let db = Db::sqlite();
-    assert_eq!(ok(&db, &["migrate"]), "applied 0001_init\n");
+    assert_eq!(
+        ok(&db, &["migrate"]),
+        "applied 0001_init\napplied 0002_hardening\n"
+    );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     let json: Value = serde_json::from_str(&ok(&db, &["migrate", "--json"])).unwrap();
     assert_eq!(json, json!({"backend": "sqlite", "applied": []}));
@@ -474,7 +477,10 @@ fn postgres_is_migrated_only_when_asked() {
         assert!(error.contains("warden migrate --db URL"), "{error}");
         assert_eq!(error.lines().count(), 1, "{error}");
     }
-    assert_eq!(ok(&db, &["migrate"]), "applied 0001_init\n");
+    assert_eq!(
+        ok(&db, &["migrate"]),
+        "applied 0001_init\napplied 0002_hardening\n"
+    );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     assert_eq!(ok(&db, &["keys", "list", "--json"]).trim(), "[]");
 

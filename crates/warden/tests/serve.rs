@@ -460,10 +460,10 @@ fn sigterm_under_load_drains_and_loses_no_acknowledged_decision() {
 // 4. First start
 // ---------------------------------------------------------------------------------------
 
-/// DESIGN §10: `warden serve` with no flags creates an admin key on first start and prints
-/// it once. The key administers and is refused where a controller is needed.
+/// DESIGN §10: `warden serve` with no flags creates an operator key on first start and
+/// prints it once. The key operates and is refused where a controller is needed.
 #[test]
-fn first_start_prints_one_admin_key_and_later_starts_none() {
+fn first_start_prints_one_operator_key_and_later_starts_none() {
     let dir = tempfile::tempdir().unwrap();
     write_policy(dir.path(), TICKETS_POLICY);
     let rt = runtime();
@@ -471,7 +471,7 @@ fn first_start_prints_one_admin_key_and_later_starts_none() {
 
     let mut first = Server::start(dir.path(), "first", &[], "info");
     let stdout = first.stdout_text();
-    const PREFIX: &str = "admin key (tenant `default`), shown only now: ";
+    const PREFIX: &str = "operator key, shown only now: ";
     let keys: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix(PREFIX))
@@ -482,7 +482,7 @@ fn first_start_prints_one_admin_key_and_later_starts_none() {
     assert_eq!(stdout.matches("wdn_").count(), 1, "stdout: {stdout}");
     assert!(
         !first.stderr_text().contains(&key),
-        "the admin key is in the log"
+        "the operator key is in the log"
     );
     for file in ["warden.db", "warden-audit.key"] {
         assert!(dir.path().join(file).exists(), "{file} in the working dir");
@@ -513,7 +513,7 @@ fn first_start_prints_one_admin_key_and_later_starts_none() {
     let mut second = Server::start(dir.path(), "second", &[], "info");
     let stdout = second.stdout_text();
     assert!(
-        !stdout.contains("admin key") && !stdout.contains("wdn_"),
+        !stdout.contains("operator key") && !stdout.contains("wdn_"),
         "second start printed: {stdout}"
     );
     rt.block_on(async {
@@ -530,8 +530,8 @@ fn first_start_prints_one_admin_key_and_later_starts_none() {
 }
 
 /// `warden audit --server` reads, follows, verifies and exports through the API with the
-/// admin key in WARDEN_KEY, showing what `--db` shows for the key's tenant; it refuses
-/// purge, `--tenant`, a missing key and a wrong one with a clear message.
+/// operator key in WARDEN_KEY, showing what `--db` shows; it refuses purge, a missing key
+/// and a wrong one with a clear message, and a tenant admin's `--tenant` of another.
 #[test]
 fn audit_commands_work_through_the_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,7 +542,7 @@ fn audit_commands_work_through_the_server() {
     let admin = server
         .stdout_text()
         .lines()
-        .find_map(|l| l.strip_prefix("admin key (tenant `default`), shown only now: "))
+        .find_map(|l| l.strip_prefix("operator key, shown only now: "))
         .unwrap()
         .trim()
         .to_owned();
@@ -589,6 +589,14 @@ fn audit_commands_work_through_the_server() {
     assert_eq!(records.len(), 3, "{ocsf}");
     assert!(records.iter().all(|r| r["class_uid"] == 6003), "{ocsf}");
 
+    let by_tenant = assert_success(&api(&["query", "--tenant", "default", "--json"]));
+    let by_tenant_db = assert_success(&warden(
+        dir.path(),
+        &["audit", "query", "--tenant", "default", "--json"],
+    ));
+    assert_eq!(by_tenant, by_tenant_db);
+    let tenant_admin = admin_key(dir.path(), "warden.db", "default");
+    let admin_env = [("WARDEN_KEY", tenant_admin.as_str())];
     type Env<'a> = &'a [(&'a str, &'a str)];
     let refusals: [(&[&str], Env, &str); 4] = [
         (
@@ -598,10 +606,14 @@ fn audit_commands_work_through_the_server() {
         ),
         (
             &["query", "--tenant", "acme"],
-            &with_key,
-            "--tenant does not apply",
+            &admin_env,
+            "the server answered 403",
         ),
-        (&["verify"], &[], "needs an admin key in WARDEN_KEY"),
+        (
+            &["verify"],
+            &[],
+            "needs an admin or operator key in WARDEN_KEY",
+        ),
         (
             &["verify"],
             &[("WARDEN_KEY", "wdn_nope_nope")],
@@ -1141,17 +1153,18 @@ fn write_policy(dir: &Path, text: &str) {
 
 /// `warden keys create --role controller`: the token on the first stdout line.
 fn controller_key(dir: &Path, db: &str, tenant: &str) -> String {
+    key_with_role(dir, db, tenant, "controller")
+}
+
+fn admin_key(dir: &Path, db: &str, tenant: &str) -> String {
+    key_with_role(dir, db, tenant, "admin")
+}
+
+fn key_with_role(dir: &Path, db: &str, tenant: &str, role: &str) -> String {
     let out = warden(
         dir,
         &[
-            "keys",
-            "create",
-            "--role",
-            "controller",
-            "--tenant",
-            tenant,
-            "--db",
-            db,
+            "keys", "create", "--role", role, "--tenant", tenant, "--db", db,
         ],
     );
     let stdout = assert_success(&out);

@@ -1,13 +1,15 @@
-//! Admin routes: reload policies from their folder, query the tenant's audit events, verify
-//! the chain.
+//! Admin and operator routes: reload policies from their folder (an admin its tenant's, an
+//! operator all), query audit events (an admin its tenant's, an operator any), verify the
+//! whole chain (operator).
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::keys::Role;
+use crate::policies::DEFAULT_TENANT;
 use crate::state::{AppState, now_ms};
 use crate::wire::EventBody;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -32,7 +34,8 @@ pub struct PolicyVersion {
     pub version: String,
 }
 
-/// Recompiles every policy in the policies folder and swaps them in at once.
+/// Reloads policies from the folder: an admin its own tenant's file, an operator the
+/// whole folder.
 #[utoipa::path(
     post,
     path = "/v1/policy/reload",
@@ -40,6 +43,8 @@ pub struct PolicyVersion {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Reloaded", body = ReloadBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an admin or operator key, or the shared default policy without an operator key", body = ErrorBody),
         (status = 422, description = "A policy does not compile; the old ones stay in force", body = ErrorBody),
     )
 )]
@@ -47,13 +52,63 @@ pub async fn reload(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ReloadBody>, ApiError> {
-    caller.require(&[Role::Admin])?;
-    reload_policies(&state, &caller.tenant, &caller.key_id)
+    caller.require(&[Role::Admin, Role::Operator])?;
+    if caller.roles.contains(&Role::Operator) {
+        return reload_policies(&state, &caller.tenant, &caller.key_id)
+            .await
+            .map(Json);
+    }
+    if caller.tenant == DEFAULT_TENANT {
+        return Err(ApiError::forbidden(
+            "the default policy applies to every tenant without its own: an operator key reloads it",
+        ));
+    }
+    let worker = state.clone();
+    let tenant = caller.tenant.clone();
+    let result = tokio::task::spawn_blocking(move || worker.policies().reload_tenant(&tenant))
         .await
-        .map(Json)
+        .map_err(|e| {
+            tracing::error!(error = %e, "policy reload task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })?;
+    let version = match result {
+        Ok(version) => version,
+        Err(e) => {
+            tracing::error!(tenant = %caller.tenant, problems = %e, "policy reload refused; the previous policy stays in force");
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_invalid",
+                format!("the previous policy stays in force: {e}"),
+            ));
+        }
+    };
+    // Without a file of its own the tenant uses the default policy; its version is shown,
+    // as that is what now decides for the tenant, under the tenant's own name.
+    let version = match version {
+        Some(v) => v,
+        None => state
+            .policies()
+            .current()
+            .for_tenant(&caller.tenant)
+            .map(|p| p.policy.version().as_str().to_owned())
+            .unwrap_or_default(),
+    };
+    let policies = vec![PolicyVersion {
+        tenant: caller.tenant.clone(),
+        version,
+    }];
+    audit_reload(&state, &caller.tenant, &caller.key_id, &policies).await;
+    Ok(Json(ReloadBody {
+        status: "reloaded",
+        policies,
+    }))
 }
 
-/// Reloads, audits and logs; shared by the route and SIGHUP.
+/// Reloads the whole folder, audits and logs; the operator's route and SIGHUP.
 pub async fn reload_policies(
     state: &AppState,
     tenant: &str,
@@ -89,6 +144,14 @@ pub async fn reload_policies(
         })
         .collect();
     tracing::info!(policies = policies.len(), "policies reloaded");
+    audit_reload(state, tenant, by, &policies).await;
+    Ok(ReloadBody {
+        status: "reloaded",
+        policies,
+    })
+}
+
+async fn audit_reload(state: &AppState, tenant: &str, by: &str, policies: &[PolicyVersion]) {
     let now = now_ms();
     let event = NewEvent {
         id: crate::ids::ulid(now),
@@ -112,37 +175,150 @@ pub async fn reload_policies(
     {
         tracing::error!("a policy reload could not be audited");
     }
-    Ok(ReloadBody {
-        status: "reloaded",
-        policies,
-    })
 }
 
-/// Filters of `GET /v1/audit`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+/// Filters of `GET /v1/audit`, all optional query parameters.
+#[derive(Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// Only this kind (`decision`, `outcome`, …).
+    /// Only this kind (`decision`, `outcome`, `auth_failure`, …).
+    #[param(value_type = Option<String>, pattern = "^[a-z_]+$")]
     pub kind: Option<String>,
     /// Only this agent.
+    #[param(value_type = Option<String>, min_length = 1, max_length = 200)]
     pub agent: Option<String>,
     /// Only this action type.
+    #[param(value_type = Option<String>, min_length = 1, max_length = 200)]
     pub action: Option<String>,
-    /// Only this effect.
+    /// Only this effect: `allow`, `deny` or `require_approval`.
+    #[param(value_type = Option<String>, pattern = "^(allow|deny|require_approval)$")]
     pub effect: Option<String>,
     /// At or after this time, Unix ms.
+    #[param(minimum = 0)]
     pub since_ms: Option<i64>,
     /// Before this time, Unix ms.
+    #[param(minimum = 0)]
     pub until_ms: Option<i64>,
     /// Only events after this seq (paging oldest first).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
     /// Only events before this seq (paging newest first).
+    #[param(minimum = 0)]
     pub before_seq: Option<i64>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Newest first.
-    #[serde(default)]
-    pub newest_first: bool,
+    pub newest_first: Option<bool>,
+    /// Operator keys only: only this tenant's events (default: every tenant's).
+    #[param(value_type = Option<String>, min_length = 1, max_length = 200)]
+    pub tenant: Option<String>,
+}
+
+impl AuditQuery {
+    /// Parses a query string strictly: every parameter known, at most once, valid.
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let bad = |detail: String| ApiError::bad_request("invalid_query", detail);
+        let mut q = AuditQuery::default();
+        let mut seen = std::collections::HashSet::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = decode(raw).ok_or_else(|| {
+                bad(format!(
+                    "`{}` is not valid percent-encoded UTF-8",
+                    name.escape_debug()
+                ))
+            })?;
+            if !seen.insert(name.to_owned()) {
+                return Err(bad(format!(
+                    "`{}` is given more than once",
+                    name.escape_debug()
+                )));
+            }
+            let text = |max: usize| -> Result<Option<String>, ApiError> {
+                if value.is_empty()
+                    || value.len() > max
+                    || !value.chars().all(warden_policy::action::printable)
+                {
+                    return Err(bad(format!(
+                        "`{name}` must be 1 to {max} printable characters"
+                    )));
+                }
+                Ok(Some(value.clone()))
+            };
+            let number = |min: i64| -> Result<Option<i64>, ApiError> {
+                match value.parse::<i64>() {
+                    Ok(n) if n >= min => Ok(Some(n)),
+                    _ => Err(bad(format!(
+                        "`{name}` must be a whole number of at least {min}"
+                    ))),
+                }
+            };
+            match name {
+                "kind" => {
+                    if !kind::ALL.contains(&value.as_str()) {
+                        return Err(bad(format!(
+                            "`kind` must be one of {}",
+                            kind::ALL.map(|k| format!("`{k}`")).join(", ")
+                        )));
+                    }
+                    q.kind = Some(value.clone());
+                }
+                "effect" => {
+                    if !["allow", "deny", "require_approval"].contains(&value.as_str()) {
+                        return Err(bad(
+                            "`effect` must be `allow`, `deny` or `require_approval`".into(),
+                        ));
+                    }
+                    q.effect = Some(value.clone());
+                }
+                "agent" => q.agent = text(200)?,
+                "action" => q.action = text(200)?,
+                "tenant" => q.tenant = text(200)?,
+                "since_ms" => q.since_ms = number(0)?,
+                "until_ms" => q.until_ms = number(0)?,
+                "after_seq" => q.after_seq = number(0)?,
+                "before_seq" => q.before_seq = number(0)?,
+                "limit" => match value.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => q.limit = Some(n),
+                    _ => return Err(bad("`limit` must be a whole number from 1 to 1000".into())),
+                },
+                "newest_first" => match value.as_str() {
+                    "true" => q.newest_first = Some(true),
+                    "false" => q.newest_first = Some(false),
+                    _ => return Err(bad("`newest_first` must be `true` or `false`".into())),
+                },
+                other => {
+                    return Err(bad(format!(
+                        "unknown parameter `{}`; the filters are kind, agent, action, effect, \
+                         since_ms, until_ms, after_seq, before_seq, limit, newest_first, tenant",
+                        other.escape_debug()
+                    )));
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Percent-decodes a query value (`+` is a space), or `None` if it is not UTF-8.
+fn decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A page of audit events.
@@ -152,24 +328,39 @@ pub struct EventsBody {
     pub events: Vec<EventBody>,
 }
 
-/// The caller's tenant's audit events.
+/// Audit events: an admin's of its own tenant, an operator's of any.
 #[utoipa::path(
     get,
     path = "/v1/audit",
     tag = "audit",
     params(AuditQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "Events", body = EventsBody))
+    responses(
+        (status = 200, description = "Events", body = EventsBody),
+        (status = 400, description = "An unknown or invalid filter", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an admin or operator key", body = ErrorBody),
+    )
 )]
 pub async fn query(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    uri: axum::http::Uri,
 ) -> Result<Json<EventsBody>, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let q = AuditQuery::parse(uri.query())?;
+    let operator = caller.roles.contains(&Role::Operator);
+    if q.tenant.is_some() && !operator {
+        return Err(ApiError::forbidden(
+            "only an operator key filters by tenant; an admin sees its own",
+        ));
+    }
     let filter = EventFilter {
-        tenant: Some(caller.tenant.clone()),
+        tenant: if operator {
+            q.tenant
+        } else {
+            Some(caller.tenant.clone())
+        },
         kind: q.kind,
         agent: q.agent,
         action_type: q.action,
@@ -179,7 +370,7 @@ pub async fn query(
         after_seq: q.after_seq,
         before_seq: q.before_seq,
         limit: q.limit.unwrap_or(0),
-        newest_first: q.newest_first,
+        newest_first: q.newest_first.unwrap_or(false),
     };
     let events = state.store().events(&filter).await.map_err(|e| {
         tracing::error!(error = %e, "audit query failed");
@@ -218,13 +409,17 @@ pub struct BrokenBody {
     path = "/v1/audit/verify",
     tag = "audit",
     security(("bearer" = [])),
-    responses((status = 200, description = "The chain's state", body = VerifyBody))
+    responses(
+        (status = 200, description = "The chain's state", body = VerifyBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an operator key: the chain spans every tenant", body = ErrorBody),
+    )
 )]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<VerifyBody>, ApiError> {
-    caller.require(&[Role::Admin])?;
+    caller.require(&[Role::Operator])?;
     let report = state.store().verify().await.map_err(|e| {
         tracing::error!(error = %e, "audit verify failed");
         ApiError::store_unavailable()

@@ -5,26 +5,23 @@
 //! answer is a deny with code `audit_unavailable` (HTTP 503), never an allow.
 
 use crate::auth::Caller;
+use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ErrorCode, parse_json};
 use crate::keys::Role;
 use crate::state::{AppState, now_ms};
 use crate::wire::{ActionRequest, DecisionBody, OutcomeBody, OutcomeRequest};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::time::Instant;
-use warden_policy::{Action, AuditView, Decision, Env};
+use warden_policy::{Action, ActionError, AuditView, Decision, Env};
 use warden_store::{Append, Appended, NewDecision, NewEvent, kind};
 
 /// Bodies larger than this are parsed and evaluated off the async executor.
 const INLINE_BYTES: usize = 64 * 1024;
-
-/// The longest idempotency key accepted.
-const MAX_ID_LEN: usize = 200;
 
 /// Evaluates an action and answers the decision once it is audited.
 #[utoipa::path(
@@ -35,21 +32,25 @@ const MAX_ID_LEN: usize = 200;
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The decision; a deny is a result, not an error", body = DecisionBody),
-        (status = 400, description = "The action is malformed", body = ErrorBody),
+        (status = 400, description = "The action is malformed (`invalid_action`, `invalid_field`, `duplicate_key`, `agent_required`)", body = ErrorBody),
         (status = 401, description = "No valid key", body = ErrorBody),
         (status = 403, description = "The key may not ask for decisions, or not for this agent", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for a different action (`idempotency_mismatch`)", body = ErrorBody),
         (status = 413, description = "The body is over the limit", body = ErrorBody),
-        (status = 503, description = "The audit log is unavailable: a deny with code `audit_unavailable`", body = DecisionBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address", body = ErrorBody),
+        (status = 503, description = "The audit log is unavailable (a deny with code `audit_unavailable`), or the server is overloaded", body = DecisionBody),
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     caller.require(&[Role::Controller])?;
-    let body = body?;
+    let JsonBody(body) = body?;
     let prepared = if body.len() > INLINE_BYTES {
         let (state, caller) = (state.clone(), caller.clone());
         tokio::task::spawn_blocking(move || prepare(&state, &caller, &body))
@@ -74,14 +75,25 @@ pub async fn create(
             )
                 .into_response(),
         ),
-        // The idempotency key was used before: the first decision, as recorded.
-        Ok(Appended::Duplicate(first)) => {
+        // The idempotency key was used before by this key, for this very action: the
+        // first decision, as recorded.
+        Ok(Appended::Duplicate(first)) if first.action_digest == prepared.digest => {
             let effect = match first.body.get("effect").and_then(Value::as_str) {
                 Some("allow") => "allow",
                 Some("require_approval") => "require_approval",
                 _ => "deny",
             };
-            (effect, Json(first.body).into_response())
+            state.metrics().replayed(&caller.tenant);
+            let mut body = first.body;
+            if let Value::Object(fields) = &mut body {
+                fields.insert("replayed".into(), Value::Bool(true));
+            }
+            (effect, Json(body).into_response())
+        }
+        // The same key for another action: never the first answer. Nothing is decided;
+        // the attempt is audited.
+        Ok(Appended::Duplicate(first)) => {
+            return refuse_reused_key(&state, &caller, &prepared.reuse, &first.id).await;
         }
         Err(_) => {
             let body = DecisionBody::refusal(
@@ -102,10 +114,61 @@ pub async fn create(
     Ok(response)
 }
 
+/// Answers 409 to an idempotency key reused for a different action, once the attempt is in
+/// the audit log (key id, agent and action type; never the payload).
+async fn refuse_reused_key(
+    state: &AppState,
+    caller: &Caller,
+    reuse: &Reuse,
+    holder: &str,
+) -> Result<Response, ApiError> {
+    let now = now_ms();
+    let event = NewEvent {
+        id: crate::ids::ulid(now),
+        time_ms: now,
+        tenant: caller.tenant.clone(),
+        kind: kind::IDEMPOTENCY_MISMATCH.to_owned(),
+        agent: reuse.agent.clone(),
+        action_type: Some(reuse.action_type.clone()),
+        decision_id: Some(holder.to_owned()),
+        detail: json!({"key_id": caller.key_id}),
+        ..NewEvent::default()
+    };
+    state
+        .audit()
+        .append(Append {
+            event,
+            decision: None,
+        })
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the request could not be recorded in the audit log; try again",
+            )
+        })?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_mismatch",
+        "this `id` was already used for a different action; use a new `id` for a new action",
+    ))
+}
+
+/// What the audit log records of an idempotency key reused for another action.
+struct Reuse {
+    agent: Option<String>,
+    action_type: String,
+}
+
 /// A decision made and ready to audit.
 struct Prepared {
     effect: &'static str,
     policy_version: String,
+    /// The action's digest, when it carries an idempotency key.
+    digest: Option<String>,
+    /// What a refused reuse of the key records.
+    reuse: Reuse,
     /// The decision body to answer, as JSON text.
     answer: String,
     append: Append,
@@ -114,22 +177,20 @@ struct Prepared {
 /// Parses, evaluates and builds the audit record: the CPU part of a decision.
 fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, ApiError> {
     let mut action = Action::from_json(bytes).map_err(|e| {
-        ApiError::bad_request(
-            if e.field().is_some() {
-                "invalid_field"
-            } else {
-                "invalid_action"
-            },
-            e.to_string(),
-        )
+        let code = match &e {
+            ActionError::DuplicateKey { .. } => "duplicate_key",
+            ActionError::Invalid { .. } => "invalid_field",
+            _ => "invalid_action",
+        };
+        ApiError::bad_request(code, e.to_string())
     })?;
-    if action.id.as_ref().is_some_and(|id| id.len() > MAX_ID_LEN) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("invalid `id`: longer than {MAX_ID_LEN} bytes"),
-        ));
-    }
     action.agent = caller.agent_for(action.agent.as_deref())?;
+    // Idempotency keys are scoped to the key that asked, and bound to the action as
+    // evaluated (the agent resolved), so a reused key can never replay another action.
+    let digest = action
+        .id
+        .as_ref()
+        .map(|_| state.audit_key().action_digest(&action));
 
     let now = now_ms();
     let decision_id = crate::ids::ulid(now);
@@ -215,16 +276,25 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         effect: body.effect,
         policy_version: body.policy_version,
         answer,
+        reuse: Reuse {
+            agent: action.agent.clone(),
+            action_type: action.kind.as_str().to_owned(),
+        },
         append: Append {
             event,
             decision: Some(NewDecision {
                 id: decision_id,
                 tenant: caller.tenant.clone(),
-                idempotency_key: action.id.clone(),
+                idempotency_key: action
+                    .id
+                    .as_ref()
+                    .map(|id| format!("{}:{id}", caller.key_id)),
+                action_digest: digest.clone(),
                 body: stored,
                 created_at_ms: now,
             }),
         },
+        digest,
     })
 }
 
@@ -289,15 +359,19 @@ fn decision_event(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The decision as answered (redactions applied)", body = DecisionBody),
+        (status = 400, description = "The id is not a decision id", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not a controller or admin key", body = ErrorBody),
         (status = 404, description = "No such decision in this tenant", body = ErrorBody),
     )
 )]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Controller, Role::Admin])?;
+    let id = decision_id(id)?;
     match state.store().decision(&caller.tenant, &id).await {
         Ok(Some(found)) => Ok(Json(found.body)),
         Ok(None) => Err(ApiError::not_found(format!("no decision `{id}`"))),
@@ -306,6 +380,22 @@ pub async fn show(
             Err(ApiError::store_unavailable())
         }
     }
+}
+
+/// A decision id from the path: decoded, printable, and of a sane length; anything else is
+/// no decision of anyone's, said in JSON.
+fn decision_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_id",
+            "a decision id is 1 to 64 printable characters",
+        )
+    };
+    let Path(id) = id.map_err(|_| invalid())?;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(warden_policy::action::printable) {
+        return Err(invalid());
+    }
+    Ok(id)
 }
 
 /// Records how an action went, linked to its decision.
@@ -318,19 +408,25 @@ pub async fn show(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Recorded", body = OutcomeBody),
-        (status = 400, description = "Malformed outcome", body = ErrorBody),
+        (status = 400, description = "Malformed outcome, or not a decision id", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not a controller key", body = ErrorBody),
         (status = 404, description = "No such decision in this tenant", body = ErrorBody),
+        (status = 413, description = "The body is over the limit", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 503, description = "The audit log is unavailable; nothing was recorded", body = ErrorBody),
     )
 )]
 pub async fn outcome(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Json<OutcomeBody>, ApiError> {
     caller.require(&[Role::Controller])?;
-    let request: OutcomeRequest = parse_json(&body?)?;
+    let id = decision_id(id)?;
+    let JsonBody(body) = body?;
+    let request: OutcomeRequest = parse_json(&body)?;
     if let Some(code) = &request.error_code {
         let ok = !code.is_empty()
             && code.len() <= 64

@@ -1,7 +1,10 @@
-//! Unauthenticated operational routes: liveness, readiness, metrics and the OpenAPI spec.
+//! Operational routes: liveness, readiness and the OpenAPI spec (no key), and metrics (an
+//! operator key, or no key on the separate `--metrics-listen` address).
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
+use crate::keys::Role;
+use crate::state::{AppState, now_ms};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -44,16 +47,44 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, A
         }
         Err(_) => return Err(unavailable("the store does not answer in time")),
     }
+    // A full disk leaves reads working: only a write shows whether decisions can be
+    // recorded. While the latest commit failed, probe with a real write on the audit path.
+    if state.audit().is_failing() {
+        match tokio::time::timeout(PING_TIMEOUT, state.store().probe_write(now_ms())).await {
+            Ok(Ok(_)) => state.audit().mark_recovered(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: audit writes still fail");
+                return Err(unavailable(
+                    "audit writes fail, so every decision is denied",
+                ));
+            }
+            Err(_) => return Err(unavailable("audit writes do not complete in time")),
+        }
+    }
     if state.policies().current().is_empty() {
         return Err(unavailable("no policy is loaded"));
     }
     Ok(Json(HealthBody { status: "ready" }))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition, for operators: the labels name every tenant.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+    ))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(&[Role::Operator])?;
+    Ok(open_metrics(State(state)).await)
+}
+
+/// The same, without a key: only on `--metrics-listen`.
+pub async fn open_metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

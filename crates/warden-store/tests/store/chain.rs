@@ -102,6 +102,9 @@ async fn a_reused_idempotency_key_returns_the_existing_decision_and_writes_nothi
         assert_eq!(seq(&original[0]), 1);
         let stored_k1 = store.decision_by_key("acme", "k1").await.unwrap().unwrap();
         assert_eq!(stored_k1.id, "d-e1");
+        // The action digest comes back with the holder, so the caller can tell a retry
+        // from a reused key.
+        assert_eq!(stored_k1.action_digest.as_deref(), Some("digest of k1"));
 
         let results = store
             .append(vec![
@@ -126,6 +129,10 @@ async fn a_reused_idempotency_key_returns_the_existing_decision_and_writes_nothi
             ("d-e2", "acme")
         );
         assert_eq!(earlier_in_batch.idempotency_key.as_deref(), Some("k2"));
+        assert_eq!(
+            earlier_in_batch.action_digest.as_deref(),
+            Some("digest of k2")
+        );
         // Keys are per tenant.
         assert_eq!(seq(&results[3]), 3);
         assert_eq!(seq(&results[4]), 4);
@@ -320,4 +327,45 @@ async fn a_batch_larger_than_one_statement_links_across_chunks() {
         );
     })
     .await;
+}
+
+/// The write probe commits on the appending connection and reports its durability.
+#[tokio::test]
+async fn the_write_probe_commits_and_reports_durable_commits() {
+    each_backend(async |db| {
+        let setting = db.store.probe_write(7).await.unwrap();
+        let expected = match db.backend() {
+            warden_store::Backend::Sqlite => "synchronous=FULL",
+            warden_store::Backend::Postgres => "synchronous_commit=on",
+        };
+        assert_eq!(setting, expected);
+        assert_eq!(db.scalar("SELECT at_ms FROM write_probe").await, 7);
+        db.store.probe_write(9).await.unwrap();
+        assert_eq!(db.scalar("SELECT COUNT(*) FROM write_probe").await, 1);
+    })
+    .await;
+}
+
+/// Issue 4 §8: a database (or URL) whose default is `synchronous_commit = off` would lose
+/// acknowledged decisions on a crash; the appender's connection sets it on regardless.
+#[tokio::test]
+async fn postgres_appends_commit_synchronously_whatever_the_default() {
+    let Ok(url) = std::env::var(crate::common::PG_ENV) else {
+        eprintln!("SKIPPED: {} is not set", crate::common::PG_ENV);
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let lax = format!("{url}{separator}options=-c%20synchronous_commit%3Doff");
+    let schema = format!(
+        "warden_sync_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let store = warden_store::open_postgres_in_schema(&lax, &schema)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.probe_write(1).await.unwrap(), "synchronous_commit=on");
 }

@@ -204,6 +204,7 @@ pub fn with_decision(event: NewEvent, key: Option<&str>) -> Append {
         id,
         tenant: event.tenant.clone(),
         idempotency_key: key.map(str::to_owned),
+        action_digest: key.map(|k| format!("digest of {k}")),
         created_at_ms: event.time_ms,
     };
     Append {

@@ -1,6 +1,6 @@
 //! `warden audit`: read, follow, verify, export and purge the audit log, straight from the
 //! database, or through a running server's API with `--server` (reads and verification
-//! only, and only the admin key's tenant).
+//! only: an admin key reads its tenant, an operator key any tenant and verifies).
 //!
 //! Reads page through the chain by seq (never by offset), so a long export or a follow
 //! sees every event exactly once while the server keeps appending.
@@ -25,8 +25,8 @@ pub struct Args {
     #[command(flatten)]
     db: DbArgs,
     /// Go through a running server's API instead of the database, e.g.
-    /// http://127.0.0.1:8080, with the admin key in WARDEN_KEY. Shows the key's tenant only;
-    /// purge needs --db.
+    /// http://127.0.0.1:8080, with an admin key (its tenant's events) or an operator key
+    /// (every tenant's, `--tenant` to pick one, and `verify`) in WARDEN_KEY; purge needs --db.
     #[arg(long, value_name = "URL", env = "WARDEN_SERVER", global = true)]
     server: Option<String>,
     #[command(subcommand)]
@@ -43,7 +43,7 @@ enum Source {
     Server(Api),
 }
 
-/// A server's audit API, with an admin key.
+/// A server's audit API, with an admin or operator key.
 struct Api {
     base: String,
     key: String,
@@ -98,7 +98,7 @@ impl Api {
         let key = std::env::var(KEY_ENV)
             .ok()
             .filter(|k| !k.is_empty())
-            .with_context(|| format!("--server needs an admin key in {KEY_ENV}"))?;
+            .with_context(|| format!("--server needs an admin or operator key in {KEY_ENV}"))?;
         let base = base.trim_end_matches('/');
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--server takes an http:// or https:// URL, got `{base}`");
@@ -114,10 +114,11 @@ impl Api {
         })
     }
 
-    /// One page of the key's tenant's events, as the filter asks.
+    /// One page of the events the key may read, as the filter asks.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let mut query: Vec<(&str, String)> = vec![("limit", filter.limit.to_string())];
         let text = [
+            ("tenant", &filter.tenant),
             ("kind", &filter.kind),
             ("agent", &filter.agent),
             ("action", &filter.action_type),
@@ -307,22 +308,11 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 /// Runs a `warden audit` subcommand against the database.
 pub fn run(args: Args, json: bool) -> Result<Outcome> {
     super::block_on(async move {
-        if args.server.is_some() {
-            if matches!(args.command, Command::Purge(_)) {
-                bail!(
-                    "purge works on the database (--db), not through --server: it deletes \
-                     every tenant's oldest events, which no tenant's key may do"
-                );
-            }
-            let tenant = match &args.command {
-                Command::Query(q) => q.filters.tenant.as_ref(),
-                Command::Tail(t) => t.filters.tenant.as_ref(),
-                Command::Export(e) => e.filters.tenant.as_ref(),
-                Command::Verify | Command::Purge(_) => None,
-            };
-            if tenant.is_some() {
-                bail!("--tenant does not apply with --server: the server shows the key's tenant");
-            }
+        if args.server.is_some() && matches!(args.command, Command::Purge(_)) {
+            bail!(
+                "purge works on the database (--db), not through --server: it deletes \
+                 every tenant's oldest events, which no tenant's key may do"
+            );
         }
         let source = match &args.server {
             Some(server) => Source::Server(Api::new(server)?),

@@ -26,7 +26,8 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         KEY=$(warden keys create --role controller --tenant acme --agent 'support-*' | head -1)\n  \
         warden keys create --role approver --group legal --label 'legal desk'\n  \
-        warden keys create --role agent --agent support-bot --json")]
+        warden keys create --role agent --agent support-bot --json\n  \
+        warden keys create --role operator --label 'prometheus and on-call'")]
     Create(CreateArgs),
     /// List API keys; never shows a secret or its hash.
     #[command(after_help = "Example:\n  warden keys list --tenant acme")]
@@ -38,8 +39,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct CreateArgs {
-    /// Role of the key: controller, agent, approver or admin; repeat the flag or separate
-    /// roles with commas.
+    /// Role of the key: controller, agent, approver, admin (of its tenant) or operator
+    /// (across tenants); repeat the flag or separate roles with commas.
     #[arg(long = "role", value_name = "ROLE", required = true, value_delimiter = ',',
           value_parser = parse_role)]
     roles: Vec<Role>,
@@ -72,8 +73,9 @@ struct RevokeArgs {
 }
 
 fn parse_role(name: &str) -> Result<Role, String> {
-    Role::parse(name)
-        .ok_or_else(|| format!("unknown role `{name}`: use controller, agent, approver or admin"))
+    Role::parse(name).ok_or_else(|| {
+        format!("unknown role `{name}`: use controller, agent, approver, admin or operator")
+    })
 }
 
 /// Runs a `warden keys` subcommand against the database.
@@ -130,19 +132,6 @@ fn key_spec(args: CreateArgs) -> Result<KeySpec> {
             roles.push(role);
         }
     }
-    if roles.contains(&Role::Agent) {
-        // The server takes an agent key's agent id as the caller's identity.
-        match &args.agent {
-            None => bail!("an agent key needs the agent's id: add `--agent ID`"),
-            Some(agent) if agent.contains('*') => {
-                bail!("an agent key names one agent, not the pattern `{agent}`")
-            }
-            Some(_) => {}
-        }
-    }
-    if args.agent.as_deref().is_some_and(|a| a.trim().is_empty()) {
-        bail!("`--agent` must not be empty");
-    }
     let mut groups = Vec::new();
     for group in args.groups {
         let group = group.trim().to_owned();
@@ -153,13 +142,16 @@ fn key_spec(args: CreateArgs) -> Result<KeySpec> {
             groups.push(group);
         }
     }
-    Ok(KeySpec {
+    let spec = KeySpec {
         tenant: args.tenant,
         roles,
         agent: args.agent,
         groups,
         label: args.label,
-    })
+    };
+    // The same rules as every other way of creating a key (one agent per agent key, ...).
+    keys::validate(&spec).map_err(anyhow::Error::msg)?;
+    Ok(spec)
 }
 
 async fn record_event(store: &dyn Store, event: NewEvent) -> Result<()> {

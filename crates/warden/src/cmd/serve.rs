@@ -1,5 +1,5 @@
 //! `warden serve`: the decision service. Opens the store (migrating SQLite, and PostgreSQL
-//! only with `--migrate`), loads the policies, creates an admin key on first start, and
+//! only with `--migrate`), loads the policies, creates an operator key on first start, and
 //! serves until SIGTERM or Ctrl-C, then drains requests and flushes the audit log.
 
 use crate::db::{self, DbArgs, Migrate};
@@ -12,8 +12,9 @@ use std::time::Duration;
 use warden_server::audit::{AUDIT_KEY_ENV, AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
 use warden_server::metrics::Metrics;
-use warden_server::policies::{DEFAULT_TENANT, Policies};
+use warden_server::policies::Policies;
 use warden_server::{AppState, Limits};
+use warden_store::SYSTEM_TENANT;
 
 /// Arguments of `warden serve`.
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,30 @@ pub struct Args {
     /// A request running longer is answered 503 `timeout`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// A request body must arrive in full within this (408 `body_timeout` otherwise).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// Bytes of request bodies held at once across all requests; past it, 503.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_body_budget: usize,
+    /// A connection must send a whole request head within this of opening or of its last
+    /// answer; idle keep-alive connections are closed after it.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take before connections are closed.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// How long a key read from the store is trusted: a revocation anywhere takes effect
+    /// on this replica within it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    key_cache_ttl: Duration,
+    /// Failed authentications per source address per minute before it gets 429.
+    #[arg(long, default_value_t = 100)]
+    auth_failure_limit: u32,
+    /// Also serve `GET /metrics` without a key on this address (for a Prometheus that
+    /// cannot send a bearer token); on the main address it needs an operator key.
+    #[arg(long, env = "WARDEN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -86,19 +111,16 @@ async fn serve(args: Args) -> Result<Outcome> {
         .is_empty()
     {
         let spec = KeySpec {
-            tenant: DEFAULT_TENANT.to_owned(),
-            roles: vec![Role::Admin],
+            tenant: SYSTEM_TENANT.to_owned(),
+            roles: vec![Role::Operator],
             label: Some("created on first start".to_owned()),
             ..KeySpec::default()
         };
-        let (issued, record) = keys::create(store.as_ref(), spec, "first-start", time::now_ms())
+        let (issued, _) = keys::create(store.as_ref(), spec, "first-start", time::now_ms())
             .await
-            .context("cannot create the first admin key")?;
+            .context("cannot create the first operator key")?;
         // On stdout, once, and never in the log.
-        println!(
-            "admin key (tenant `{}`), shown only now: {}",
-            record.tenant, issued.token
-        );
+        println!("operator key, shown only now: {}", issued.token);
     }
 
     let metrics = Arc::new(Metrics::default());
@@ -107,6 +129,12 @@ async fn serve(args: Args) -> Result<Outcome> {
         body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
         max_in_flight: args.max_in_flight,
+        key_cache_ttl: args.key_cache_ttl,
+        body_timeout: args.body_timeout,
+        body_budget_bytes: args.max_body_budget,
+        auth_failure_limit: args.auth_failure_limit,
+        header_timeout: args.header_timeout,
+        shutdown_grace: args.shutdown_grace,
         ..Limits::default()
     };
     let state = AppState::new(store, Arc::new(policies), audit, audit_key, metrics, limits);
@@ -114,15 +142,35 @@ async fn serve(args: Args) -> Result<Outcome> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().unwrap_or(args.listen);
+    let metrics_listener = match args.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} for metrics"))?,
+        ),
+        None => None,
+    };
     tracing::info!(
         %address,
         db = %db::display_url(&args.db.url),
         policies = %loaded.join(", "),
         "warden is serving"
     );
-    warden_server::serve(listener, state, audit_task, shutdown_signal())
-        .await
-        .context("the server stopped")?;
+    match state.store().probe_write(time::now_ms()).await {
+        Ok(setting) => tracing::info!(durability = %setting, "audit appends commit durably"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the audit write probe failed; decisions will be denied until writes succeed")
+        }
+    }
+    warden_server::serve(
+        listener,
+        metrics_listener,
+        state,
+        audit_task,
+        shutdown_signal(),
+    )
+    .await
+    .context("the server stopped")?;
     tracing::info!("stopped; every answered decision is in the audit log");
     Ok(Outcome::Ok)
 }

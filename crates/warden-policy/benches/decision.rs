@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use warden_policy::{Action, Env, Policy, Verdict};
+use warden_policy::{Action, Env, Policy, Timestamp, Verdict};
 
 const NEXUS: &str = include_str!("../../../examples/nexus/nexus.yaml");
 const SIZES: [usize; 5] = [0, 10, 100, 1_000, 10_000];
@@ -110,10 +110,10 @@ fn ns(d: Duration) -> String {
 
 fn main() {
     // cargo passes `--bench`; any other argument is a filter we do not support, so ignore.
-    let env = Env {
-        tenant: "nexus".into(),
-        now: 1_700_000_000,
-    };
+    let env = Env::new(
+        "nexus",
+        Timestamp::from_unix_seconds(1_700_000_000).unwrap(),
+    );
     let action = Action::from_json(ACTION.as_bytes()).unwrap();
     let timer = measure(|| {});
     println!(

@@ -16,7 +16,9 @@ use std::rc::Rc;
 
 #[derive(Default)]
 pub(super) struct Cx<'a> {
-    locals: Vec<Val<'a>>,
+    /// Comprehension variables by slot. An accumulator may hold an error: CEL keeps
+    /// iterating, and a later step can still absorb it (`false && error` is false).
+    locals: Vec<Result<Val<'a>, EvalError>>,
     budget_used: u32,
     /// List elements copied by `+`: how the linear-time comprehension test sees copies.
     #[cfg(test)]
@@ -102,7 +104,7 @@ impl Node {
             Node::Path(root, steps) => eval_path(*root, steps, v),
             Node::Present(root) => Ok(Val::Bool(root.present(v))),
             Node::Local(slot) => match cx.locals.get(*slot) {
-                Some(val) => Ok(val.clone()),
+                Some(val) => val.clone(),
                 None => fail("comprehension variable used outside its loop"),
             },
             Node::Select(operand, field) => {
@@ -158,6 +160,15 @@ impl Node {
                 [a] => library::call(*f, &[a.eval(cx, v)?]),
                 [a, b] => library::call(*f, &[a.eval(cx, v)?, b.eval(cx, v)?]),
                 [a, b, c] => library::call(*f, &[a.eval(cx, v)?, b.eval(cx, v)?, c.eval(cx, v)?]),
+                [a, b, c, d] => library::call(
+                    *f,
+                    &[
+                        a.eval(cx, v)?,
+                        b.eval(cx, v)?,
+                        c.eval(cx, v)?,
+                        d.eval(cx, v)?,
+                    ],
+                ),
                 _ => fail("a function was called with the wrong number of arguments"),
             },
             Node::Matches(a, re) => match a.eval(cx, v)? {
@@ -208,7 +219,7 @@ impl Node {
                 // Taking the accumulator out of its slot leaves its list with one owner, so
                 // `make_mut` extends it where it is instead of copying it.
                 let accu = match cx.locals.get_mut(*slot) {
-                    Some(local) => std::mem::replace(local, Val::Null),
+                    Some(local) => std::mem::replace(local, Ok(Val::Null))?,
                     None => return fail("comprehension variable used outside its loop"),
                 };
                 match accu {
@@ -511,9 +522,9 @@ impl Comprehension {
         };
         let accu = self.init.eval(cx, v)?;
         if cx.locals.len() < self.accu_slot + 1 {
-            cx.locals.resize(self.accu_slot + 1, Val::Null);
+            cx.locals.resize(self.accu_slot + 1, Ok(Val::Null));
         }
-        cx.locals[self.accu_slot] = accu;
+        cx.locals[self.accu_slot] = Ok(accu);
         for item in items {
             cx.budget_used += 1;
             if cx.budget_used > ITERATION_BUDGET {
@@ -521,13 +532,13 @@ impl Comprehension {
                     "condition exceeded its cost limit of {ITERATION_BUDGET} iterations"
                 ));
             }
-            cx.locals[self.iter_slot] = item;
+            cx.locals[self.iter_slot] = Ok(item);
             match self.cond.eval(cx, v)? {
                 Val::Bool(true) => {}
                 Val::Bool(false) => break,
                 other => return fail(format!("loop condition evaluated to {}", other.type_name())),
             }
-            let next = self.step.eval(cx, v)?;
+            let next = self.step.eval(cx, v);
             cx.locals[self.accu_slot] = next;
         }
         let result = self.result.eval(cx, v);

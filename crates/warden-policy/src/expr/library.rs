@@ -74,7 +74,7 @@ pub(super) fn call<'a>(f: Func, args: &[Val<'a>]) -> Result<Val<'a>, EvalError> 
             Val::Int(i) => *i,
             Val::UInt(u) => i64::try_from(*u).map_err(|_| EvalError("integer overflow".into()))?,
             // CEL truncates toward zero and refuses what an int cannot hold.
-            Val::Double(d) if d.is_finite() && *d >= -TWO_63 && *d < TWO_63 => d.trunc() as i64,
+            Val::Double(d) if d.is_finite() && *d > -TWO_63 && *d < TWO_63 => d.trunc() as i64,
             Val::Double(_) => return fail("integer overflow"),
             // The detail reaches the server log: name the type, never the value.
             Val::Str(s) => s
@@ -173,11 +173,10 @@ pub(super) fn call<'a>(f: Func, args: &[Val<'a>]) -> Result<Val<'a>, EvalError> 
                 let from = char_offset(s, int(args, 2, "`indexOf`")?, "`indexOf`")?;
                 if last {
                     // The last match that starts at or before `from`.
-                    let end = (from + needle.len()).min(s.len());
-                    let end = (end..=s.len())
-                        .find(|e| s.is_char_boundary(*e))
-                        .unwrap_or(s.len());
-                    s[..end].rfind(needle)
+                    s.match_indices(needle)
+                        .map(|(at, _)| at)
+                        .take_while(|at| *at <= from)
+                        .last()
                 } else {
                     s[from..].find(needle).map(|i| i + from)
                 }

@@ -21,6 +21,9 @@ mod time;
 mod value;
 
 #[cfg(test)]
+mod conformance;
+
+#[cfg(test)]
 mod tests;
 
 use crate::action::{Action, Env};

@@ -60,7 +60,11 @@ impl TimePart {
 }
 
 pub(super) fn check_timestamp(t: Timestamp) -> Result<Timestamp, EvalError> {
-    if (MIN_SECONDS..=MAX_SECONDS).contains(&t.as_second()) {
+    // In nanoseconds: whole seconds round toward zero, which would let `-1ns` past the start.
+    let nanos = t.as_nanosecond();
+    let range = i128::from(MIN_SECONDS) * 1_000_000_000
+        ..=i128::from(MAX_SECONDS) * 1_000_000_000 + 999_999_999;
+    if range.contains(&nanos) {
         Ok(t)
     } else {
         fail("timestamp out of range")
@@ -177,7 +181,7 @@ pub(super) fn write_duration(d: SignedDuration, out: &mut String) {
 }
 
 /// A time zone argument: an IANA name (`Europe/Berlin`, `UTC`) or a fixed offset
-/// (`+01:00`, `-08:30`).
+/// (`+01:00`, `-08:30`, `02:00`).
 pub(super) fn zone(name: &str) -> Result<TimeZone, String> {
     if let Some(offset) = fixed_offset(name) {
         return Ok(TimeZone::fixed(offset));
@@ -191,6 +195,7 @@ fn fixed_offset(text: &str) -> Option<Offset> {
     let (sign, rest) = match text.as_bytes().first()? {
         b'+' => (1, &text[1..]),
         b'-' => (-1, &text[1..]),
+        b'0'..=b'9' => (1, text),
         _ => return None,
     };
     let (h, m) = rest.split_once(':')?;

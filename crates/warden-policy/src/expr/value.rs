@@ -284,54 +284,24 @@ pub(super) fn write_double(d: f64, out: &mut String) {
 pub(super) const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 pub(super) const TWO_64: f64 = 18_446_744_073_709_551_616.0;
 
-/// Orders numbers of any kinds exactly (an int64 is not rounded to a double first);
-/// `None` when a NaN is involved.
+/// Orders numbers of any kinds as CEL does: ints and uints exactly, anything against a
+/// double by converting it to a double (so `9223372036854775807 < 9223372036854775808.0`
+/// is false, as in CEL); `None` when a NaN is involved.
 pub(super) fn cmp_num(a: Num, b: Num) -> Option<Ordering> {
-    fn int_double(i: i64, d: f64) -> Option<Ordering> {
-        if d.is_nan() {
-            return None;
-        }
-        if d >= TWO_63 {
-            return Some(Ordering::Less);
-        }
-        if d < -TWO_63 {
-            return Some(Ordering::Greater);
-        }
-        let whole = d.trunc();
-        // In range, so the conversion is exact.
-        Some(i.cmp(&(whole as i64)).then_with(|| {
-            let frac = d - whole;
-            0.0f64.partial_cmp(&frac).unwrap_or(Ordering::Equal)
-        }))
-    }
-    fn uint_double(u: u64, d: f64) -> Option<Ordering> {
-        if d.is_nan() {
-            return None;
-        }
-        if d < 0.0 {
-            return Some(Ordering::Greater);
-        }
-        if d >= TWO_64 {
-            return Some(Ordering::Less);
-        }
-        let whole = d.trunc();
-        Some(u.cmp(&(whole as u64)).then_with(|| {
-            let frac = d - whole;
-            0.0f64.partial_cmp(&frac).unwrap_or(Ordering::Equal)
-        }))
-    }
+    let double = |n: Num| match n {
+        Num::I(i) => i as f64,
+        Num::U(u) => u as f64,
+        Num::D(d) => d,
+    };
     match (a, b) {
         (Num::I(x), Num::I(y)) => Some(x.cmp(&y)),
         (Num::U(x), Num::U(y)) => Some(x.cmp(&y)),
-        (Num::D(x), Num::D(y)) => x.partial_cmp(&y),
         (Num::I(x), Num::U(y)) => Some(match u64::try_from(x) {
             Ok(x) => x.cmp(&y),
             Err(_) => Ordering::Less,
         }),
         (Num::U(_), Num::I(_)) => cmp_num(b, a).map(Ordering::reverse),
-        (Num::I(x), Num::D(y)) => int_double(x, y),
-        (Num::D(_), Num::I(_)) | (Num::D(_), Num::U(_)) => cmp_num(b, a).map(Ordering::reverse),
-        (Num::U(x), Num::D(y)) => uint_double(x, y),
+        _ => double(a).partial_cmp(&double(b)),
     }
 }
 

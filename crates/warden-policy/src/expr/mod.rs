@@ -22,6 +22,8 @@ mod value;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod oracle;
 
 #[cfg(test)]
 mod tests;

@@ -283,21 +283,13 @@ impl Case {
         if let Some(rules) = &e.rules {
             let got = ids(&mut decision.deciding_rules());
             if &got != rules {
-                failures.push(format!(
-                    "rules: expected {}, got {}",
-                    list(rules),
-                    list(&got)
-                ));
+                failures.push(format!("rules: {}", difference(rules, &got)));
             }
         }
         if let Some(matched) = &e.matched {
             let got = ids(&mut decision.matched_rules());
             if &got != matched {
-                failures.push(format!(
-                    "matched: expected {}, got {}",
-                    list(matched),
-                    list(&got)
-                ));
+                failures.push(format!("matched: {}", difference(matched, &got)));
             }
         }
         if let Some(reasons) = &e.reasons {
@@ -346,6 +338,25 @@ impl Case {
             decision,
         }
     }
+}
+
+/// "expected [a, b], got [b, c] (missing a; unexpected c)": long sets stay readable.
+fn difference(expected: &BTreeSet<String>, got: &BTreeSet<String>) -> String {
+    let missing: BTreeSet<String> = expected.difference(got).cloned().collect();
+    let unexpected: BTreeSet<String> = got.difference(expected).cloned().collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing {}", list(&missing)));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected {}", list(&unexpected)));
+    }
+    format!(
+        "expected {}, got {} ({})",
+        list(expected),
+        list(got),
+        parts.join("; ")
+    )
 }
 
 fn list(set: &BTreeSet<String>) -> String {

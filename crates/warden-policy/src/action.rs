@@ -360,15 +360,17 @@ impl Timestamp {
     /// outside CEL's range.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         let t: jiff::Timestamp = text.parse().ok()?;
-        Self::from_unix_millis(t.as_millisecond()).map(|_| Self(t))
+        // Checked against CEL's range like every other way in.
+        Self::from_unix_millis(t.as_millisecond())?;
+        Some(Self(t))
     }
 
-    /// Whole seconds since the Unix epoch (rounded down).
+    /// Whole seconds since the Unix epoch (the fraction dropped).
     pub fn unix_seconds(self) -> i64 {
         self.0.as_second()
     }
 
-    /// Milliseconds since the Unix epoch (rounded down).
+    /// Milliseconds since the Unix epoch (the fraction dropped).
     pub fn unix_millis(self) -> i64 {
         self.0.as_millisecond()
     }

@@ -340,9 +340,7 @@ pub(super) fn glob(path: &str, pattern: &str) -> Result<bool, EvalError> {
             cur[j] = if pattern[i] == "**" {
                 next[j] || (j < s && cur[j + 1])
             } else {
-                j < s
-                    && segment_matches(pattern[i].as_bytes(), segments[j].as_bytes())
-                    && next[j + 1]
+                j < s && segment_matches(pattern[i], segments[j]) && next[j + 1]
             };
         }
         next = cur;
@@ -350,16 +348,18 @@ pub(super) fn glob(path: &str, pattern: &str) -> Result<bool, EvalError> {
     Ok(next[0])
 }
 
-/// `*` (any run) and `?` (one byte of a character) within one segment, iteratively with
-/// one backtrack point, so it is linear-ish and never recursive.
-fn segment_matches(pattern: &[u8], text: &[u8]) -> bool {
+/// `*` (any run of characters) and `?` (one character) within one segment, iteratively with
+/// one backtrack point, so it never recurses and stays quadratic at worst.
+fn segment_matches(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
             p += 1;
             t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        } else if p < pattern.len() && pattern[p] == '*' {
             star = Some((p, t));
             p += 1;
         } else if let Some((sp, st)) = star {
@@ -370,7 +370,7 @@ fn segment_matches(pattern: &[u8], text: &[u8]) -> bool {
             return false;
         }
     }
-    while p < pattern.len() && pattern[p] == b'*' {
+    while p < pattern.len() && pattern[p] == '*' {
         p += 1;
     }
     p == pattern.len()
@@ -394,6 +394,7 @@ mod tests {
             ("etc/passwd", "/etc/*", false),
             ("src/main.rs", "src/ma?n.rs", true),
             ("a/b/c", "**", true),
+            ("notes/é.md", "notes/?.md", true),
         ];
         for (path, pattern, expected) in table {
             assert_eq!(glob(path, pattern), Ok(expected), "{path} vs {pattern}");

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use warden_policy::{Action, Env, Policy, Verdict};
+use warden_policy::{Action, Env, Policy, Timestamp, Verdict};
 
 const NEXUS: &str = include_str!("../../../examples/nexus/nexus.yaml");
 const SIZES: [usize; 5] = [0, 10, 100, 1_000, 10_000];
@@ -43,6 +43,15 @@ fn warden_policy(n: usize) -> String {
     let (head, rest) = text.split_once("\nbudgets:").unwrap();
     let (tail, fillers) = rest.split_at(rest.find("  - id: filler-").unwrap_or(rest.len()));
     format!("{head}\n{fillers}\nbudgets:{tail}")
+}
+
+/// The Nexus policy plus one more candidate rule for `ticket.resolve` whose condition reads
+/// the hour in Berlin (false at the benchmark's `now`, so the decision is unchanged).
+fn with_berlin_hours() -> String {
+    warden_policy(0).replace(
+        "\nbudgets:",
+        "\n  - id: no-late-resolves\n    actions: [ticket.resolve]\n    when: now.getHours(\"Europe/Berlin\") >= 23\n    effect: deny\nbudgets:",
+    )
 }
 
 /// The same decisions in Cedar. Cedar has no globs, obligations or require_approval, so
@@ -110,10 +119,10 @@ fn ns(d: Duration) -> String {
 
 fn main() {
     // cargo passes `--bench`; any other argument is a filter we do not support, so ignore.
-    let env = Env {
-        tenant: "nexus".into(),
-        now: 1_700_000_000,
-    };
+    let env = Env::new(
+        "nexus",
+        Timestamp::from_unix_seconds(1_700_000_000).unwrap(),
+    );
     let action = Action::from_json(ACTION.as_bytes()).unwrap();
     let timer = measure(|| {});
     println!(
@@ -182,6 +191,36 @@ fn main() {
             compile.as_secs_f64() * 1e3
         );
     }
+
+    // The cost of a time-zone accessor: the same decision with one more candidate rule
+    // reading `now.getHours("Europe/Berlin")`, against the plain N = 0 policy, interleaved
+    // so machine noise hits both alike.
+    let base = Policy::parse(&warden_policy(0)).unwrap();
+    let berlin = Policy::parse(&with_berlin_hours()).unwrap();
+    assert_eq!(berlin.evaluate(&action, &env).verdict, Verdict::Allow);
+    assert_eq!(
+        berlin.evaluate(&action, &env).reasons.len(),
+        base.evaluate(&action, &env).reasons.len()
+    );
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        let plain = measure(|| {
+            black_box(base.evaluate(black_box(&action), black_box(&env)));
+        });
+        let zoned = measure(|| {
+            black_box(berlin.evaluate(black_box(&action), black_box(&env)));
+        });
+        pairs.push((plain.median, zoned.median));
+    }
+    pairs.sort_by_key(|(p, z)| z.as_nanos() as i128 - p.as_nanos() as i128);
+    let (plain, zoned) = pairs[pairs.len() / 2];
+    println!();
+    println!(
+        "now.getHours(\"Europe/Berlin\"): N = 0 median {} -> {} with the extra condition ({:+} ns)",
+        ns(plain),
+        ns(zoned),
+        zoned.as_nanos() as i128 - plain.as_nanos() as i128
+    );
 
     // What one CEL condition costs in the cel crate's interpreter when the action has to be
     // handed to it per request: the reason conditions are compiled to our own form instead.

@@ -432,13 +432,74 @@ fn value_depth(value: &Value) -> usize {
     }
 }
 
+/// A point in time, as conditions see it in `now` (a CEL timestamp). The core has no clock:
+/// the caller reads one and builds this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(jiff::Timestamp);
+
+impl Timestamp {
+    /// Seconds since the Unix epoch, UTC; `None` outside CEL's range (years 1 to 9999).
+    pub fn from_unix_seconds(seconds: i64) -> Option<Self> {
+        Self::from_unix_millis(seconds.checked_mul(1000)?)
+    }
+
+    /// Milliseconds since the Unix epoch, UTC; `None` outside CEL's range (years 1 to 9999).
+    pub fn from_unix_millis(millis: i64) -> Option<Self> {
+        const MIN: i64 = -62_135_596_800_000;
+        const MAX: i64 = 253_402_300_799_999;
+        if !(MIN..=MAX).contains(&millis) {
+            return None;
+        }
+        jiff::Timestamp::from_millisecond(millis).ok().map(Self)
+    }
+
+    /// Parses RFC 3339 text such as `2024-03-01T16:00:00Z`; `None` if it is not one or lies
+    /// outside CEL's range.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let t: jiff::Timestamp = text.parse().ok()?;
+        // Checked against CEL's range like every other way in.
+        Self::from_unix_millis(t.as_millisecond())?;
+        Some(Self(t))
+    }
+
+    /// Whole seconds since the Unix epoch (the fraction dropped).
+    pub fn unix_seconds(self) -> i64 {
+        self.0.as_second()
+    }
+
+    /// Milliseconds since the Unix epoch (the fraction dropped).
+    pub fn unix_millis(self) -> i64 {
+        self.0.as_millisecond()
+    }
+
+    pub(crate) fn get(self) -> jiff::Timestamp {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// What the evaluator needs besides the action: who asks and when. The core has no clock.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Env {
     /// The tenant, taken by the server from the API key.
     pub tenant: String,
-    /// Seconds since the Unix epoch, UTC.
-    pub now: i64,
+    /// The time of the decision (`now` in conditions); the Unix epoch by default.
+    pub now: Timestamp,
+}
+
+impl Env {
+    /// The environment for `tenant` at `now`.
+    pub fn new(tenant: impl Into<String>, now: Timestamp) -> Self {
+        Self {
+            tenant: tenant.into(),
+            now,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! The policy decides this, so it lives in the core; the server only stores the result.
 
 use crate::action::Action;
-use crate::policy::AuditSpec;
+use crate::expr::schema::{ActionField, FieldPath, FieldValue, Shape};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -15,13 +15,119 @@ pub const REDACTED: &str = "[redacted]";
 /// `no` in a reason would garble it without protecting anything.
 const MIN_MASKED_TEXT: usize = 3;
 
+/// What the audit log may keep verbatim and what it must mask: the policy's `audit` section,
+/// every path resolved through the action schema to one canonical spelling, so
+/// `action.context.user` and `context.user` are the same path and a redaction cannot be
+/// bypassed by spelling a kept path differently.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditSpec {
+    keep: Vec<FieldPath>,
+    redact: Vec<FieldPath>,
+    keep_text: Vec<String>,
+    redact_text: Vec<String>,
+}
+
+impl AuditSpec {
+    /// Resolves `keep` and `redact` paths (`action.target.id`, `context.ticket.priority`).
+    /// The error names the first path that is not a field of the action.
+    pub fn new<K: AsRef<str>, R: AsRef<str>>(keep: &[K], redact: &[R]) -> Result<Self, String> {
+        let mut spec = Self::default();
+        for path in keep {
+            spec.push_keep(FieldPath::parse(path.as_ref())?);
+        }
+        for path in redact {
+            spec.push_redact(FieldPath::parse(path.as_ref())?);
+        }
+        Ok(spec)
+    }
+
+    pub(crate) fn push_keep(&mut self, path: FieldPath) {
+        if !self.keep.contains(&path) {
+            self.keep_text.push(path.canonical());
+            self.keep.push(path);
+        }
+    }
+
+    pub(crate) fn push_redact(&mut self, path: FieldPath) {
+        if !self.redact.contains(&path) {
+            self.redact_text.push(path.canonical());
+            self.redact.push(path);
+        }
+    }
+
+    /// The kept paths, canonical (`context.…` for the context, `action.…` otherwise).
+    pub fn keep(&self) -> &[String] {
+        &self.keep_text
+    }
+
+    /// The redacted paths, canonical.
+    pub fn redact(&self) -> &[String] {
+        &self.redact_text
+    }
+
+    /// Whether a redaction masks all of this action field (the field or a record holding it
+    /// is redacted), e.g. so the server stores a keyed reference instead of the agent id.
+    pub fn is_redacted(&self, field: ActionField) -> bool {
+        let path = FieldPath {
+            field,
+            steps: Vec::new(),
+        };
+        self.redact.iter().any(|r| r.covers(&path))
+    }
+
+    /// The kept fields of `action`, and the masks for everything else recorded about it.
+    pub fn view(&self, action: &Action) -> AuditView {
+        let mut redacted = 0u32;
+        for field in ActionField::ALL {
+            if self.is_redacted(field) {
+                redacted |= 1 << field as u32;
+            }
+        }
+        if self.keep.is_empty() && self.redact.is_empty() {
+            return AuditView::default();
+        }
+        let mut masks = Vec::new();
+        for path in &self.redact {
+            if let Some(value) = lookup(action, path) {
+                collect_leaves(&value, &mut masks);
+            }
+        }
+        // Longest first, so a value that contains another is masked whole.
+        masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        masks.dedup();
+
+        let mut kept = Map::new();
+        for (path, key) in self.keep.iter().zip(&self.keep_text) {
+            let Some(value) = lookup(action, path) else {
+                continue;
+            };
+            let mut value = value.into_owned();
+            for redact in &self.redact {
+                if redact.covers(path) {
+                    value = Value::String(REDACTED.to_owned());
+                } else if path.covers(redact) {
+                    mask_inside(&mut value, path, redact);
+                }
+            }
+            kept.insert(key.clone(), value);
+        }
+        AuditView {
+            kept,
+            masks,
+            redacted,
+        }
+    }
+}
+
 /// The part of an action the audit log may keep.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditView {
     /// Each kept path that is present in the action, with redactions applied, keyed by the
-    /// path as written in the policy (`"action.target.id": "T-1042"`).
+    /// path's canonical spelling (`"action.target.id": "T-1042"`, `"context.user": {…}`).
     pub kept: Map<String, Value>,
     masks: Vec<String>,
+    /// Bit `f as u32` set when action field `f` is redacted.
+    redacted: u32,
 }
 
 impl AuditView {
@@ -40,122 +146,77 @@ impl AuditView {
     pub fn has_masks(&self) -> bool {
         !self.masks.is_empty()
     }
-}
 
-impl AuditSpec {
-    /// The kept fields of `action`, and the masks for everything else recorded about it.
-    pub fn view(&self, action: &Action) -> AuditView {
-        if self.keep.is_empty() && self.redact.is_empty() {
-            return AuditView::default();
-        }
-        let mut masks = Vec::new();
-        for path in &self.redact {
-            if let Some(value) = lookup(action, path) {
-                collect_leaves(&value, &mut masks);
-            }
-        }
-        // Longest first, so a value that contains another is masked whole.
-        masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        masks.dedup();
-
-        let mut kept = Map::new();
-        for path in &self.keep {
-            let Some(value) = lookup(action, path) else {
-                continue;
-            };
-            let mut value = value.into_owned();
-            for redact in &self.redact {
-                if covers(redact, path) {
-                    value = Value::String(REDACTED.to_owned());
-                } else if let Some(rest) = redact
-                    .strip_prefix(path.as_str())
-                    .and_then(|r| r.strip_prefix('.'))
-                {
-                    mask_path(&mut value, rest);
-                }
-            }
-            kept.insert(path.clone(), value);
-        }
-        AuditView { kept, masks }
+    /// Whether the policy redacts this action field, so a fixed audit column holding it
+    /// (agent, on_behalf_of, target type and id, mode, app, workflow, run_id, …) must not
+    /// store the value verbatim.
+    pub fn is_redacted(&self, field: ActionField) -> bool {
+        self.redacted & (1 << field as u32) != 0
     }
 }
 
-/// Whether masking `redact` masks all of `path`.
-fn covers(redact: &str, path: &str) -> bool {
-    path == redact
-        || path
-            .strip_prefix(redact)
-            .is_some_and(|rest| rest.starts_with('.'))
+/// Masks, inside `value` (the value at `kept`), the part at `redact`, which lies inside it.
+fn mask_inside(value: &mut Value, kept: &FieldPath, redact: &FieldPath) {
+    let mut rest: Vec<&str> = Vec::new();
+    // A record field (`action.target.id` under `action.target`) is one key below the record.
+    let mut at = Some(redact.field);
+    while let Some(f) = at {
+        if f == kept.field {
+            break;
+        }
+        rest.insert(0, f.name());
+        at = f.parent();
+    }
+    rest.extend(
+        redact.steps[kept.steps.len().min(redact.steps.len())..]
+            .iter()
+            .map(String::as_str),
+    );
+    mask_path(value, &rest);
 }
 
-/// The value at a dotted audit path (`action.target.id`, `context.ticket.priority`),
-/// borrowed where the action holds JSON, so a lookup never copies the payload.
-fn lookup<'a>(action: &'a Action, path: &str) -> Option<Cow<'a, Value>> {
-    let mut segments = path.split('.');
-    let (root, rest): (Cow<'a, Value>, _) = match (segments.next()?, segments.next()) {
-        ("context", Some(first)) => (Cow::Borrowed(&action.context), Some(first)),
-        ("action", Some(field)) => {
-            let owned = |v: Option<Value>| v.map(Cow::Owned);
-            let text = |v: &Option<String>| owned(v.clone().map(Value::String));
-            let value = match field {
-                "payload" => Some(Cow::Borrowed(&action.payload)),
-                "context" => Some(Cow::Borrowed(&action.context)),
-                "id" => text(&action.id),
-                "type" => owned(Some(Value::String(action.kind.as_str().to_owned()))),
-                "target" => owned(action.target.as_ref().map(|t| {
-                    let mut m = Map::new();
-                    if let Some(kind) = &t.kind {
-                        m.insert("type".into(), Value::String(kind.clone()));
-                    }
-                    if let Some(id) = &t.id {
-                        m.insert("id".into(), Value::String(id.clone()));
-                    }
-                    Value::Object(m)
-                })),
-                "confidence" => owned(action.confidence.map(|c| Value::from(c.get()))),
-                "mode" => text(&action.mode),
-                "agent" => text(&action.agent),
-                "on_behalf_of" => text(&action.on_behalf_of),
-                "app" => text(&action.app),
-                "workflow" => text(&action.workflow),
-                "run_id" => text(&action.run_id),
-                "usage" => owned(action.usage.as_ref().map(|u| {
-                    let mut m = Map::new();
-                    if let Some(t) = u.tokens {
-                        m.insert("tokens".into(), Value::from(t));
-                    }
-                    if let Some(c) = u.cost_usd {
-                        m.insert("cost_usd".into(), Value::from(c));
-                    }
-                    if let Some(t) = u.tool_calls {
-                        m.insert("tool_calls".into(), Value::from(t));
-                    }
-                    Value::Object(m)
-                })),
-                _ => None,
-            }?;
-            (value, None)
-        }
-        _ => return None,
-    };
-    let mut steps: Vec<&str> = rest.into_iter().collect();
-    steps.extend(segments);
+/// The value at an audit path, borrowed where the action holds JSON, so a lookup never
+/// copies the payload.
+fn lookup<'a>(action: &'a Action, path: &FieldPath) -> Option<Cow<'a, Value>> {
+    let root: Cow<'a, Value> = field_json(action, path.field)?;
     let found = match root {
         Cow::Borrowed(mut at) => {
-            for step in steps {
+            for step in &path.steps {
                 at = child(at, step)?;
             }
             Cow::Borrowed(at)
         }
         Cow::Owned(value) => {
             let mut at = &value;
-            for step in steps {
+            for step in &path.steps {
                 at = child(at, step)?;
             }
             Cow::Owned(at.clone())
         }
     };
     (!found.is_null()).then_some(found)
+}
+
+/// A field's value as JSON; records are built from their present fields.
+fn field_json(action: &Action, field: ActionField) -> Option<Cow<'_, Value>> {
+    if field.shape() == Shape::Record {
+        if !field.present(action) {
+            return None;
+        }
+        let mut map = Map::new();
+        for f in ActionField::children(Some(field)) {
+            if let Some(v) = field_json(action, f) {
+                map.insert(f.name().to_owned(), v.into_owned());
+            }
+        }
+        return Some(Cow::Owned(Value::Object(map)));
+    }
+    Some(match field.get(action)? {
+        FieldValue::Json(v) => Cow::Borrowed(v),
+        FieldValue::Text(s) => Cow::Owned(Value::String(s.to_owned())),
+        FieldValue::Double(d) => Cow::Owned(Value::from(d)),
+        FieldValue::Int(i) => Cow::Owned(Value::from(i)),
+    })
 }
 
 fn child<'v>(value: &'v Value, step: &str) -> Option<&'v Value> {
@@ -166,21 +227,18 @@ fn child<'v>(value: &'v Value, step: &str) -> Option<&'v Value> {
     }
 }
 
-fn mask_path(value: &mut Value, path: &str) {
-    let (head, rest) = match path.split_once('.') {
-        Some((h, r)) => (h, Some(r)),
-        None => (path, None),
+fn mask_path(value: &mut Value, path: &[&str]) {
+    let Some((head, rest)) = path.split_first() else {
+        *value = Value::String(REDACTED.to_owned());
+        return;
     };
     let child = match value {
-        Value::Object(map) => map.get_mut(head),
+        Value::Object(map) => map.get_mut(*head),
         Value::Array(items) => head.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
         _ => None,
     };
     if let Some(child) = child {
-        match rest {
-            None => *child = Value::String(REDACTED.to_owned()),
-            Some(rest) => mask_path(child, rest),
-        }
+        mask_path(child, rest);
     }
 }
 
@@ -205,10 +263,7 @@ mod tests {
     use serde_json::json;
 
     fn spec(keep: &[&str], redact: &[&str]) -> AuditSpec {
-        AuditSpec {
-            keep: keep.iter().map(|s| s.to_string()).collect(),
-            redact: redact.iter().map(|s| s.to_string()).collect(),
-        }
+        AuditSpec::new(keep, redact).unwrap()
     }
 
     fn action() -> Action {
@@ -261,5 +316,50 @@ mod tests {
             format!("mail {REDACTED} about {REDACTED}")
         );
         assert!(!AuditSpec::default().view(&action()).has_masks());
+    }
+
+    /// Regression (issue 8, item 4): `action.context` is an alias of `context`, and paths
+    /// were matched as text, so keeping `action.context.user` stored the redacted email.
+    #[test]
+    fn a_redaction_holds_however_the_kept_path_is_spelled() {
+        for keep in ["action.context.user", "context.user", "action.context"] {
+            for redact in ["context.user.email", "action.context.user.email"] {
+                let view = spec(&[keep], &[redact]).view(&action());
+                let text = Value::Object(view.kept.clone()).to_string();
+                assert!(
+                    !text.contains("ann@example.com"),
+                    "{keep} / {redact}: {text}"
+                );
+                assert!(text.contains(REDACTED), "{keep} / {redact}: {text}");
+            }
+        }
+        let view = spec(&["action.target"], &["action.target.id"]).view(&action());
+        assert_eq!(
+            Value::Object(view.kept),
+            json!({"action.target": {"type": "ticket", "id": REDACTED}})
+        );
+        // Both spellings are one path, kept once under the canonical key.
+        let view = spec(&["action.context.ticket", "context.ticket"], &[]).view(&action());
+        assert_eq!(view.kept.keys().collect::<Vec<_>>(), ["context.ticket"]);
+    }
+
+    #[test]
+    fn redacted_fixed_columns_are_reported() {
+        let view = spec(&[], &["action.agent", "action.target"]).view(&action());
+        for (field, redacted) in [
+            (ActionField::Agent, true),
+            (ActionField::Target, true),
+            (ActionField::TargetId, true),
+            (ActionField::TargetType, true),
+            (ActionField::OnBehalfOf, false),
+            (ActionField::Mode, false),
+        ] {
+            assert_eq!(view.is_redacted(field), redacted, "{field:?}");
+        }
+        assert!(
+            !AuditSpec::default()
+                .view(&action())
+                .is_redacted(ActionField::Agent)
+        );
     }
 }

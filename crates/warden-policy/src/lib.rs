@@ -35,10 +35,11 @@ pub mod policy;
 mod template;
 pub mod testing;
 
-pub use action::{Action, ActionError, ActionType, Confidence, Env};
+pub use action::{Action, ActionError, ActionType, Confidence, Env, Timestamp};
 pub use audit::AuditView;
 pub use decision::{
     ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict,
 };
 pub use document::{PolicyError, PolicyErrors};
+pub use expr::schema::ActionField;
 pub use policy::{ApprovalRequirement, AuditSpec, Effect, Policy, Rule, RuleId, Tier, Version};

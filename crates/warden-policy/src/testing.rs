@@ -11,9 +11,10 @@
 //! `expect` may hold `effect` (required), `rules` (the deciding rules, as a set), `matched`
 //! (every matching rule, as a set), `reasons` (the deciding reasons' messages, in order),
 //! `code` (the first reason's code), `confidence` (the adjusted value) and `obligations`.
-//! A case may also set `tenant` and `now` (Unix seconds).
+//! A case may also set `tenant` and `now` (Unix seconds, or an RFC 3339 time such as
+//! `2026-03-06T16:30:00Z`).
 
-use crate::action::{Action, Env};
+use crate::action::{Action, Env, Timestamp};
 use crate::decision::{Decision, Verdict};
 use crate::document::{self, PolicyError, PolicyErrors};
 use crate::policy::Policy;
@@ -234,10 +235,17 @@ impl Suite {
             env.tenant = t.as_str().to_owned();
         }
         if let Some(n) = map.get_scalar("now") {
-            env.now = n.as_str().parse().map_err(|_| {
+            let text = n.as_str();
+            let now = match text.parse::<i64>() {
+                Ok(seconds) => Timestamp::from_unix_seconds(seconds),
+                Err(_) => Timestamp::parse_rfc3339(text),
+            };
+            env.now = now.ok_or_else(|| {
                 PolicyError::at(
                     n.span(),
-                    format!("case `{name}`: `now` must be Unix seconds"),
+                    format!(
+                        "case `{name}`: `now` must be Unix seconds or an RFC 3339 time, not `{text}`"
+                    ),
                 )
             })?;
         }
@@ -275,21 +283,13 @@ impl Case {
         if let Some(rules) = &e.rules {
             let got = ids(&mut decision.deciding_rules());
             if &got != rules {
-                failures.push(format!(
-                    "rules: expected {}, got {}",
-                    list(rules),
-                    list(&got)
-                ));
+                failures.push(format!("rules: {}", difference(rules, &got)));
             }
         }
         if let Some(matched) = &e.matched {
             let got = ids(&mut decision.matched_rules());
             if &got != matched {
-                failures.push(format!(
-                    "matched: expected {}, got {}",
-                    list(matched),
-                    list(&got)
-                ));
+                failures.push(format!("matched: {}", difference(matched, &got)));
             }
         }
         if let Some(reasons) = &e.reasons {
@@ -338,6 +338,25 @@ impl Case {
             decision,
         }
     }
+}
+
+/// "expected [a, b], got [b, c] (missing a; unexpected c)": long sets stay readable.
+fn difference(expected: &BTreeSet<String>, got: &BTreeSet<String>) -> String {
+    let missing: BTreeSet<String> = expected.difference(got).cloned().collect();
+    let unexpected: BTreeSet<String> = got.difference(expected).cloned().collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing {}", list(&missing)));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected {}", list(&unexpected)));
+    }
+    format!(
+        "expected {}, got {} ({})",
+        list(expected),
+        list(got),
+        parts.join("; ")
+    )
 }
 
 fn list(set: &BTreeSet<String>) -> String {

@@ -4,15 +4,12 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use warden_policy::{Action, Env, Policy, ReasonCode, Verdict};
+use warden_policy::{Action, Env, Policy, ReasonCode, Timestamp, Verdict};
 
 const NEXUS: &str = include_str!("../../../examples/nexus/nexus.yaml");
 
 fn env() -> Env {
-    Env {
-        tenant: "acme".into(),
-        now: 1_700_000_000,
-    }
+    Env::new("acme", Timestamp::from_unix_seconds(1_700_000_000).unwrap())
 }
 
 /// Arbitrary JSON, a few levels deep, with keys the Nexus policy reads.

@@ -17,7 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::time::Instant;
-use warden_policy::{Action, ActionError, AuditView, Decision, Env};
+use warden_policy::{Action, ActionError, AuditView, Decision, Env, Timestamp};
 use warden_store::{Append, Appended, NewDecision, NewEvent, kind};
 
 /// Bodies larger than this are parsed and evaluated off the async executor.
@@ -197,10 +197,11 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     let policies = state.policies().current();
     let (mut body, decision, view) = match policies.for_tenant(&caller.tenant) {
         Some(loaded) => {
-            let env = Env {
-                tenant: caller.tenant.clone(),
-                now: now.div_euclid(1000),
-            };
+            // The clock always reads within CEL's range (years 1 to 9999).
+            let env = Env::new(
+                caller.tenant.clone(),
+                Timestamp::from_unix_millis(now).unwrap_or_default(),
+            );
             let t0 = Instant::now();
             let decision = loaded.policy.evaluate(&action, &env);
             let eval_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, anyhow};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Instant;
-use warden_policy::{Action, Env, Policy};
+use warden_policy::{Action, Env, Policy, Timestamp};
 use warden_server::wire::DecisionBody;
 
 /// Arguments of `warden eval`.
@@ -53,10 +53,9 @@ pub fn run(args: Args, _json: bool) -> Result<Outcome> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    let env = Env {
-        tenant: args.tenant,
-        now,
-    };
+    let now = Timestamp::from_unix_seconds(now)
+        .with_context(|| format!("--now {now} is outside the years 1 to 9999"))?;
+    let env = Env::new(args.tenant, now);
     let started = Instant::now();
     let decision = policy.evaluate(&action, &env);
     let eval_ns = started.elapsed().as_nanos() as u64;

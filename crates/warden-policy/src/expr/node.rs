@@ -1,0 +1,151 @@
+//! The compiled tree: what a condition becomes once every name is resolved.
+//!
+//! Variable paths are resolved at compile time (`action.confidence` is a typed field read,
+//! `context.user.role` a walk over borrowed JSON), literal regular expressions and time
+//! zones are built once, and the `map`/`filter` step `accu + [x]` becomes an in-place
+//! append, so evaluation does no name lookups and no avoidable copies.
+
+use super::schema::ActionField;
+use super::time::TimePart;
+use super::value::CelType;
+use jiff::tz::TimeZone;
+use regex::Regex;
+use serde_json::Value;
+
+/// A variable path's starting point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Root {
+    /// Bare `action`: only ever the start of a path, never a value.
+    Action,
+    Field(ActionField),
+    Context,
+    Agent,
+    AgentId,
+    AgentTier,
+    Tenant,
+    Now,
+}
+
+impl Root {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Root::Action => "action",
+            Root::Field(f) => f.path(),
+            Root::Context => "context",
+            Root::Agent => "agent",
+            Root::AgentId => "agent.id",
+            Root::AgentTier => "agent.tier",
+            Root::Tenant => "tenant",
+            Root::Now => "now",
+        }
+    }
+}
+
+/// A scalar literal.
+#[derive(Debug, Clone)]
+pub(super) enum Lit {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    Str(Box<str>),
+    Bytes(Box<[u8]>),
+    Type(CelType),
+    Timestamp(jiff::Timestamp),
+    Duration(jiff::SignedDuration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BinOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    In,
+}
+
+/// The function library; a method's receiver is its first argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Func {
+    Size,
+    Int,
+    UInt,
+    Double,
+    String,
+    Bool,
+    Bytes,
+    Timestamp,
+    Duration,
+    Type,
+    StartsWith,
+    EndsWith,
+    Contains,
+    LowerAscii,
+    UpperAscii,
+    Trim,
+    Split,
+    Join,
+    Replace,
+    IndexOf,
+    LastIndexOf,
+    Substring,
+    CharAt,
+    Reverse,
+    SetsContains,
+    SetsIntersects,
+    SetsEquivalent,
+    Glob,
+    /// A calendar accessor whose time zone is computed at run time.
+    Time(TimePart),
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Node {
+    Lit(Lit),
+    /// A list or map of literals, folded into one JSON value.
+    Json(Value),
+    /// A variable path: a typed root, then JSON field steps.
+    Path(Root, Box<[Box<str>]>),
+    /// `has(...)` on a typed root: whether the action carries the field.
+    Present(Root),
+    Local(usize),
+    Select(Box<Node>, Box<str>),
+    Has(Box<Node>, Box<str>),
+    Index(Box<Node>, Box<Node>),
+    Not(Box<Node>),
+    Neg(Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Cond(Box<Node>, Box<Node>, Box<Node>),
+    Binary(BinOp, Box<Node>, Box<Node>),
+    Call(Func, Box<[Node]>),
+    Matches(Box<Node>, Box<Regex>),
+    /// A calendar accessor in UTC or in a zone resolved at compile time.
+    TimePart(TimePart, Box<Node>, Option<Box<TimeZone>>),
+    /// CEL's `@not_strictly_false`: true unless the operand is `false` (errors are true).
+    NotStrictlyFalse(Box<Node>),
+    List(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+    /// `accu + [items…]` inside a comprehension: appends to the accumulator in place.
+    Append(usize, Vec<Node>),
+    Comprehension(Box<Comprehension>),
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Comprehension {
+    pub range: Node,
+    pub iter_slot: usize,
+    pub accu_slot: usize,
+    pub init: Node,
+    pub cond: Node,
+    pub step: Node,
+    pub result: Node,
+}

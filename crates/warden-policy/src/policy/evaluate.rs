@@ -1,0 +1,197 @@
+//! Evaluating an action: the candidate rules from the index, their filters and
+//! conditions, then combining what matched into one decision (docs/POLICY.md, Combining).
+
+use super::{ApprovalRequirement, Effect, Policy, Rule, Tier};
+use crate::action::{Action, Confidence, Env};
+use crate::decision::{
+    ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict,
+};
+use crate::expr::Vars;
+
+impl Policy {
+    /// Evaluates an action. Never fails: an evaluation error is a deny with reason code
+    /// `evaluation_error`, its detail in [`Decision::failure`].
+    pub fn evaluate(&self, action: &Action, env: &Env) -> Decision {
+        let agent = action.agent.as_deref();
+        let tier = agent.and_then(|a| self.agents.tier_of(a));
+        let vars = Vars {
+            action,
+            agent,
+            tier: tier.map(Tier::as_str),
+            env,
+        };
+        let candidates = self.index.candidates(action.kind.as_str());
+        let mut matched: Vec<&Rule> = Vec::with_capacity(candidates.len());
+        for &i in candidates.iter() {
+            let rule = &self.rules[i as usize];
+            if !rule.applies(agent, tier, action) {
+                continue;
+            }
+            let hit = match &rule.when {
+                None => true,
+                Some((_, expr)) => match expr.eval_bool(&vars) {
+                    Ok(hit) => hit,
+                    Err(e) => return self.failed(rule, e.to_string(), action),
+                },
+            };
+            if hit {
+                matched.push(rule);
+            }
+        }
+        self.combine(&matched, &vars)
+    }
+
+    fn combine(&self, matched: &[&Rule], vars: &Vars<'_>) -> Decision {
+        let strongest = matched
+            .iter()
+            .map(|r| r.effect)
+            .filter(|e| *e != Effect::Modify)
+            .max_by_key(|e| e.strength());
+        let verdict = match strongest {
+            Some(Effect::Deny) => Verdict::Deny,
+            Some(Effect::RequireApproval) => Verdict::RequireApproval,
+            Some(Effect::Allow) => Verdict::Allow,
+            Some(Effect::Modify) | None => self.default,
+        };
+        let mut ordered: Vec<&Rule> = matched.to_vec();
+        // Stable: rules of equal strength keep policy order.
+        ordered.sort_by_key(|r| std::cmp::Reverse(r.effect.strength()));
+        let mut reasons: Vec<Reason> = ordered
+            .iter()
+            .map(|r| Reason {
+                rule: Some(r.id.clone()),
+                effect: r.effect,
+                code: ReasonCode::PolicyRule,
+                message: r.message(vars),
+            })
+            .collect();
+        if strongest.is_none() {
+            reasons.push(Reason {
+                rule: None,
+                effect: Effect::from(self.default),
+                code: ReasonCode::DefaultEffect,
+                message: format!(
+                    "no rule decides `{}`, so the policy default ({}) applies",
+                    vars.action.kind,
+                    self.default.as_str()
+                ),
+            });
+        }
+        let confidence = vars.action.confidence.map(|c| {
+            let sum: f64 = matched.iter().map(|r| r.confidence_adjustment).sum();
+            ConfidenceChange {
+                initial: c.get(),
+                adjusted: Confidence::clamped(c.get() + sum).get(),
+            }
+        });
+        let mut obligations = Obligations::default();
+        if verdict != Verdict::Deny {
+            for rule in matched.iter().filter(|r| r.effect == Effect::Modify) {
+                if obligations.mode.is_none() {
+                    obligations.mode.clone_from(&rule.set.mode);
+                }
+                for (name, value) in &rule.set.limits {
+                    let slot = obligations.limits.entry(name.clone()).or_insert(*value);
+                    *slot = slot.min(*value);
+                }
+            }
+        }
+        let approval = (verdict == Verdict::RequireApproval).then(|| {
+            let mut merged: Option<ApprovalRequirement> = None;
+            for rule in matched
+                .iter()
+                .filter(|r| r.effect == Effect::RequireApproval)
+            {
+                let this = rule.approval.clone().unwrap_or_default();
+                merged = Some(match merged {
+                    None => this,
+                    Some(mut m) => {
+                        for group in this.approvers {
+                            if !m.approvers.contains(&group) {
+                                m.approvers.push(group);
+                            }
+                        }
+                        m.quorum = m.quorum.max(this.quorum);
+                        m.expires_in = m.expires_in.min(this.expires_in);
+                        m
+                    }
+                });
+            }
+            merged.unwrap_or_default()
+        });
+        Decision {
+            verdict,
+            reasons,
+            confidence,
+            obligations,
+            approval,
+            policy_version: self.version.as_str().to_owned(),
+            failure: None,
+        }
+    }
+
+    fn failed(&self, rule: &Rule, detail: String, action: &Action) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            reasons: vec![Reason {
+                rule: Some(rule.id.clone()),
+                effect: Effect::Deny,
+                code: ReasonCode::EvaluationError,
+                message: format!(
+                    "rule `{}` could not be evaluated for this action, so the decision fails closed",
+                    rule.id
+                ),
+            }],
+            confidence: action.confidence.map(|c| ConfidenceChange {
+                initial: c.get(),
+                adjusted: c.get(),
+            }),
+            obligations: Obligations::default(),
+            approval: None,
+            policy_version: self.version.as_str().to_owned(),
+            failure: Some(EvaluationFailure {
+                rule: rule.id.clone(),
+                detail,
+            }),
+        }
+    }
+}
+
+impl Rule {
+    fn applies(&self, agent: Option<&str>, tier: Option<Tier>, action: &Action) -> bool {
+        if !self.agents.is_empty()
+            && !agent.is_some_and(|a| self.agents.iter().any(|g| g.matches(a)))
+        {
+            return false;
+        }
+        if !self.tiers.is_empty() && !tier.is_some_and(|t| self.tiers.contains(&t)) {
+            return false;
+        }
+        if let Some(app) = &self.scope.app
+            && action.app.as_ref() != Some(app)
+        {
+            return false;
+        }
+        if let Some(workflow) = &self.scope.workflow
+            && action.workflow.as_ref() != Some(workflow)
+        {
+            return false;
+        }
+        true
+    }
+
+    fn message(&self, vars: &Vars<'_>) -> String {
+        match &self.reason {
+            Some(template) => template.render(vars),
+            None => {
+                let verb = match self.effect {
+                    Effect::Allow => "allows",
+                    Effect::Deny => "denies",
+                    Effect::RequireApproval => "requires approval for",
+                    Effect::Modify => "adds obligations to",
+                };
+                format!("rule `{}` {verb} `{}`", self.id, vars.action.kind)
+            }
+        }
+    }
+}

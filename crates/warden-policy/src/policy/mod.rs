@@ -1,0 +1,101 @@
+//! A validated, compiled policy and its evaluator.
+//!
+//! Compilation does all the work that does not depend on the action: conditions and reason
+//! templates are compiled, tier presets become ordinary rules, and rules are indexed by action
+//! name so that evaluation only looks at rules that can match. For every action name the policy
+//! mentions literally, the full candidate list (exact, prefix and general patterns) is
+//! precomputed, so the common case costs one hash lookup before conditions run.
+//!
+//! `model.rs` holds the pieces, `compile.rs` validates a document into them, `presets.rs`
+//! writes the tier presets as ordinary rules, `agents.rs` maps agents to tiers, `index.rs`
+//! finds a type's candidate rules and `evaluate.rs` evaluates and combines.
+
+mod agents;
+mod compile;
+mod evaluate;
+mod index;
+mod model;
+mod presets;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::audit::AuditSpec;
+pub use model::{
+    ApprovalRequirement, Budget, Effect, Guidance, LIMIT_NAMES, Limits, Per, RateLimit, Rule,
+    RuleId, Scope, Tier, Version,
+};
+
+use crate::decision::Verdict;
+use crate::document::{self, PolicyErrors, RawPolicy};
+use crate::glob::Glob;
+use agents::AgentMap;
+use index::Index;
+
+/// A validated, compiled policy, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    version: Version,
+    default: Verdict,
+    agents: AgentMap,
+    production: Vec<Glob>,
+    rules: Vec<Rule>,
+    index: Index,
+    budgets: Vec<Budget>,
+    rate_limits: Vec<RateLimit>,
+    audit: AuditSpec,
+    proposals: bool,
+    guidance: Vec<Guidance>,
+}
+
+impl Policy {
+    /// Parses, validates and compiles a YAML or JSON policy document. Every semantic problem
+    /// is reported, each with its line and column.
+    pub fn parse(source: &str) -> Result<Self, PolicyErrors> {
+        let node = document::load(source)?;
+        let raw: RawPolicy = document::from_node(&node)?;
+        compile::compile(raw)
+    }
+
+    /// The document's version.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+    /// The effect when no rule decides.
+    pub fn default_verdict(&self) -> Verdict {
+        self.default
+    }
+    /// Every rule, tier presets last, in evaluation order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+    /// Action patterns that count as production for the tier presets.
+    pub fn production(&self) -> &[Glob] {
+        &self.production
+    }
+    /// Budgets.
+    pub fn budgets(&self) -> &[Budget] {
+        &self.budgets
+    }
+    /// Rate limits.
+    pub fn rate_limits(&self) -> &[RateLimit] {
+        &self.rate_limits
+    }
+    /// Audit keep and redact lists.
+    pub fn audit(&self) -> &AuditSpec {
+        &self.audit
+    }
+    /// Whether agents may propose changes.
+    pub fn proposals_enabled(&self) -> bool {
+        self.proposals
+    }
+    /// Guidance sections.
+    pub fn guidance(&self) -> &[Guidance] {
+        &self.guidance
+    }
+
+    /// The tier bound to an agent id: the most specific matching `agents:` entry.
+    pub fn tier_of(&self, agent: &str) -> Option<Tier> {
+        self.agents.tier_of(agent)
+    }
+}

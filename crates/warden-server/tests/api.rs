@@ -1627,3 +1627,61 @@ async fn a_flood_of_bad_keys_is_aggregated_and_then_refused() {
         assert_eq!(status, StatusCode::OK);
     }
 }
+
+/// Issue 4 §4: `action.context` is `context`, so a kept subtree spelled one way is masked
+/// by a redaction spelled the other; and a redacted fixed column holds a keyed reference.
+#[tokio::test]
+async fn redaction_holds_however_a_path_is_spelled_and_covers_the_fixed_columns() {
+    for Db { store, _dir } in stores().await {
+        let policy = r#"
+version: 1.0.0
+default: allow
+audit:
+  keep: [action.context.user]
+  redact: [context.user.email, action.agent, action.target.id]
+"#;
+        let s = server_with(
+            store,
+            policy,
+            Limits {
+                key_cache_ttl: Duration::ZERO,
+                ..Limits::default()
+            },
+        )
+        .await;
+        let action = |target: &str| {
+            json!({"type": "ticket.update", "agent": "support-bot",
+                   "target": {"type": "ticket", "id": target},
+                   "context": {"user": {"email": "ann@example.com", "role": "agent"}}})
+        };
+        for target in ["T-1", "T-1", "T-2"] {
+            let (status, body) = s.decide_as(&s.support, action(target)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let events = s.events(kind::DECISION).await;
+        let e = &events[0].event;
+        assert_eq!(
+            e.kept,
+            json!({"context.user": {"email": "[redacted]", "role": "agent"}})
+        );
+        let agent = e.agent.as_deref().unwrap();
+        assert!(agent.starts_with("hmac-sha256:"), "{agent}");
+        assert_eq!(events[1].event.agent, e.agent, "references still correlate");
+        let target = e.target_id.as_deref().unwrap();
+        assert!(target.starts_with("hmac-sha256:"), "{target}");
+        assert_eq!(events[1].event.target_id, e.target_id);
+        assert_ne!(events[2].event.target_id, e.target_id);
+        assert_eq!(
+            e.target_type.as_deref(),
+            Some("ticket"),
+            "not redacted, kept"
+        );
+        for event in &events {
+            let text = format!("{:?}", event.event);
+            assert!(
+                !text.contains("ann@example.com") && !text.contains("support-bot"),
+                "{text}"
+            );
+        }
+    }
+}

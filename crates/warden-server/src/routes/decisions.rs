@@ -17,7 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::time::Instant;
-use warden_policy::{Action, ActionError, AuditView, Decision, Env, Timestamp};
+use warden_policy::{Action, ActionError, ActionField, AuditView, Decision, Env, Timestamp};
 use warden_store::{Append, Appended, NewDecision, NewEvent, kind};
 
 /// Bodies larger than this are parsed and evaluated off the async executor.
@@ -316,19 +316,36 @@ fn decision_event(
     now: i64,
 ) -> NewEvent {
     let key = state.audit_key();
+    // A fixed column whose field the policy redacts holds a keyed reference instead of the
+    // value: events about the same agent or target still correlate, the value is not kept.
+    let column = |field: ActionField, value: Option<&str>| -> Option<String> {
+        let value = value?;
+        if view.is_redacted(field) {
+            key.digest(&Value::String(value.to_owned()))
+        } else {
+            Some(value.to_owned())
+        }
+    };
+    let target = action.target.as_ref();
+    let confidence = stored
+        .confidence
+        .filter(|_| !view.is_redacted(ActionField::Confidence));
     NewEvent {
         id: decision_id.to_owned(),
         time_ms: now,
         tenant: tenant.to_owned(),
         kind: kind::DECISION.to_owned(),
-        agent: action.agent.clone(),
-        on_behalf_of: action.on_behalf_of.clone(),
-        action_type: Some(action.kind.as_str().to_owned()),
-        target_type: action.target.as_ref().and_then(|t| t.kind.clone()),
-        target_id: action.target.as_ref().and_then(|t| t.id.clone()),
-        mode: action.mode.clone(),
-        confidence_initial: stored.confidence.map(|c| c.initial),
-        confidence_adjusted: stored.confidence.map(|c| c.adjusted),
+        agent: column(ActionField::Agent, action.agent.as_deref()),
+        on_behalf_of: column(ActionField::OnBehalfOf, action.on_behalf_of.as_deref()),
+        action_type: column(ActionField::Type, Some(action.kind.as_str())),
+        target_type: column(
+            ActionField::TargetType,
+            target.and_then(|t| t.kind.as_deref()),
+        ),
+        target_id: column(ActionField::TargetId, target.and_then(|t| t.id.as_deref())),
+        mode: column(ActionField::Mode, action.mode.as_deref()),
+        confidence_initial: confidence.map(|c| c.initial),
+        confidence_adjusted: confidence.map(|c| c.adjusted),
         effect: Some(stored.effect.to_owned()),
         rule_ids: decision
             .map(|d| d.matched_rules().map(|r| r.as_str().to_owned()).collect())

@@ -646,10 +646,194 @@ fn audit_commands_work_through_the_server() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Slow, idle and hostile connections (issue 4 §7, §9)
+// ---------------------------------------------------------------------------------------
+
+/// Raw HTTP/1.1 over a socket: what a hostile or broken client sends.
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Bodies trickled a byte at a time hold no in-flight slot, so the service keeps deciding;
+/// an idle connection is closed after the header timeout; a claimed 10 GB body is refused
+/// at once; and a connection stuck halfway through its headers cannot hold up shutdown.
+#[test]
+fn slow_and_idle_clients_cannot_stop_the_service_or_its_shutdown() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("warden.db").display().to_string();
+    write_policy(dir.path(), TICKETS_POLICY);
+    let token = controller_key(dir.path(), &db, "default");
+    let mut server = Server::start(
+        dir.path(),
+        "slow",
+        &[
+            "--db",
+            &db,
+            "--max-in-flight",
+            "4",
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "30s",
+            "--shutdown-grace",
+            "1s",
+        ],
+        "info",
+    );
+    // Twelve clients, three times the in-flight bound, each stuck in its body.
+    let mut trickling = Vec::new();
+    for _ in 0..12 {
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        let head = format!(
+            "POST /v1/decisions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"ty"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        trickling.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = runtime();
+    let client = client();
+    let (status, body) = rt
+        .block_on(post_decision(
+            &client,
+            &server,
+            &token,
+            &json!({"type": "ticket.update"}),
+        ))
+        .unwrap();
+    assert_eq!(status, 200, "a normal decision still gets through: {body}");
+
+    // A claimed huge body: 413 at once, nothing read.
+    let started = Instant::now();
+    let answer = raw(
+        server.addr,
+        format!(
+            "POST /v1/decisions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: 10000000000\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""error":"body_too_large""#), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // An idle connection is closed by the server after the header timeout.
+    let mut idle = std::net::TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 64];
+    let read = idle.read(&mut buffer).unwrap_or(0);
+    assert_eq!(read, 0, "closed without an answer");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+
+    // Half-sent headers, then SIGTERM: the server exits within its grace period.
+    let mut half = std::net::TcpStream::connect(server.addr).unwrap();
+    half.write_all(b"POST /v1/decisions HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    server.sigterm();
+    assert_eq!(server.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+    assert!(started.elapsed() < EXIT_TIMEOUT);
+    drop(trickling);
+    assert_chain_intact(dir.path(), &db);
+}
+
+/// What hyper answers by itself (a broken request line, headers over its buffer) carries
+/// the one JSON error body too.
+#[test]
+fn malformed_requests_get_the_json_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), TICKETS_POLICY);
+    let db = dir.path().join("warden.db").display().to_string();
+    let server = Server::start(dir.path(), "malformed", &["--db", &db], "info");
+    let answer = raw(server.addr, b"NOT HTTP AT ALL\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(
+            r#"{"error":"invalid_request","detail":"the request is not valid HTTP/1.1"}"#
+        ),
+        "{answer}"
+    );
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(500 * 1024)
+    );
+    let answer = raw(server.addr, huge.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.contains(r#""error":"headers_too_large""#),
+        "{answer}"
+    );
+    let answer = raw(
+        server.addr,
+        b"GET /v1/decisions/%ff%fe HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+}
+
+/// `/metrics` needs an operator key on the main address, and nothing on its own one.
+#[test]
+fn metrics_are_the_operators_or_on_their_own_address() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), TICKETS_POLICY);
+    let db = dir.path().join("warden.db").display().to_string();
+    let metrics = free_port();
+    let server = Server::start(
+        dir.path(),
+        "metrics",
+        &["--db", &db, "--metrics-listen", &metrics.to_string()],
+        "info",
+    );
+    let open = raw(
+        server.addr,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(open.starts_with("HTTP/1.1 401"), "{open}");
+    let scraped = raw(
+        metrics,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(
+        scraped.contains("warden_decision_duration_seconds"),
+        "{scraped}"
+    );
+    let other = raw(
+        metrics,
+        b"GET /v1/audit HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(
+        other.starts_with("HTTP/1.1 404"),
+        "only metrics there: {other}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // The server process
 // ---------------------------------------------------------------------------------------
 
-/// A running `warden serve`, killed when dropped however the test ends.
 /// SIGHUP reloads the policy folder without a restart; a folder that does not compile is
 /// refused, said in the log, and the policy in force stays.
 #[test]
@@ -712,6 +896,7 @@ fn sighup_reloads_good_policies_and_keeps_the_old_one_on_a_bad_edit() {
     assert_eq!(version(), "1.1.0", "the old policy stays in force");
 }
 
+/// A running `warden serve`, killed when dropped however the test ends.
 struct Server {
     child: Child,
     addr: SocketAddr,

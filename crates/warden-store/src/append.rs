@@ -114,6 +114,76 @@ pub(crate) fn plan(
     })
 }
 
+/// The columns of an `audit_events` row, in table order: the one list the insert
+/// statements of both appenders, their bound values ([`event_row`]) and the reads use.
+pub(crate) const EVENT_COLUMNS: [&str; 24] = [
+    "seq",
+    "id",
+    "time_ms",
+    "tenant",
+    "kind",
+    "agent",
+    "on_behalf_of",
+    "action_type",
+    "target_type",
+    "target_id",
+    "mode",
+    "confidence_initial",
+    "confidence_adjusted",
+    "effect",
+    "rule_ids",
+    "reasons",
+    "policy_version",
+    "payload_digest",
+    "context_digest",
+    "kept",
+    "decision_id",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
+/// One value of an event row, as both appenders bind it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cell<'a> {
+    Int(i64),
+    Real(Option<f64>),
+    Text(Option<&'a str>),
+}
+
+/// The values of `link`'s row, in [`EVENT_COLUMNS`] order; `json` is its encoded JSON
+/// columns.
+pub(crate) fn event_row<'a>(link: &'a Link, json: &'a EncodedEvent) -> [Cell<'a>; 24] {
+    let e = &link.event;
+    let text = |v: &'a Option<String>| Cell::Text(v.as_deref());
+    [
+        Cell::Int(link.seq),
+        Cell::Text(Some(&e.id)),
+        Cell::Int(e.time_ms),
+        Cell::Text(Some(&e.tenant)),
+        Cell::Text(Some(&e.kind)),
+        text(&e.agent),
+        text(&e.on_behalf_of),
+        text(&e.action_type),
+        text(&e.target_type),
+        text(&e.target_id),
+        text(&e.mode),
+        Cell::Real(e.confidence_initial),
+        Cell::Real(e.confidence_adjusted),
+        text(&e.effect),
+        Cell::Text(Some(&json.rule_ids)),
+        Cell::Text(Some(&json.reasons)),
+        text(&e.policy_version),
+        text(&e.payload_digest),
+        text(&e.context_digest),
+        Cell::Text(Some(&json.kept)),
+        text(&e.decision_id),
+        Cell::Text(Some(&json.detail)),
+        Cell::Text(Some(&link.prev_hash)),
+        Cell::Text(Some(&link.hash)),
+    ]
+}
+
 /// The JSON-valued columns of an event row, as the hash covers them.
 #[derive(Debug)]
 pub(crate) struct EncodedEvent {

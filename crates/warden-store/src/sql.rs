@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use crate::append::{self, Head, Link, Plan};
+use crate::append::{self, Cell, Head, Link, Plan};
 use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
 use crate::migrations::migrations;
@@ -59,16 +59,11 @@ const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS warden_migrati
     applied_at_ms BIGINT NOT NULL
 )";
 
-const EVENT_COLUMNS: &str = "seq, id, time_ms, tenant, kind, agent, on_behalf_of, action_type, \
-    target_type, target_id, mode, confidence_initial, confidence_adjusted, effect, rule_ids, \
-    reasons, policy_version, payload_digest, context_digest, kept, decision_id, detail, \
-    prev_hash, hash";
-
-/// The start of a multi-row insert into the chain; [`multi_row_insert`] adds the rows.
-const INSERT_EVENTS: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
-    on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
-    confidence_adjusted, effect, rule_ids, reasons, policy_version, payload_digest, \
-    context_digest, kept, decision_id, detail, prev_hash, hash) VALUES ";
+/// `seq, id, time_ms, …`: every column of an event row, for selects and inserts.
+fn event_columns() -> &'static str {
+    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| append::EVENT_COLUMNS.join(", "))
+}
 
 /// The readiness probe's write (see `Store::probe_write`).
 pub(crate) const WRITE_PROBE: &str = "INSERT INTO write_probe (id, at_ms) VALUES (1, $1) \
@@ -162,40 +157,22 @@ where
 
     /// Inserts rows of the chain with one statement.
     async fn insert_events(conn: &mut DB::Connection, links: &[Link]) -> Result<(), StoreError> {
-        let sql = multi_row_insert::<DB>(INSERT_EVENTS, EVENT_FIELDS, links.len());
+        let prefix = format!("INSERT INTO audit_events ({}) VALUES ", event_columns());
+        let sql = multi_row_insert::<DB>(&prefix, append::EVENT_COLUMNS.len(), links.len());
         let encoded = links
             .iter()
             .map(|link| append::encode(&link.event))
             .collect::<Result<Vec<_>, _>>()?;
         let mut query = sqlx::query(&sql);
-        for (link, json) in links.iter().zip(encoded) {
-            let event = &link.event;
+        for (link, json) in links.iter().zip(&encoded) {
             // Borrowed, not cloned: the statement lives only as long as `links`.
-            query = query
-                .bind(link.seq)
-                .bind(event.id.as_str())
-                .bind(event.time_ms)
-                .bind(event.tenant.as_str())
-                .bind(event.kind.as_str())
-                .bind(event.agent.as_deref())
-                .bind(event.on_behalf_of.as_deref())
-                .bind(event.action_type.as_deref())
-                .bind(event.target_type.as_deref())
-                .bind(event.target_id.as_deref())
-                .bind(event.mode.as_deref())
-                .bind(event.confidence_initial)
-                .bind(event.confidence_adjusted)
-                .bind(event.effect.as_deref())
-                .bind(json.rule_ids)
-                .bind(json.reasons)
-                .bind(event.policy_version.as_deref())
-                .bind(event.payload_digest.as_deref())
-                .bind(event.context_digest.as_deref())
-                .bind(json.kept)
-                .bind(event.decision_id.as_deref())
-                .bind(json.detail)
-                .bind(link.prev_hash.as_str())
-                .bind(link.hash.as_str());
+            for cell in append::event_row(link, json) {
+                query = match cell {
+                    Cell::Int(v) => query.bind(v),
+                    Cell::Real(v) => query.bind(v),
+                    Cell::Text(v) => query.bind(v),
+                };
+            }
         }
         query.execute(&mut *conn).await?;
         Ok(())
@@ -409,9 +386,6 @@ impl DecisionLookup {
     }
 }
 
-/// Columns of an audit event row.
-const EVENT_FIELDS: usize = 24;
-
 /// Rows per multi-row statement: 256 events bind 6,144 values, well inside SQLite's
 /// (32,766) and PostgreSQL's (65,535) limits.
 const INSERT_CHUNK: usize = 256;
@@ -621,7 +595,7 @@ where
     }
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE 1 = 1");
+        let mut sql = format!("SELECT {} FROM audit_events WHERE 1 = 1", event_columns());
         let mut args = Vec::new();
         let mut push = |sql: &mut String, condition: &str, arg: Arg| {
             args.push(arg);
@@ -697,7 +671,8 @@ where
             }
         }
         let page_sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            "SELECT {} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            event_columns()
         );
         let mut walk = ChainWalk::new(anchors);
         let mut after = i64::MIN;

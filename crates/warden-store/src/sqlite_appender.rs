@@ -29,16 +29,35 @@ const HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1
 const KEY_HOLDER: &str = "SELECT id, tenant, idempotency_key, body, created_at_ms, \
     action_digest FROM decisions WHERE tenant = ?1 AND idempotency_key = ?2";
 
-const INSERT_EVENT: &str = "INSERT INTO audit_events (seq, id, time_ms, tenant, kind, agent, \
-    on_behalf_of, action_type, target_type, target_id, mode, confidence_initial, \
-    confidence_adjusted, effect, rule_ids, reasons, policy_version, payload_digest, \
-    context_digest, kept, decision_id, detail, prev_hash, hash) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-    ?19, ?20, ?21, ?22, ?23, ?24)";
-
 const INSERT_DECISION: &str = "INSERT INTO decisions \
     (id, tenant, idempotency_key, body, created_at_ms, action_digest) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// The single-row insert of an event, with `?N` placeholders in column order.
+fn insert_event() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let columns = append::EVENT_COLUMNS;
+        let values: Vec<String> = (1..=columns.len()).map(|n| format!("?{n}")).collect();
+        format!(
+            "INSERT INTO audit_events ({}) VALUES ({})",
+            columns.join(", "),
+            values.join(", ")
+        )
+    })
+}
+
+impl rusqlite::ToSql for append::Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match *self {
+            append::Cell::Int(v) => ToSqlOutput::Owned(Value::Integer(v)),
+            append::Cell::Real(Some(v)) => ToSqlOutput::Owned(Value::Real(v)),
+            append::Cell::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            append::Cell::Real(None) | append::Cell::Text(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
 
 /// Opens a write connection to the (existing) database file at `path` and starts the
 /// appender thread on it.
@@ -142,40 +161,14 @@ fn write(conn: &mut Connection, batch: Vec<Append>) -> Result<Vec<Appended>, Sto
         results,
     } = append::plan(batch, head, holders)?;
     {
-        let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+        let mut insert = tx.prepare_cached(insert_event())?;
         for link in &links {
-            let event = &link.event;
-            let json = append::encode(event)?;
+            let json = append::encode(&link.event)?;
             insert
-                .execute(rusqlite::params![
-                    link.seq,
-                    event.id,
-                    event.time_ms,
-                    event.tenant,
-                    event.kind,
-                    event.agent,
-                    event.on_behalf_of,
-                    event.action_type,
-                    event.target_type,
-                    event.target_id,
-                    event.mode,
-                    event.confidence_initial,
-                    event.confidence_adjusted,
-                    event.effect,
-                    json.rule_ids,
-                    json.reasons,
-                    event.policy_version,
-                    event.payload_digest,
-                    event.context_digest,
-                    json.kept,
-                    event.decision_id,
-                    json.detail,
-                    link.prev_hash,
-                    link.hash,
-                ])
+                .execute(rusqlite::params_from_iter(append::event_row(link, &json)))
                 // seq is assigned under the write lock, so a correct insert can only collide
                 // on a caller-made event id.
-                .map_err(|e| unique_as(e, || StoreError::DuplicateEvent(event.id.clone())))?;
+                .map_err(|e| unique_as(e, || StoreError::DuplicateEvent(link.event.id.clone())))?;
         }
         let mut insert = tx.prepare_cached(INSERT_DECISION)?;
         for d in &decisions {

@@ -14,6 +14,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use warden_policy::glob::Glob;
 use warden_store::{Append, KeyRecord, NewEvent, SYSTEM_TENANT, kind};
@@ -315,6 +316,9 @@ fn failure_event(attempt: &Attempt, tally: &Tally, now: i64) -> NewEvent {
 pub struct AuthFailures {
     limit: u32,
     window: Duration,
+    /// Failures this window from all sources: while under the limit no source can be over
+    /// it, so the common case never takes the lock.
+    total: AtomicU32,
     inner: Mutex<FailureWindow>,
 }
 
@@ -336,6 +340,7 @@ impl AuthFailures {
         Self {
             limit,
             window,
+            total: AtomicU32::new(0),
             inner: Mutex::new(FailureWindow {
                 started: Instant::now(),
                 by_source: HashMap::new(),
@@ -346,6 +351,9 @@ impl AuthFailures {
 
     /// Seconds until `source` may try again, if it is over the limit this window.
     fn blocked(&self, source: IpAddr, now: Instant) -> Option<u32> {
+        if self.total.load(Ordering::Relaxed) < self.limit {
+            return None;
+        }
         let inner = self.inner.lock().ok()?;
         let count = *inner.by_source.get(&source)?;
         let elapsed = now.saturating_duration_since(inner.started);
@@ -362,6 +370,7 @@ impl AuthFailures {
             return true;
         };
         *inner.by_source.entry(attempt.source).or_insert(0) += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
         if inner.pending.len() >= MAX_ATTEMPTS && !inner.pending.contains_key(&attempt) {
             return false;
         }
@@ -395,6 +404,7 @@ impl AuthFailures {
         }
         inner.started = now;
         inner.by_source.clear();
+        self.total.store(0, Ordering::Relaxed);
         let pending = std::mem::take(&mut inner.pending);
         pending
             .into_iter()

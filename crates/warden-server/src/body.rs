@@ -83,28 +83,35 @@ async fn collect(
     budget: &BodyBudget,
     held: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<Bytes, ApiError> {
+    // Most bodies arrive as one frame: kept as it is, copied only when more follow.
+    let mut first: Option<Bytes> = None;
     let mut buffer = Vec::new();
+    let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|_| ApiError::bad_request("invalid_body", "the body could not be read"))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buffer.len() + data.len() > limit {
+        total += data.len();
+        if total > limit {
             return Err(too_large());
         }
         if !budget.reserve(held, data.len()) {
-            let mut error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+            return Err(ApiError::overloaded(
                 "too many request bodies in flight; try again",
-            );
-            error.retry_after(1);
-            return Err(error);
+            ));
         }
-        buffer.extend_from_slice(&data);
+        match first.take() {
+            None if buffer.is_empty() => first = Some(data),
+            None => buffer.extend_from_slice(&data),
+            Some(earlier) => {
+                buffer.extend_from_slice(&earlier);
+                buffer.extend_from_slice(&data);
+            }
+        }
     }
-    Ok(Bytes::from(buffer))
+    Ok(first.unwrap_or_else(|| Bytes::from(buffer)))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -1542,6 +1542,20 @@ async fn bodies_have_a_deadline_a_budget_and_a_declared_limit() {
         (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded"))
     );
     assert_eq!(retry.unwrap(), "1");
+    // A body in several frames is put together whole.
+    let chunks = Chunks(vec![
+        axum::body::Bytes::from_static(br#"{"type":"#),
+        axum::body::Bytes::from_static(br#""ticket.update"}"#),
+    ]);
+    let (status, body, _) = answer(
+        s.app
+            .clone()
+            .oneshot(post(Body::new(chunks), None))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // Within it, fine; and the budget was given back.
     for _ in 0..3 {
         let (status, body, _) = answer(
@@ -1554,7 +1568,22 @@ async fn bodies_have_a_deadline_a_budget_and_a_declared_limit() {
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    assert!(s.events(kind::DECISION).await.len() == 3);
+    assert_eq!(s.events(kind::DECISION).await.len(), 4);
+}
+
+/// A request body that arrives in the given frames.
+struct Chunks(Vec<axum::body::Bytes>);
+
+impl axum::body::HttpBody for Chunks {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+        std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }
 
 /// A request body whose bytes never arrive.

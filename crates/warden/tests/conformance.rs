@@ -49,6 +49,13 @@ const STARTUP: Duration = Duration::from_secs(15);
 const CLI_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the OCSF validator may take (it loads a 1.8 MB schema export).
 const VALIDATOR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one schemathesis run may take; two runs keep the test under ~3 minutes.
+const SCHEMATHESIS_TIMEOUT: Duration = Duration::from_secs(85);
+/// Examples per operation and phase: at 60 a run found every failure that 200 found (seed
+/// 20261124 against seed 7, release build), in ~20 s instead of ~55 s.
+const MAX_EXAMPLES: &str = "60";
+/// A fixed seed, so a failure in CI is the same failure on a developer's machine.
+const SEED: &str = "20261124";
 
 // ---------------------------------------------------------------------------------------
 // OCSF
@@ -217,6 +224,75 @@ fn ocsf_export_validates_against_the_official_schema() {
         out.status.code(),
         Some(0),
         "the OCSF export does not validate against the schema it claims:\n{report}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// OpenAPI
+// ---------------------------------------------------------------------------------------
+
+/// DESIGN §8: `/openapi.json` is the API. schemathesis generates requests from it, for a
+/// controller key and an admin key in turn, and checks every answer against it (status
+/// codes, content types, bodies, auth, and that valid inputs are accepted and invalid ones
+/// refused). Zero failing checks.
+#[test]
+fn schemathesis_finds_no_failing_check_with_either_key() {
+    if !tool_available("schemathesis", &["-m", "schemathesis.cli", "--version"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, controller, admin) = setup(dir.path());
+    let server = Server::start(dir.path());
+    let schema = server.url("/openapi.json");
+    let mut failed = Vec::new();
+    for (role, key) in [("controller", &controller), ("admin", &admin)] {
+        let started = Instant::now();
+        let out = run_with_timeout(
+            Command::new(python())
+                .args(["-m", "schemathesis.cli", "run", &schema])
+                .args([
+                    "--checks",
+                    "all",
+                    "--max-examples",
+                    MAX_EXAMPLES,
+                    "--seed",
+                    SEED,
+                ])
+                .args(["--workers", "1", "--request-timeout", "10"])
+                // Every failure of an operation, not only the first; no example database
+                // left behind, so each run starts from the seed alone.
+                .args([
+                    "--continue-on-failure",
+                    "--generation-database",
+                    "none",
+                    "--no-color",
+                ])
+                .arg("--header")
+                .arg(format!("Authorization: Bearer {key}"))
+                .current_dir(dir.path()),
+            SCHEMATHESIS_TIMEOUT,
+        );
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "schemathesis with the {role} key: exit {:?} after {:.0?}",
+            out.status.code(),
+            started.elapsed()
+        );
+        if out.status.code() != Some(0) {
+            failed.push(format!(
+                "==== schemathesis with the {role} key ====\n{report}"
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "schemathesis found failing checks against {schema}:\n{}\n--- warden serve's log ---\n{}",
+        failed.join("\n"),
+        server.stderr_tail()
     );
 }
 

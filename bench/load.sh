@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Load benchmark of the decision service: bare axum ceiling, Warden on SQLite and PostgreSQL.
+# Load benchmark of the decision service: bare axum ceiling, a durable baseline, Warden on
+# SQLite and PostgreSQL.
 #
 # One run measures, over loopback with CONNECTIONS keep-alive connections:
 #   bare      `loadgen bare`, a plain axum handler answering a fixed copy of Warden's ~550-byte
 #             decision: the ceiling of the HTTP stack on this machine;
+#   durable   `loadgen durable`, the same handler appending each body as one row to a fresh
+#             SQLite file (WAL, synchronous=FULL) through a group-commit writer thread and
+#             answering after the commit: what durability alone costs here, the baseline
+#             Warden on SQLite is held to;
 #   sqlite    `warden serve` on a fresh SQLite file, audit durable (the server's default);
 #   postgres  `warden serve --migrate` on a fresh database `warden_bench_<pid>`, dropped after.
 # For each: a closed-loop peak run (rps, p50, p99), then an open-loop run at half that peak
-# (p99, corrected for coordinated omission). It ends with a Markdown table for
-# docs/BENCHMARKS.md and the machine line.
+# (p99, corrected for coordinated omission). When both `durable` and `sqlite` ran, `durable`
+# is run once more at half of *Warden's* peak, so the two p99s are compared at the same
+# offered load. It ends with a Markdown table for docs/BENCHMARKS.md and the machine line.
 #
 # The generator (crates/warden-server/examples/loadgen.rs) runs on one thread and shares the
 # machine's cores with the server it measures: absolute numbers are lower than with a separate
@@ -16,10 +22,10 @@
 #
 # Environment:
 #   DURATION=10s  WARMUP=2s  CONNECTIONS=64     per run
-#   TARGETS="bare sqlite postgres"              which targets to run, in that order
+#   TARGETS="bare durable sqlite postgres"      which targets to run, in that order
 #   WARDEN_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
 #                                               server to create the bench database on
-#   BASE_PORT=18471                             bare on it, sqlite +1, postgres +2
+#   BASE_PORT=18471                             bare on it, sqlite +1, postgres +2, durable +3
 #   WARDEN_KEY_ARGS=""                          extra arguments for `warden keys create`
 #
 # Needs: cargo, curl, jq, and psql for the PostgreSQL target.
@@ -31,14 +37,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-64}"
-TARGETS="${TARGETS:-bare sqlite postgres}"
+TARGETS="${TARGETS:-bare durable sqlite postgres}"
 PG_URL="${WARDEN_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 BASE_PORT="${BASE_PORT:-18471}"
 read -r -a KEY_ARGS <<<"${WARDEN_KEY_ARGS:-}"
 
 cd "$ROOT"
 echo "== building (release)" >&2
-if [[ "$TARGETS" == bare ]]; then
+if [[ " $TARGETS " != *" sqlite "* && " $TARGETS " != *" postgres "* ]]; then
     cargo build --release -p warden-server --example loadgen >&2
 else
     cargo build --release -p warden -p warden-server --bin warden --example loadgen >&2
@@ -122,6 +128,9 @@ loadgen_run() {
 }
 
 declare -A RPS P50 P99 HALF_P99 HALF_RATE HALF_NOTE
+# The durable baseline's p99 at half of Warden's (SQLite) peak, and that rate.
+AT_WARDEN_P99=""
+AT_WARDEN_NOTE=""
 
 # measure NAME ADDR KEY: peak run, then half-peak run; fills the tables above.
 measure() {
@@ -166,6 +175,37 @@ run_bare() {
     stop_server
 }
 
+DURABLE_ADDR="127.0.0.1:$((BASE_PORT + 3))"
+DURABLE_DB="$WORK/durable/requests.db"
+
+# start_durable: serve the durable baseline on DURABLE_ADDR, appending to DURABLE_DB (kept
+# between its runs, as Warden's database is between its peak and half-peak runs).
+start_durable() {
+    mkdir -p "$WORK/durable"
+    "$LOADGEN" durable --listen "$DURABLE_ADDR" --db "$DURABLE_DB" >>"$WORK/durable.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "$DURABLE_ADDR" "$WORK/durable.log"
+}
+
+run_durable() {
+    start_durable
+    measure durable "$DURABLE_ADDR" ""
+    stop_server
+}
+
+# durable_at_warden_rate: the durable baseline, open loop at half of Warden's SQLite peak.
+durable_at_warden_rate() {
+    local rate="${HALF_RATE[sqlite]}"
+    echo "== durable at half of Warden's peak ($rate/s)" >&2
+    start_durable
+    loadgen_run durable "http://$DURABLE_ADDR/v1/decisions" "" durable-at-warden --rate "$rate"
+    AT_WARDEN_P99="$(jq -r .p99_us "$RESULT")"
+    if jq -e '.rps < 0.95 * .target_rate' "$RESULT" >/dev/null; then
+        AT_WARDEN_NOTE=", fell behind: $(jq -r '.rps | floor' "$RESULT")/s achieved"
+    fi
+    stop_server
+}
+
 # run_warden NAME ADDR DB_URL [serve flags...]: serve, create a controller key, measure.
 run_warden() {
     local name="$1" addr="$2" db="$3" dir="$WORK/$1" key
@@ -206,37 +246,72 @@ for target in $TARGETS; do
     echo "== $target" >&2
     case "$target" in
         bare) run_bare ;;
+        durable) run_durable ;;
         sqlite) run_sqlite ;;
         postgres) run_postgres ;;
         *)
-            echo "error: unknown target \`$target\` (bare, sqlite, postgres)" >&2
+            echo "error: unknown target \`$target\` (bare, durable, sqlite, postgres)" >&2
             exit 2
             ;;
     esac
 done
+
+HAVE_PAIR=""
+if [[ -n "${RPS[durable]:-}" && -n "${RPS[sqlite]:-}" && "${HALF_RATE[sqlite]:-0}" -ge 1 ]]; then
+    HAVE_PAIR=1
+    durable_at_warden_rate
+fi
+
+# share TARGET BASE: TARGET's peak rps as a whole percentage of BASE's, or — without BASE.
+share() {
+    if [[ -n "${RPS[$2]:-}" && "${RPS[$2]}" -gt 0 ]]; then
+        echo "$((100 * RPS[$1] / RPS[$2]))%"
+    else
+        echo "—"
+    fi
+}
 
 # The report, on stdout.
 echo
 echo "Measured $(date -u +%Y-%m-%d), \`bench/load.sh\`, $CONNECTIONS keep-alive connections," \
     "$DURATION per run after $WARMUP warmup, generator on the same machine:"
 echo
-echo "| target | rps | p50 | p99 | p99 at half peak | % of bare |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| target | rps | p50 | p99 | p99 at half peak | % of bare | % of durable |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for target in $TARGETS; do
-    share="—"
-    if [[ -n "${RPS[bare]:-}" && "${RPS[bare]}" -gt 0 ]]; then
-        share="$((100 * RPS[$target] / RPS[bare]))%"
-    fi
     label="$target"
     [[ "$target" == bare ]] && label="bare axum handler"
+    [[ "$target" == durable ]] && label="durable baseline (SQLite row per request)"
     [[ "$target" == sqlite ]] && label="Warden, SQLite"
     [[ "$target" == postgres ]] && label="Warden, PostgreSQL"
     half="${HALF_P99[$target]}"
     [[ "$half" != "n/a" ]] && half="$half µs (at ${HALF_RATE[$target]}/s${HALF_NOTE[$target]:-})"
-    echo "| $label | ${RPS[$target]} | ${P50[$target]} µs | ${P99[$target]} µs | $half | $share |"
+    echo "| $label | ${RPS[$target]} | ${P50[$target]} µs | ${P99[$target]} µs | $half |" \
+        "$(share "$target" bare) | $(share "$target" durable) |"
 done
+if [[ -n "$HAVE_PAIR" ]]; then
+    echo
+    echo "At the same offered load, half of Warden's SQLite peak (${HALF_RATE[sqlite]}/s):" \
+        "Warden p99 ${HALF_P99[sqlite]} µs${HALF_NOTE[sqlite]:-}," \
+        "durable baseline p99 $AT_WARDEN_P99 µs$AT_WARDEN_NOTE."
+fi
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+
+if [[ -n "$HAVE_PAIR" ]]; then
+    share=$((100 * RPS[sqlite] / RPS[durable]))
+    verdict="met"
+    [[ $share -lt 60 ]] && verdict="NOT met"
+    echo
+    echo "Target: Warden on SQLite ≥ 60% of the durable baseline: $share%, $verdict."
+    if [[ "${HALF_P99[sqlite]}" != "n/a" && "$AT_WARDEN_P99" -gt 0 ]]; then
+        verdict="met"
+        [[ ${HALF_P99[sqlite]} -gt $((2 * AT_WARDEN_P99)) ]] && verdict="NOT met"
+        echo "Target: Warden's p99 ≤ 2× the baseline's at ${HALF_RATE[sqlite]}/s:" \
+            "${HALF_P99[sqlite]} µs against $AT_WARDEN_P99 µs" \
+            "($(awk -v w="${HALF_P99[sqlite]}" -v d="$AT_WARDEN_P99" 'BEGIN {printf "%.1f", w / d}')×), $verdict."
+    fi
+fi
 
 if [[ " $TARGETS " == *" sqlite "* && -n "${RPS[bare]:-}" ]]; then
     share=$((100 * RPS[sqlite] / RPS[bare]))

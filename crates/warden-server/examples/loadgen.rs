@@ -2,6 +2,11 @@
 //!
 //! `loadgen bare` serves `POST /v1/decisions` from a plain axum handler that reads the request
 //! body and answers a fixed §4 decision: what the HTTP stack alone costs on this machine.
+//! `loadgen durable` is the same handler made durable the simplest way: each request body is
+//! appended as one row to a SQLite file (WAL, `synchronous=FULL`) by a group-commit writer
+//! thread, and the answer is sent only after the commit that holds it. It is what any durable
+//! service pays on this machine before doing any work of its own, so Warden on SQLite is
+//! measured against it rather than against a handler that does no I/O.
 //! `loadgen run` drives any such endpoint over N keep-alive HTTP/1.1 connections, one task per
 //! connection on hyper's low-level client, and prints throughput and latency percentiles.
 //!
@@ -26,14 +31,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use axum::http::{HeaderValue, Method, Request, Uri};
+use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// The placeholder in a body file replaced by a per-request counter.
@@ -60,6 +69,7 @@ const BARE_DECISION: &str = concat!(
 #[command(
     about = "Load generator for Warden's decision service, and the bare-handler ceiling",
     after_help = "Examples:\n  loadgen bare --listen 127.0.0.1:18471\n  \
+                  loadgen durable --listen 127.0.0.1:18474 --db /tmp/durable.db\n  \
                   loadgen run --url http://127.0.0.1:18471/v1/decisions --body action.json \\\n    \
                   --connections 64 --duration 10s --warmup 2s --rate 20000 --json"
 )]
@@ -72,6 +82,8 @@ struct Cli {
 enum Command {
     /// Serve `POST /v1/decisions` with a fixed JSON decision: the HTTP stack's ceiling.
     Bare(BareArgs),
+    /// The bare handler, answering only after the body is committed to a SQLite file.
+    Durable(DurableArgs),
     /// Send POST requests over keep-alive connections and report rps and latency.
     Run(RunArgs),
 }
@@ -85,6 +97,15 @@ struct BareArgs {
     /// does for `warden serve`).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct DurableArgs {
+    #[command(flatten)]
+    server: BareArgs,
+    /// The SQLite file the bodies are appended to (created if missing).
+    #[arg(long)]
+    db: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -120,7 +141,11 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Bare(args) => bare(&args),
+        Command::Bare(args) => serve_bare(&args, None),
+        Command::Durable(args) => {
+            let queue = start_writer(&args.db)?;
+            serve_bare(&args.server, Some(queue))
+        }
         Command::Run(args) => {
             let report = run(&args)?;
             println!("{}", report.human());
@@ -150,8 +175,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `loadgen bare`: a plain axum server, set up as `warden serve` is (TCP_NODELAY on).
-fn bare(args: &BareArgs) -> anyhow::Result<()> {
+/// `loadgen bare` (no queue) or `loadgen durable` (answers after the writer commits): a plain
+/// axum server, set up as `warden serve` is (TCP_NODELAY on).
+fn serve_bare(args: &BareArgs, queue: Option<mpsc::UnboundedSender<Append>>) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
         builder.worker_threads(threads);
@@ -161,16 +187,26 @@ fn bare(args: &BareArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
-        let app = axum::Router::new()
-            .route("/v1/decisions", post(bare_decision))
-            .route("/healthz", get(|| async { "ok" }));
+        let (app, what) = match queue {
+            None => (
+                axum::Router::new().route("/v1/decisions", post(bare_decision)),
+                "bare",
+            ),
+            Some(queue) => (
+                axum::Router::new()
+                    .route("/v1/decisions", post(durable_decision))
+                    .with_state(queue),
+                "durable",
+            ),
+        };
+        let app = app.route("/healthz", get(|| async { "ok" }));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on `{}`", args.listen))?;
         let listener = listener.tap_io(|stream| {
             let _ = stream.set_nodelay(true);
         });
-        eprintln!("loadgen bare: listening on {}", args.listen);
+        eprintln!("loadgen {what}: listening on {}", args.listen);
         axum::serve(listener, app)
             .await
             .context("the bare server stopped")
@@ -182,6 +218,85 @@ async fn bare_decision(body: Bytes) -> ([(axum::http::HeaderName, &'static str);
     // Touch the body so reading it cannot be optimised into skipping it.
     std::hint::black_box(body.len());
     ([(CONTENT_TYPE, "application/json")], BARE_DECISION)
+}
+
+/// A body waiting for the writer, and where to say whether its commit succeeded.
+struct Append {
+    body: Bytes,
+    done: oneshot::Sender<bool>,
+}
+
+/// At most this many bodies per transaction, so one commit's latency stays bounded.
+const MAX_BATCH: usize = 1024;
+
+/// Appends the body, waits for its commit, then answers what the bare handler answers; a
+/// failed commit is a 503, as Warden answers when its audit log cannot write.
+async fn durable_decision(
+    State(queue): State<mpsc::UnboundedSender<Append>>,
+    body: Bytes,
+) -> Response {
+    let (done, committed) = oneshot::channel();
+    let queued = queue.send(Append { body, done }).is_ok();
+    if queued && committed.await == Ok(true) {
+        ([(CONTENT_TYPE, "application/json")], BARE_DECISION).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the commit failed").into_response()
+    }
+}
+
+/// Opens (creating) the SQLite file as Warden opens its own (WAL, `synchronous=FULL`, so a
+/// commit is on disk when it returns) and starts the writer thread on it.
+fn start_writer(path: &std::path::Path) -> anyhow::Result<mpsc::UnboundedSender<Append>> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open the SQLite file `{}`", path.display()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         CREATE TABLE IF NOT EXISTS requests (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+    )
+    .context("cannot set up the SQLite file")?;
+    let (queue, bodies) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("loadgen-durable-writer".into())
+        .spawn(move || write_batches(conn, bodies))
+        .context("cannot start the writer thread")?;
+    Ok(queue)
+}
+
+/// Group commit: takes whatever is queued (at least one body), writes it in one transaction,
+/// and wakes every request in it; requests that arrive meanwhile form the next batch.
+fn write_batches(mut conn: Connection, mut bodies: mpsc::UnboundedReceiver<Append>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = bodies.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match bodies.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let committed = match commit(&mut conn, &batch) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("loadgen durable: a commit failed: {e}");
+                false
+            }
+        };
+        for append in batch.drain(..) {
+            // A request that timed out has nobody to tell.
+            let _ = append.done.send(committed);
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &[Append]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached("INSERT INTO requests (body) VALUES (?1)")?;
+        for append in batch {
+            insert.execute([append.body.as_ref()])?;
+        }
+    }
+    tx.commit()
 }
 
 /// Everything a connection task needs, shared read-only.

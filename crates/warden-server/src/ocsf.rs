@@ -5,6 +5,13 @@
 //! attributes; the decision's own fields, which OCSF has no place for, go unchanged in
 //! `unmapped`, together with the hash chain, so an exported record can still be checked
 //! against the log. The table in `docs/AUDIT.md` is the contract; keep the two in step.
+//!
+//! The records validate against the official OCSF 1.3.0 schema (checked in the test suite by
+//! `crates/warden/tests/conformance.rs`). That rules out two things one might add: API
+//! Activity takes no `security_control` profile in 1.3.0 (its `action_id` and
+//! `disposition_id` arrive in 1.4.0), so the verdict is carried by `status_id`,
+//! `actor.authorizations[].decision` and `unmapped.effect`; and a resource needs a `uid` or a
+//! `name`, so a target with a type but no id is not a resource.
 
 use serde_json::{Map, Value, json};
 use warden_store::{Event, kind};
@@ -46,18 +53,7 @@ pub fn to_ocsf(event: &Event) -> Value {
     if !e.reasons.is_empty() {
         out.insert("message".into(), json!(e.reasons.join("; ")));
     }
-    let mut profiles = Vec::new();
-    if let Some(effect) = &e.effect {
-        // A decision is a security control's verdict: the security_control profile's
-        // action and disposition are where SIEMs look for "was it blocked".
-        let (action_id, action, disposition_id, disposition) = control(effect);
-        out.insert("action_id".into(), json!(action_id));
-        out.insert("action".into(), json!(action));
-        out.insert("disposition_id".into(), json!(disposition_id));
-        out.insert("disposition".into(), json!(disposition));
-        profiles.push("security_control");
-    }
-    out.insert("metadata".into(), metadata(event, &profiles));
+    out.insert("metadata".into(), metadata(event));
     out.insert("actor".into(), actor(event));
     out.insert("api".into(), api(event));
     // Warden records no network source (it minimizes what it keeps); OCSF requires the
@@ -66,10 +62,12 @@ pub fn to_ocsf(event: &Event) -> Value {
         "src_endpoint".into(),
         json!({"name": e.agent.as_deref().unwrap_or("unknown")}),
     );
-    if e.target_type.is_some() || e.target_id.is_some() {
+    // OCSF requires a resource to have a uid or a name; a target type alone goes to
+    // `unmapped`.
+    if let Some(target_id) = &e.target_id {
         let mut resource = Map::new();
         insert_some(&mut resource, "type", e.target_type.as_deref());
-        insert_some(&mut resource, "uid", e.target_id.as_deref());
+        resource.insert("uid".into(), json!(target_id));
         out.insert("resources".into(), json!([resource]));
     }
     out.insert("unmapped".into(), unmapped(event));
@@ -100,46 +98,39 @@ fn activity_caption(activity_id: u8) -> &'static str {
     }
 }
 
-/// The status from the decided effect; events without one succeeded, except failed
-/// authentications and failed outcomes.
+/// A decision's verdict as reported by its effect; other events succeeded, except failed
+/// authentications and failed outcomes. An outcome event also records its decision's
+/// effect, but its status is the reported one: a failed run of an allowed action failed.
 fn status(event: &Event) -> (u8, &'static str) {
     let e = &event.event;
-    match e.effect.as_deref() {
-        Some("allow") => (1, "Success"),
-        Some("deny") => (2, "Failure"),
-        Some("require_approval") => (99, "require_approval"),
-        Some(_) => (0, "Unknown"),
-        None if e.kind == kind::AUTH_FAILURE => (2, "Failure"),
-        None if e.kind == kind::OUTCOME && e.detail.get("status") == Some(&json!("failed")) => {
-            (2, "Failure")
-        }
-        None => (1, "Success"),
+    match e.kind.as_str() {
+        kind::DECISION => match e.effect.as_deref() {
+            Some("allow") => (1, "Success"),
+            Some("deny") => (2, "Failure"),
+            Some("require_approval") => (99, "require_approval"),
+            _ => (0, "Unknown"),
+        },
+        kind::AUTH_FAILURE => (2, "Failure"),
+        kind::OUTCOME if e.detail.get("status") == Some(&json!("failed")) => (2, "Failure"),
+        _ => (1, "Success"),
     }
 }
 
 /// Denials and failed authentications deserve a look; pending approvals a glance.
 fn severity(event: &Event) -> (u8, &'static str) {
     let e = &event.event;
-    match e.effect.as_deref() {
-        Some("deny") => (3, "Medium"),
-        Some("require_approval") => (2, "Low"),
-        _ if e.kind == kind::AUTH_FAILURE => (3, "Medium"),
+    match e.kind.as_str() {
+        kind::DECISION => match e.effect.as_deref() {
+            Some("deny") => (3, "Medium"),
+            Some("require_approval") => (2, "Low"),
+            _ => (1, "Informational"),
+        },
+        kind::AUTH_FAILURE => (3, "Medium"),
         _ => (1, "Informational"),
     }
 }
 
-/// The security_control profile's (action_id, action, disposition_id, disposition).
-fn control(effect: &str) -> (u8, &'static str, u8, &str) {
-    match effect {
-        "allow" => (1, "Allowed", 1, "Allowed"),
-        "deny" => (2, "Denied", 2, "Blocked"),
-        // Not allowed until a human approves; OCSF has no disposition for "pending".
-        "require_approval" => (2, "Denied", 99, "require_approval"),
-        other => (0, "Unknown", 99, other),
-    }
-}
-
-fn metadata(event: &Event, profiles: &[&str]) -> Value {
+fn metadata(event: &Event) -> Value {
     let e = &event.event;
     let mut metadata = Map::new();
     metadata.insert("version".into(), json!(OCSF_VERSION));
@@ -157,9 +148,6 @@ fn metadata(event: &Event, profiles: &[&str]) -> Value {
     metadata.insert("event_code".into(), json!(e.kind));
     metadata.insert("log_name".into(), json!("audit"));
     insert_some(&mut metadata, "correlation_uid", e.decision_id.as_deref());
-    if !profiles.is_empty() {
-        metadata.insert("profiles".into(), json!(profiles));
-    }
     Value::Object(metadata)
 }
 
@@ -213,6 +201,9 @@ fn unmapped(event: &Event) -> Value {
     let e = &event.event;
     let mut unmapped = Map::new();
     insert_some(&mut unmapped, "effect", e.effect.as_deref());
+    if e.target_id.is_none() {
+        insert_some(&mut unmapped, "target_type", e.target_type.as_deref());
+    }
     unmapped.insert("rule_ids".into(), json!(e.rule_ids));
     unmapped.insert("reasons".into(), json!(e.reasons));
     insert_some(&mut unmapped, "policy_version", e.policy_version.as_deref());
@@ -296,9 +287,11 @@ mod tests {
         assert_eq!(o["status_id"], 2);
         assert_eq!(o["status"], "Failure");
         assert_eq!(o["severity_id"], 3);
-        assert_eq!(o["action_id"], 2);
-        assert_eq!(o["disposition_id"], 2);
         assert_eq!(o["message"], "confidence 0.82 is below 0.85");
+        // Not in OCSF 1.3.0's API Activity: the security_control profile's attributes.
+        for absent in ["action_id", "action", "disposition_id", "disposition"] {
+            assert!(o.get(absent).is_none(), "{absent}");
+        }
 
         let m = &o["metadata"];
         assert_eq!(m["version"], "1.3.0");
@@ -310,7 +303,7 @@ mod tests {
         assert_eq!(m["sequence"], 42);
         assert_eq!(m["correlation_uid"], "d-1");
         assert_eq!(m["event_code"], "decision");
-        assert_eq!(m["profiles"], json!(["security_control"]));
+        assert!(m.get("profiles").is_none());
 
         assert_eq!(o["actor"]["user"]["uid"], "support-bot");
         assert_eq!(o["actor"]["authorizations"][0]["decision"], "deny");
@@ -341,22 +334,35 @@ mod tests {
     }
 
     #[test]
-    fn effects_map_to_status_severity_and_disposition() {
-        // (effect, status_id, status, severity_id, action_id, disposition_id)
+    fn effects_map_to_status_and_severity() {
+        // (effect, status_id, status, severity_id)
         let cases = [
-            ("allow", 1, "Success", 1, 1, 1),
-            ("deny", 2, "Failure", 3, 2, 2),
-            ("require_approval", 99, "require_approval", 2, 2, 99),
+            ("allow", 1, "Success", 1),
+            ("deny", 2, "Failure", 3),
+            ("require_approval", 99, "require_approval", 2),
         ];
-        for (effect, status_id, status, severity_id, action_id, disposition_id) in cases {
+        for (effect, status_id, status, severity_id) in cases {
             let o = to_ocsf(&decision(effect));
             assert_eq!(o["status_id"], status_id, "{effect}");
             assert_eq!(o["status"], status, "{effect}");
             assert_eq!(o["severity_id"], severity_id, "{effect}");
-            assert_eq!(o["action_id"], action_id, "{effect}");
-            assert_eq!(o["disposition_id"], disposition_id, "{effect}");
+            assert_eq!(o["actor"]["authorizations"][0]["decision"], effect);
             assert_eq!(o["unmapped"]["effect"], effect);
         }
+    }
+
+    #[test]
+    fn a_target_without_an_id_is_not_a_resource() {
+        let mut event = decision("allow");
+        event.event.target_id = None;
+        let o = to_ocsf(&event);
+        assert!(o.get("resources").is_none(), "{o}");
+        assert_eq!(o["unmapped"]["target_type"], "ticket");
+        assert!(
+            to_ocsf(&decision("allow"))["unmapped"]
+                .get("target_type")
+                .is_none()
+        );
     }
 
     #[test]
@@ -424,5 +430,12 @@ mod tests {
             failure(kind::OUTCOME, json!({"status": "executed"}))["status_id"],
             1
         );
+        // An outcome records its decision's effect; the reported status still decides.
+        let mut outcome = decision("allow");
+        outcome.event.kind = kind::OUTCOME.into();
+        outcome.event.detail = json!({"status": "failed"});
+        let o = to_ocsf(&outcome);
+        assert_eq!(o["status_id"], 2, "{o}");
+        assert_eq!(o["severity_id"], 1, "{o}");
     }
 }

@@ -397,10 +397,19 @@ pub fn printable(c: char) -> bool {
 fn count(value: Option<Value>, field: &'static str) -> Result<Option<u64>, ActionError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| ActionError::Invalid {
-            field,
-            message: format!("{n} is not a whole number of at least 0"),
-        }),
+        // `56.0` is a whole number too, as JSON Schema's `integer` has it.
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..18_446_744_073_709_551_615.0).contains(f))
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| ActionError::Invalid {
+                field,
+                message: format!("{n} is not a whole number of at least 0"),
+            }),
         Some(other) => Err(wrong_type(field, "a whole number", &other)),
     }
 }

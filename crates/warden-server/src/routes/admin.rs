@@ -182,16 +182,16 @@ async fn audit_reload(state: &AppState, tenant: &str, by: &str, policies: &[Poli
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this kind (`decision`, `outcome`, `auth_failure`, …).
-    #[param(value_type = Option<String>, pattern = "^[a-z_]+$")]
+    #[param(value_type = Option<EventKind>)]
     pub kind: Option<String>,
     /// Only this agent.
-    #[param(value_type = Option<String>, min_length = 1, max_length = 200)]
+    #[param(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")]
     pub agent: Option<String>,
     /// Only this action type.
-    #[param(value_type = Option<String>, min_length = 1, max_length = 200)]
+    #[param(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")]
     pub action: Option<String>,
-    /// Only this effect: `allow`, `deny` or `require_approval`.
-    #[param(value_type = Option<String>, pattern = "^(allow|deny|require_approval)$")]
+    /// Only this effect.
+    #[param(value_type = Option<EffectName>)]
     pub effect: Option<String>,
     /// At or after this time, Unix ms.
     #[param(minimum = 0)]
@@ -211,8 +211,42 @@ pub struct AuditQuery {
     /// Newest first.
     pub newest_first: Option<bool>,
     /// Operator keys only: only this tenant's events (default: every tenant's).
-    #[param(value_type = Option<String>, min_length = 1, max_length = 200)]
+    #[param(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")]
     pub tenant: Option<String>,
+}
+
+/// An audit event kind, as `GET /v1/audit` filters by it (the store's `kind::ALL`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A decision.
+    Decision,
+    /// An outcome reported by a controller.
+    Outcome,
+    /// A key was created.
+    KeyCreated,
+    /// A key was revoked.
+    KeyRevoked,
+    /// Authentication failures.
+    AuthFailure,
+    /// A policy reload.
+    PolicyReloaded,
+    /// A purge's checkpoint.
+    Checkpoint,
+    /// An idempotency key reused for another action.
+    IdempotencyMismatch,
+}
+
+/// A decision's effect.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectName {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+    /// Needs a human.
+    RequireApproval,
 }
 
 impl AuditQuery {
@@ -236,6 +270,7 @@ impl AuditQuery {
                 )));
             }
             let text = |max: usize| -> Result<Option<String>, ApiError> {
+                // JSON Schema counts characters, as the document's maxLength does.
                 if value.is_empty()
                     || value.len() > max
                     || !value.chars().all(warden_policy::action::printable)
@@ -433,4 +468,34 @@ pub async fn verify(
             problem: b.problem.to_string(),
         }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document's list of kinds is the store's.
+    #[test]
+    fn the_documented_kinds_are_the_stored_ones() {
+        let documented: Vec<String> = [
+            EventKind::Decision,
+            EventKind::Outcome,
+            EventKind::KeyCreated,
+            EventKind::KeyRevoked,
+            EventKind::AuthFailure,
+            EventKind::PolicyReloaded,
+            EventKind::Checkpoint,
+            EventKind::IdempotencyMismatch,
+        ]
+        .iter()
+        .map(|k| {
+            serde_json::to_value(k)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+        assert_eq!(documented, kind::ALL);
+    }
 }

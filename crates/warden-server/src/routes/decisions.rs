@@ -373,7 +373,8 @@ fn decision_event(
     get,
     path = "/v1/decisions/{id}",
     tag = "decisions",
-    params(("id" = String, Path, description = "The decision id")),
+    params(("id" = String, Path, description = "The decision id", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The decision as answered (redactions applied)", body = DecisionBody),
@@ -421,7 +422,8 @@ fn decision_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiErr
     post,
     path = "/v1/decisions/{id}/outcome",
     tag = "decisions",
-    params(("id" = String, Path, description = "The decision id")),
+    params(("id" = String, Path, description = "The decision id", min_length = 1, max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")),
     request_body = OutcomeRequest,
     security(("bearer" = [])),
     responses(

@@ -646,6 +646,69 @@ fn audit_commands_work_through_the_server() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Two replicas on PostgreSQL (issue 4 §1, §2)
+// ---------------------------------------------------------------------------------------
+
+/// Two `warden serve` processes on one PostgreSQL database: an idempotency key used on one
+/// cannot replay another action on the other, and a key revoked from the CLI stops working
+/// on both within `--key-cache-ttl`, although it is used all the while.
+#[test]
+fn two_replicas_agree_on_idempotency_and_revocation() {
+    let Some(base) = pg_base_url() else { return };
+    let database = PgDatabase::create(&base, "warden_replicas");
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(&warden(dir.path(), &["migrate", "--db", &database.url]));
+    write_policy(dir.path(), TICKETS_POLICY);
+    let token = controller_key(dir.path(), &database.url, "acme");
+    let args = ["--db", database.url.as_str(), "--key-cache-ttl", "1s"];
+    let a = Server::start(dir.path(), "replica-a", &args, "info");
+    let b = Server::start(dir.path(), "replica-b", &args, "info");
+    let rt = runtime();
+    let client = client();
+    let decide = |server: &Server, action: Value| {
+        rt.block_on(post_decision(&client, server, &token, &action))
+            .unwrap()
+    };
+    let (status, first) = decide(&a, json!({"id": "k1", "type": "ticket.get"}));
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = decide(&b, json!({"id": "k1", "type": "ticket.get"}));
+    assert_eq!(
+        (status, &again["decision_id"]),
+        (200, &first["decision_id"])
+    );
+    assert_eq!(again["replayed"], true);
+    let (status, other) = decide(
+        &b,
+        json!({"id": "k1", "type": "billing.refund", "payload": {"amount": 99999}}),
+    );
+    assert_eq!(status, 409, "{other}");
+    assert_eq!(other["error"], "idempotency_mismatch");
+
+    let key_id = token.split('_').nth(1).unwrap();
+    assert_success(&warden(
+        dir.path(),
+        &["keys", "revoke", key_id, "--db", &database.url],
+    ));
+    let revoked = Instant::now();
+    let mut answered_after = Duration::ZERO;
+    while revoked.elapsed() < Duration::from_secs(3) {
+        for server in [&a, &b] {
+            if decide(server, json!({"type": "ticket.get"})).0 == 200 {
+                answered_after = revoked.elapsed();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        answered_after <= Duration::from_millis(1200),
+        "a revoked key was answered {answered_after:?} after its revocation"
+    );
+    for server in [&a, &b] {
+        assert_eq!(decide(server, json!({"type": "ticket.get"})).0, 401);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Slow, idle and hostile connections (issue 4 §7, §9)
 // ---------------------------------------------------------------------------------------
 

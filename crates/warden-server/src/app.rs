@@ -154,11 +154,7 @@ async fn guard_error(error: BoxError) -> ApiError {
         ApiError::overloaded("too many requests in flight; try again")
     } else {
         tracing::error!(error = %error, "request failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        ApiError::internal()
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use warden_policy::Action;
-use warden_store::{Append, Appended, Sorted, Store};
+use warden_store::{Append, Appended, NewEvent, Sorted, Store};
 
 /// Most events in one transaction. Larger batches amortize the fsync further but hold the
 /// chain lock longer; at this size a batch commits in a few milliseconds.
@@ -202,6 +202,16 @@ impl AuditWriter {
         let failing = Arc::new(AtomicBool::new(false));
         let handle = tokio::spawn(run(store, rx, closed, metrics, Arc::clone(&failing)));
         (Self { tx, failing }, AuditTask { handle, close })
+    }
+
+    /// Appends an event that records no decision and waits until it is durable.
+    pub async fn record(&self, event: NewEvent) -> Result<(), AuditUnavailable> {
+        self.append(Append {
+            event,
+            decision: None,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Whether the latest audit commit failed (and none has succeeded since): every

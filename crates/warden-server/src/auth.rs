@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use warden_policy::glob::Glob;
-use warden_store::{Append, KeyRecord, NewEvent, SYSTEM_TENANT, kind};
+use warden_store::{KeyRecord, NewEvent, SYSTEM_TENANT, kind};
 
 /// Who is calling, as established by their key.
 #[derive(Debug, Clone)]
@@ -235,14 +235,7 @@ async fn reject(
     );
     if first {
         let event = failure_event(&attempt, &Tally::single(now, parts), now);
-        let appended = state
-            .audit()
-            .append(Append {
-                event,
-                decision: None,
-            })
-            .await;
-        if appended.is_err() {
+        if state.audit().record(event).await.is_err() {
             tracing::error!("an authentication failure could not be audited");
         }
     }
@@ -420,14 +413,7 @@ pub async fn flush_failures(state: &AppState, force: bool) {
         .auth_failures()
         .close_window(Instant::now(), now_ms(), force);
     for event in events {
-        let appended = state
-            .audit()
-            .append(Append {
-                event,
-                decision: None,
-            })
-            .await;
-        if appended.is_err() {
+        if state.audit().record(event).await.is_err() {
             tracing::error!("aggregated authentication failures could not be audited");
         }
     }

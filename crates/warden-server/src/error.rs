@@ -83,6 +83,24 @@ impl ApiError {
         )
     }
 
+    /// 500 with a fixed sentence; the caller logs the cause.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    /// 503 `audit_unavailable`: `what` could not be recorded, so it did not happen.
+    pub fn audit_unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            format!("{what} could not be recorded in the audit log; try again"),
+        )
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
-use warden_store::{Append, EventFilter, NewEvent, kind};
+use warden_store::{EventFilter, NewEvent, kind};
 
 /// The policies in force after a reload.
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,11 +69,7 @@ pub async fn reload(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "policy reload task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
+            ApiError::internal()
         })?;
     let version = match result {
         Ok(version) => version,
@@ -119,11 +115,7 @@ pub async fn reload_policies(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "policy reload task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
+            ApiError::internal()
         })?;
     let set = match result {
         Ok(set) => set,
@@ -164,15 +156,7 @@ async fn audit_reload(state: &AppState, tenant: &str, by: &str, policies: &[Poli
         }),
         ..NewEvent::default()
     };
-    if state
-        .audit()
-        .append(Append {
-            event,
-            decision: None,
-        })
-        .await
-        .is_err()
-    {
+    if state.audit().record(event).await.is_err() {
         tracing::error!("a policy reload could not be audited");
     }
 }

@@ -57,11 +57,7 @@ pub async fn create(
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "decision task failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                ApiError::internal()
             })??
     } else {
         prepare(&state, &caller, &body)?
@@ -136,18 +132,9 @@ async fn refuse_reused_key(
     };
     state
         .audit()
-        .append(Append {
-            event,
-            decision: None,
-        })
+        .record(event)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the request could not be recorded in the audit log; try again",
-            )
-        })?;
+        .map_err(|_| ApiError::audit_unavailable("the request"))?;
     Err(ApiError::new(
         StatusCode::CONFLICT,
         "idempotency_mismatch",
@@ -259,11 +246,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     let encode = |b: &DecisionBody| {
         serde_json::to_string(b).map_err(|e| {
             tracing::error!(error = %e, "cannot encode a decision");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
+            ApiError::internal()
         })
     };
     // Serialized once: without masks the record and the answer are the same text.
@@ -500,18 +483,9 @@ pub async fn outcome(
     };
     state
         .audit()
-        .append(Append {
-            event,
-            decision: None,
-        })
+        .record(event)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the outcome could not be recorded in the audit log; try again",
-            )
-        })?;
+        .map_err(|_| ApiError::audit_unavailable("the outcome"))?;
     Ok(Json(OutcomeBody {
         decision_id: id,
         status: request.status,

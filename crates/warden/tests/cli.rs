@@ -247,3 +247,39 @@ fn every_command_has_help_with_an_example() {
         assert!(stdout(&out).contains("Example:"), "{cmd}");
     }
 }
+
+/// A reader that stops early (`warden eval … | head -c 10`) used to make the command panic
+/// with "failed printing to stdout"; it ends quietly with status 0, like other tools.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let policy = repo().join("examples/nexus/nexus.yaml");
+    let action = repo().join("examples/nexus/actions/resolve.json");
+    for args in [
+        vec![
+            "eval",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--action",
+            action.to_str().unwrap(),
+        ],
+        vec!["test", repo().join("examples/nexus").to_str().unwrap()],
+        vec![
+            "check",
+            "--json",
+            repo().join("examples/nexus").to_str().unwrap(),
+        ],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the command has written anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

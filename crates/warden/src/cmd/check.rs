@@ -2,6 +2,7 @@
 
 use crate::{Outcome, files};
 use anyhow::Result;
+use std::io::Write;
 use std::path::PathBuf;
 use warden_policy::testing::Suite;
 use warden_policy::{Policy, PolicyErrors};
@@ -33,18 +34,20 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
             }
         }
     }
+    let mut out = std::io::stdout().lock();
     if json {
         let list: Vec<_> = problems
             .iter()
             .map(|(file, e)| serde_json::json!({"file": file, "line": e.line, "column": e.column, "message": e.message}))
             .collect();
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::json!({"files": paths.len(), "errors": list})
-        );
+        )?;
     } else {
         for (file, e) in &problems {
-            println!("{file}:{}:{}: {}", e.line, e.column, e.message);
+            writeln!(out, "{file}:{}:{}: {}", e.line, e.column, e.message)?;
         }
         eprintln!("{} files checked, {} errors", paths.len(), problems.len());
     }

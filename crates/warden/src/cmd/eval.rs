@@ -2,7 +2,7 @@
 
 use crate::{Outcome, files};
 use anyhow::{Context, Result, anyhow};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 use warden_policy::{Action, Env, Policy, Timestamp};
@@ -67,6 +67,7 @@ pub fn run(args: Args, _json: bool) -> Result<Outcome> {
         );
     }
     let body = DecisionBody::from_decision(&decision, eval_ns);
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
     Ok(Outcome::Ok)
 }

@@ -3,6 +3,7 @@
 use crate::{Outcome, files};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use warden_policy::testing::{CaseResult, Suite};
 use warden_policy::{Policy, PolicyErrors};
@@ -47,6 +48,7 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
         .count()
         + runs.iter().map(|r| r.errors.len()).sum::<usize>();
 
+    let mut out = std::io::stdout().lock();
     if json {
         let cases: Vec<_> = runs
             .iter()
@@ -58,26 +60,27 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
             })
             .collect();
         let errors: Vec<_> = runs.iter().flat_map(|r| r.errors.iter()).collect();
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::json!({"passed": passed, "failed": failed, "cases": cases, "errors": errors})
-        );
+        )?;
     } else {
         for r in &runs {
             for e in &r.errors {
-                println!("ERROR {e}");
+                writeln!(out, "ERROR {e}")?;
             }
             for c in r.results.iter().filter(|c| !c.passed()) {
-                println!("FAIL {}:{} {}", r.file, c.line, c.name);
+                writeln!(out, "FAIL {}:{} {}", r.file, c.line, c.name)?;
                 for f in &c.failures {
-                    println!("    {f}");
+                    writeln!(out, "    {f}")?;
                 }
             }
         }
         if suites.is_empty() {
             eprintln!("no *_test.yaml files found");
         }
-        println!("{passed} passed, {failed} failed");
+        writeln!(out, "{passed} passed, {failed} failed")?;
     }
     if let Some(report) = &args.report {
         std::fs::write(report, markdown(&runs, passed, failed))

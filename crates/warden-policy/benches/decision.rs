@@ -50,7 +50,7 @@ fn warden_policy(n: usize) -> String {
 fn with_berlin_hours() -> String {
     warden_policy(0).replace(
         "\nbudgets:",
-        "\n  - id: no-late-resolves\n    actions: [ticket.resolve]\n    when: now.getHours(\"Europe/Berlin\") >= 23\n    effect: deny\nbudgets:",
+        "\n  - id: no-late-resolves\n    actions: [ticket.resolve]\n    when: now.getHours(\"Europe/Berlin\") == 3\n    effect: deny\nbudgets:",
     )
 }
 

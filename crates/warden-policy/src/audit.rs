@@ -25,6 +25,8 @@ pub struct AuditSpec {
     redact: Vec<FieldPath>,
     keep_text: Vec<String>,
     redact_text: Vec<String>,
+    /// Bit `f as u32` set when action field `f` is redacted, computed once here.
+    redacted: u32,
 }
 
 impl AuditSpec {
@@ -50,6 +52,14 @@ impl AuditSpec {
 
     pub(crate) fn push_redact(&mut self, path: FieldPath) {
         if !self.redact.contains(&path) {
+            for field in ActionField::ALL {
+                if path.covers(&FieldPath {
+                    field,
+                    steps: Vec::new(),
+                }) {
+                    self.redacted |= 1 << field as u32;
+                }
+            }
             self.redact_text.push(path.canonical());
             self.redact.push(path);
         }
@@ -68,21 +78,12 @@ impl AuditSpec {
     /// Whether a redaction masks all of this action field (the field or a record holding it
     /// is redacted), e.g. so the server stores a keyed reference instead of the agent id.
     pub fn is_redacted(&self, field: ActionField) -> bool {
-        let path = FieldPath {
-            field,
-            steps: Vec::new(),
-        };
-        self.redact.iter().any(|r| r.covers(&path))
+        self.redacted & (1 << field as u32) != 0
     }
 
     /// The kept fields of `action`, and the masks for everything else recorded about it.
     pub fn view(&self, action: &Action) -> AuditView {
-        let mut redacted = 0u32;
-        for field in ActionField::ALL {
-            if self.is_redacted(field) {
-                redacted |= 1 << field as u32;
-            }
-        }
+        let redacted = self.redacted;
         if self.keep.is_empty() && self.redact.is_empty() {
             return AuditView::default();
         }

@@ -213,6 +213,50 @@ proptest! {
     }
 }
 
+proptest! {
+    // Each case compiles twelve policies; fewer cases keep it quick in CI.
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The string, time and path functions index into text by code points; no argument,
+    /// however odd, may make them panic (they answer or fail closed).
+    #[test]
+    fn library_functions_never_panic(
+        s in "[a-cé©/.*?]{0,6}",
+        t in "[a-cé©/.*?]{0,3}",
+        i in -3i64..9,
+        j in -3i64..9,
+        zone in prop_oneof![Just("Europe/Berlin"), Just("+05:30"), Just("02:00"), Just("Nowhere/Else"), Just("")],
+        when in "[0-9T:.Z+-]{0,24}",
+    ) {
+        let q = |x: &str| serde_json::to_string(x).unwrap();
+        let (s, t, zone, when) = (q(&s), q(&t), q(zone), q(&when));
+        let conditions = [
+            format!("{s}.substring({i}, {j}) != ''"),
+            format!("{s}.substring({i}) != ''"),
+            format!("{s}.charAt({i}) != ''"),
+            format!("{s}.indexOf({t}, {i}) > -2"),
+            format!("{s}.lastIndexOf({t}, {i}) > -2"),
+            format!("size({s}.split({t}, {i})) >= 0"),
+            format!("{s}.replace({t}, 'x', {i}) != ''"),
+            format!("glob({s}, {t})"),
+            format!("now.getHours(context.zone) >= 0 && context.zone == {zone}"),
+            format!("timestamp({when}) > now"),
+            format!("duration({when}) > duration('0s')"),
+            format!("timestamp('2024-01-01T00:00:00Z') + duration('{i}h') > timestamp({j})"),
+        ];
+        for when in conditions {
+            let source = format!(
+                "version: 1.0.0\ndefault: allow\nrules:\n  - {{id: r, actions: [\"*\"], effect: deny, when: {}}}\n",
+                serde_json::to_string(&when).unwrap()
+            );
+            if let Ok(policy) = Policy::parse(&source) {
+                let a = Action::from_value(json!({"type": "x", "context": {"zone": zone.trim_matches('"')}})).unwrap();
+                let _ = policy.evaluate(&a, &env());
+            }
+        }
+    }
+}
+
 #[test]
 fn deeply_nested_documents_are_refused_not_overflowed() {
     for depth in [100, 1_000, 20_000] {

@@ -124,8 +124,7 @@ impl Compiler {
                 let foldable = |n: &Node| {
                     matches!(
                         n,
-                        Node::Lit(Lit::Null | Lit::Bool(_) | Lit::Str(_))
-                            | Node::Json(Value::Array(_))
+                        Node::Lit(Lit::Null | Lit::Bool(_) | Lit::Str(_)) | Node::Json(_)
                     )
                 };
                 if items.iter().all(foldable) {
@@ -135,11 +134,11 @@ impl Compiler {
                             Node::Lit(Lit::Null) => Some(Value::Null),
                             Node::Lit(Lit::Bool(b)) => Some(Value::Bool(b)),
                             Node::Lit(Lit::Str(s)) => Some(Value::String(s.into())),
-                            Node::Json(v) => Some(v),
+                            Node::Json(v) => Some(*v),
                             _ => None,
                         })
                         .collect();
-                    return Ok(Node::Json(Value::Array(values)));
+                    return Ok(Node::Json(Box::new(Value::Array(values))));
                 }
                 Ok(Node::List(items))
             }
@@ -464,15 +463,17 @@ fn in_place(step: Node, accu: usize) -> Node {
     match step {
         Node::Binary(BinOp::Add, a, b) if matches!(*a, Node::Local(s) if s == accu) => match *b {
             Node::List(items) => Node::Append(accu, items),
-            Node::Json(Value::Array(items)) => Node::Append(
+            Node::Json(json) if json.is_array() => Node::Append(
                 accu,
-                items
+                json.as_array()
+                    .cloned()
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|v| match v {
                         Value::String(s) => Node::Lit(Lit::Str(s.into())),
                         Value::Bool(b) => Node::Lit(Lit::Bool(b)),
                         Value::Null => Node::Lit(Lit::Null),
-                        other => Node::Json(other),
+                        other => Node::Json(Box::new(other)),
                     })
                     .collect(),
             ),

@@ -110,8 +110,9 @@ pub(super) enum Func {
 #[derive(Debug, Clone)]
 pub(super) enum Node {
     Lit(Lit),
-    /// A list or map of literals, folded into one JSON value.
-    Json(Value),
+    /// A list of literals, folded into one JSON value (boxed: a JSON value is large, and
+    /// every node is as large as its largest variant).
+    Json(Box<Value>),
     /// A variable path: a typed root, then JSON field steps.
     Path(Root, Box<[Box<str>]>),
     /// `has(...)` on a typed root: whether the action carries the field.

@@ -140,6 +140,19 @@ fn bool_expr_leaf() -> impl Strategy<Value = String> {
         Just("has(context.a)".to_string()),
         Just("has(context.z)".to_string()),
         Just("context.z == 1".to_string()),
+        Just("context.s + context.t == 'ab'".to_string()),
+        Just("size(context.s + context.t) > 2".to_string()),
+        Just("context.s in ['a', 'b', 'ab']".to_string()),
+        Just("'a' in {'a': 1, 'b': 2}".to_string()),
+        Just("{'k': context.a}['k'] == context.a".to_string()),
+        Just("{'k': context.a}.k == context.b".to_string()),
+        Just("[context.a, context.b][1] == context.b".to_string()),
+        Just("context.l + [context.a] == [context.a]".to_string()),
+        Just("context.l == []".to_string()),
+        Just("string(context.a) == '1'".to_string()),
+        Just("int(string(context.a)) == context.a".to_string()),
+        Just("context.f == !context.f".to_string()),
+        Just("context.s.endsWith(context.t)".to_string()),
     ]
 }
 

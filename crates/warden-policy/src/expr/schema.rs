@@ -253,6 +253,7 @@ impl ActionField {
 
     /// The value of a non-record field, or `None` when the action does not carry it.
     /// JSON fields that hold `null` count as not carried.
+    #[inline]
     pub(crate) fn get(self, a: &Action) -> Option<FieldValue<'_>> {
         fn text(s: &Option<String>) -> Option<FieldValue<'_>> {
             s.as_deref().map(FieldValue::Text)

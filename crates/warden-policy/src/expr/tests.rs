@@ -138,3 +138,11 @@ fn map_and_filter_build_their_result_in_linear_time() {
         );
     }
 }
+
+/// Every node is as large as its largest variant, and the evaluator walks nodes on every
+/// decision: a large variant (a JSON value is 72 bytes) belongs behind a box.
+#[test]
+fn the_tree_and_its_values_stay_small() {
+    assert!(std::mem::size_of::<node::Node>() <= 32);
+    assert!(std::mem::size_of::<value::Val<'_>>() <= 32);
+}

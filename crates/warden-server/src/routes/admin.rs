@@ -235,6 +235,8 @@ pub enum EventKind {
     Checkpoint,
     /// An idempotency key reused for another action.
     IdempotencyMismatch,
+    /// A permit was checked.
+    PermitVerified,
 }
 
 /// A decision's effect.
@@ -486,6 +488,7 @@ mod tests {
             EventKind::PolicyReloaded,
             EventKind::Checkpoint,
             EventKind::IdempotencyMismatch,
+            EventKind::PermitVerified,
         ]
         .iter()
         .map(|k| {

@@ -2021,6 +2021,15 @@ async fn only_controllers_and_executors_verify_and_bodies_are_strict() {
         (r#"{"permit": "a", "extra": 1}"#, "invalid_body"),
         (r#"{"permit": ""}"#, "invalid_field"),
         (r#"{"permit": "a", "payload": [1]}"#, "invalid_field"),
+        (r#"{"permit": "a", "action": [null]}"#, "invalid_field"),
+        (
+            r#"{"permit": "a", "action": {"target": [null, null]}}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"permit": "a", "action": {"target": {"id": 5}}}"#,
+            "invalid_body",
+        ),
         ("[]", "invalid_body"),
         ("{", "invalid_body"),
     ];

@@ -8,11 +8,10 @@
 
 use crate::auth::Caller;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ErrorBody, parse_json};
+use crate::error::{ApiError, ErrorBody, in_words, parse_json};
 use crate::keys::Role;
 use crate::permits::{self, ClaimTarget, MAX_TOKEN_BYTES, PublicKey, Refusal};
 use crate::state::{AppState, now_ms};
-use crate::wire::TargetRequest;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -28,7 +27,7 @@ const INLINE_BYTES: usize = 64 * 1024;
 /// A permit to check, with the payload the executor is about to run.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
+pub struct PermitVerifyRequest {
     /// The token from the decision's `permit.token`.
     #[schema(min_length = 1, max_length = 4096)]
     pub permit: String,
@@ -39,27 +38,40 @@ pub struct VerifyRequest {
     pub payload: Option<Value>,
     /// What the executor is about to do; every field given must match the permit.
     #[serde(default)]
-    pub action: Option<ActionCheck>,
+    pub action: Option<PermitActionCheck>,
 }
 
 /// The action fields a verify may check against the permit.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ActionCheck {
+pub struct PermitActionCheck {
     /// The action type.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     /// The target: type and id must both match.
     #[serde(default)]
-    pub target: Option<TargetRequest>,
+    pub target: Option<PermitTarget>,
     /// The agent.
     #[serde(default)]
     pub agent: Option<String>,
 }
 
+/// A target to compare with the permit's. Unlike an action's, any text is accepted here:
+/// a value no action could carry is simply a mismatch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermitTarget {
+    /// Target type.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Target id.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
 /// The answer to a verify: always 200; `valid` says whether to run the action.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct VerifyBody {
+pub struct PermitVerifyBody {
     /// Run the action only if `true`. A `true` has consumed one use.
     pub valid: bool,
     /// `valid`, `bad_signature`, `expired`, `payload_mismatch`, `action_mismatch`,
@@ -72,7 +84,7 @@ pub struct VerifyBody {
 
 /// The public keys permits are signed with.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct KeysBody {
+pub struct PermitKeysBody {
     /// Every key that may still verify a permit.
     pub keys: Vec<PublicKey>,
 }
@@ -83,10 +95,10 @@ pub struct KeysBody {
     post,
     path = "/v1/permits/verify",
     tag = "permits",
-    request_body = VerifyRequest,
+    request_body = PermitVerifyRequest,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The verdict; an invalid permit is a result, not an error", body = VerifyBody),
+        (status = 200, description = "The verdict; an invalid permit is a result, not an error", body = PermitVerifyBody),
         (status = 400, description = "The body is malformed (`invalid_body`, `invalid_field`, `duplicate_key`)", body = ErrorBody),
         (status = 401, description = "No valid key", body = ErrorBody),
         (status = 403, description = "Not a controller or executor key", body = ErrorBody),
@@ -101,7 +113,7 @@ pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<JsonBody, ApiError>,
-) -> Result<Json<VerifyBody>, ApiError> {
+) -> Result<Json<PermitVerifyBody>, ApiError> {
     caller.require(&[Role::Controller, Role::Executor])?;
     let JsonBody(body) = body?;
     let checked = if body.len() > INLINE_BYTES {
@@ -136,7 +148,7 @@ pub async fn verify(
                 })
                 .await
                 .map_err(|_| unavailable())?;
-            Ok(Json(VerifyBody {
+            Ok(Json(PermitVerifyBody {
                 valid: false,
                 reason,
                 uses_left: None,
@@ -151,7 +163,7 @@ pub async fn verify(
                     tracing::error!(error = %e, "a permit use could not be recorded");
                     unavailable()
                 })?;
-            Ok(Json(VerifyBody {
+            Ok(Json(PermitVerifyBody {
                 valid: matches!(consumed, warden_store::PermitConsumed::Used { .. }),
                 reason: consumed.reason(),
                 uses_left: Some(consumed.uses_left()),
@@ -171,7 +183,23 @@ enum Check {
 
 /// Parses the request and checks everything the token and payload can prove: the CPU part.
 fn check(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Check, ApiError> {
-    let request: VerifyRequest = parse_json(bytes)?;
+    let value: Value = parse_json(bytes)?;
+    // serde would take an array for an object (a struct's tuple form); the documented shape
+    // is an object, and anything else is refused as such.
+    let action = value.get("action");
+    for (path, field) in [
+        ("action", action),
+        ("action.target", action.and_then(|a| a.get("target"))),
+    ] {
+        if field.is_some_and(|v| !(v.is_object() || v.is_null())) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("invalid `{path}`: expected an object"),
+            ));
+        }
+    }
+    let request: PermitVerifyRequest = serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request("invalid_body", in_words(&e.to_string())))?;
     if request.permit.is_empty() || request.permit.len() > MAX_TOKEN_BYTES {
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -254,11 +282,11 @@ fn check(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Check, ApiEr
     path = "/v1/permits/keys",
     tag = "permits",
     responses(
-        (status = 200, description = "The keys (JWKS-like, RFC 8037 OKP keys)", body = KeysBody),
+        (status = 200, description = "The keys (JWKS-like, RFC 8037 OKP keys)", body = PermitKeysBody),
     )
 )]
 pub async fn keys(State(state): State<AppState>) -> Response {
-    let body = KeysBody {
+    let body = PermitKeysBody {
         keys: state.permits().current().public_keys(now_ms()),
     };
     // Short: a rotation must reach offline verifiers well before old permits are refused.

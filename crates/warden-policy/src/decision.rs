@@ -1,6 +1,6 @@
 //! What an evaluation answers (DESIGN §4), before the server adds ids, approvals and permits.
 
-use crate::policy::{ApprovalRequirement, Effect, RuleId};
+use crate::policy::{ApprovalRequirement, Effect, PermitSettings, RuleId};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -114,6 +114,8 @@ pub struct Decision {
     pub obligations: Obligations,
     /// Who must approve, when the verdict is require_approval.
     pub approval: Option<ApprovalRequirement>,
+    /// The permit to issue, when the verdict is allow.
+    pub permit: Option<PermitSettings>,
     /// The version of the policy that decided.
     pub policy_version: String,
     /// Set when evaluation failed and the decision is a fail-closed deny.

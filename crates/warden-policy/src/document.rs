@@ -335,6 +335,7 @@ pub(crate) struct RawRule {
     pub reason: Option<Spanned<String>>,
     pub confidence_adjustment: Option<Spanned<f64>>,
     pub approval: Option<Spanned<RawApproval>>,
+    pub permit: Option<Spanned<RawPermit>>,
     pub set: Option<Spanned<RawSet>>,
     pub protected: Option<bool>,
 }
@@ -353,6 +354,13 @@ pub(crate) struct RawApproval {
     pub approvers: Vec<String>,
     pub quorum: Option<Spanned<u32>>,
     pub expires_in: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPermit {
+    pub expires_in: Option<Spanned<String>>,
+    pub max_uses: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,4 +42,6 @@ pub use decision::{
 };
 pub use document::{PolicyError, PolicyErrors};
 pub use expr::schema::ActionField;
-pub use policy::{ApprovalRequirement, AuditSpec, Effect, Policy, Rule, RuleId, Tier, Version};
+pub use policy::{
+    ApprovalRequirement, AuditSpec, Effect, PermitSettings, Policy, Rule, RuleId, Tier, Version,
+};

@@ -4,7 +4,7 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, decisions, health};
+use crate::routes::{admin, decisions, health, permits};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -41,6 +41,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         decisions::create,
         decisions::show,
         decisions::outcome,
+        permits::verify,
+        permits::keys,
         admin::reload,
         admin::query,
         admin::verify,
@@ -55,6 +57,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         wire::OutcomeRequest,
         wire::OutcomeBody,
         wire::EventBody,
+        wire::PermitBody,
+        permits::PermitVerifyRequest,
+        permits::PermitActionCheck,
+        permits::PermitTarget,
+        permits::PermitVerifyBody,
+        permits::PermitKeysBody,
+        crate::permits::PublicKey,
         ErrorBody,
     )),
     modifiers(&BearerAuth)
@@ -100,6 +109,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/decisions", post(decisions::create))
         .route("/v1/decisions/{id}", get(decisions::show))
         .route("/v1/decisions/{id}/outcome", post(decisions::outcome))
+        .route("/v1/permits/verify", post(permits::verify))
+        .route("/v1/permits/keys", get(permits::keys))
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))
@@ -321,7 +332,12 @@ async fn reload_on_hangup(state: AppState) {
         return;
     };
     while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading policies");
+        tracing::info!("SIGHUP: reloading policies and permit keys");
+        // A rotated key file (`warden keys rotate-permit`) is picked up here; a broken one
+        // leaves the keys in use.
+        if let Err(e) = state.permits().reload() {
+            tracing::error!(error = %e, "cannot reload the permit keys; keeping the current ones");
+        }
         // Failures are logged by the reload itself.
         let _ = admin::reload_policies(&state, warden_store::SYSTEM_TENANT, "sighup").await;
     }

@@ -18,6 +18,8 @@ pub enum Role {
     Agent,
     /// Decides approvals and proposals.
     Approver,
+    /// Runs allowed actions: may only verify permits (`POST /v1/permits/verify`).
+    Executor,
     /// Manages its tenant's policy and reads its tenant's audit log.
     Admin,
     /// Runs the installation: what spans tenants (reloading every policy, verifying the
@@ -27,10 +29,11 @@ pub enum Role {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Controller,
         Role::Agent,
         Role::Approver,
+        Role::Executor,
         Role::Admin,
         Role::Operator,
     ];
@@ -41,6 +44,7 @@ impl Role {
             Role::Controller => "controller",
             Role::Agent => "agent",
             Role::Approver => "approver",
+            Role::Executor => "executor",
             Role::Admin => "admin",
             Role::Operator => "operator",
         }

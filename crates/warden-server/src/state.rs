@@ -5,6 +5,7 @@ use crate::audit::{AuditKey, AuditWriter};
 use crate::auth::{AuthFailures, KeyCache};
 use crate::body::BodyBudget;
 use crate::metrics::Metrics;
+use crate::permits::Keyring;
 use crate::policies::Policies;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,6 +71,7 @@ struct Inner {
     body_budget: BodyBudget,
     metrics: Arc<Metrics>,
     limits: Limits,
+    permits: Keyring,
 }
 
 impl AppState {
@@ -92,6 +94,8 @@ impl AppState {
             body_budget: BodyBudget::new(limits.body_budget_bytes),
             metrics,
             limits,
+            // A key of its own until `permits().install` loads the shared ones.
+            permits: Keyring::default(),
         }))
     }
 
@@ -126,6 +130,10 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+    /// The permit signing keys.
+    pub fn permits(&self) -> &Keyring {
+        &self.0.permits
     }
     /// The service limits.
     pub fn limits(&self) -> &Limits {

@@ -23,9 +23,8 @@ pub struct DecisionBody {
     pub obligations: Map<String, Value>,
     /// The approval to wait for, or (offline) who would have to approve.
     pub approval: Option<ApprovalBody>,
-    /// A signed permit for an allow; issued by the server.
-    #[schema(value_type = Option<Object>)]
-    pub permit: Option<Value>,
+    /// The signed permit of an allow (issued by the server; `null` otherwise and offline).
+    pub permit: Option<PermitBody>,
     /// The policy version that decided.
     pub policy_version: String,
     /// On a deny with proposals enabled: the narrowest rule that would allow this action.
@@ -40,6 +39,18 @@ pub struct DecisionBody {
     /// same idempotency key and the same action.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed: Option<bool>,
+}
+
+/// A permit as a decision carries it (docs/PERMITS.md).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PermitBody {
+    /// The compact token: `header.claims.signature`, base64url, Ed25519.
+    #[schema(max_length = 4096)]
+    pub token: String,
+    /// When it expires, RFC 3339.
+    pub expires_at: String,
+    /// How many verifications it allows.
+    pub max_uses: u32,
 }
 
 /// One reason.

@@ -18,8 +18,8 @@ use warden_server::metrics::Metrics;
 use warden_server::policies::Policies;
 use warden_server::{AppState, Limits, app};
 use warden_store::{
-    Append, Appended, Backend, Event, EventFilter, KeyRecord, NewKey, PurgeReport, Store,
-    StoreError, StoredDecision, VerifyReport, kind,
+    Append, Appended, Backend, Event, EventFilter, KeyRecord, NewKey, PermitConsumed, PermitUse,
+    PurgeReport, Store, StoreError, StoredDecision, VerifyReport, kind,
 };
 
 const POLICY: &str = r#"
@@ -938,6 +938,12 @@ impl Store for Breakable {
         }
         self.inner.append(batch).await
     }
+    async fn consume_permit_use(&self, permit: PermitUse) -> Result<PermitConsumed, StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        self.inner.consume_permit_use(permit).await
+    }
     async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {
         self.inner.decision(tenant, id).await
     }
@@ -1713,4 +1719,531 @@ audit:
             );
         }
     }
+}
+
+// ---- Permits (docs/PERMITS.md) ----
+
+/// A policy whose allows carry permits: the default one, a short-lived one, a reusable one.
+const PERMIT_POLICY: &str = r#"
+version: 1.0.0
+default: deny
+rules:
+  - id: tickets
+    actions: ["ticket.*"]
+    effect: allow
+  - id: quick
+    actions: [email.send]
+    effect: allow
+    permit: {expires_in: 1s}
+  - id: reusable
+    actions: [report.run]
+    effect: allow
+    permit: {expires_in: 1h, max_uses: 3}
+  - id: held
+    actions: [payment.send]
+    effect: require_approval
+"#;
+
+async fn permit_server(store: Arc<dyn Store>) -> Server {
+    server_with(
+        store,
+        PERMIT_POLICY,
+        Limits {
+            key_cache_ttl: Duration::ZERO,
+            ..Limits::default()
+        },
+    )
+    .await
+}
+
+impl Server {
+    async fn verify_as(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/permits/verify",
+            Some(key),
+            &body.to_string(),
+        )
+        .await
+    }
+}
+
+fn resolve(payload: Value) -> Value {
+    json!({"type": "ticket.resolve", "target": {"type": "ticket", "id": "T-1"}, "payload": payload})
+}
+
+#[tokio::test]
+async fn an_allow_carries_a_permit_that_verifies_once_then_is_used_up() {
+    for Db { store, _dir } in stores().await {
+        let s = permit_server(store).await;
+        let executor = s.key("acme", vec![Role::Executor], None).await;
+        let payload = json!({"resolution": "refund", "amount": 12.5});
+        let mut action = resolve(payload.clone());
+        action["id"] = "idem-1".into();
+        let (status, body) = s.decide(action.clone()).await;
+        assert_eq!(
+            (status, body["effect"].as_str()),
+            (StatusCode::OK, Some("allow")),
+            "{body}"
+        );
+        let permit = &body["permit"];
+        assert_eq!(permit["max_uses"], 1);
+        let token = permit["token"].as_str().unwrap().to_owned();
+        assert_eq!(token.split('.').count(), 3);
+        let expires = permit["expires_at"].as_str().unwrap();
+        assert!(expires.ends_with('Z'), "{expires}");
+
+        // The recorded decision and a replay carry the same permit.
+        let id = body["decision_id"].as_str().unwrap();
+        let (_, shown) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{id}"),
+                Some(&s.controller),
+                "",
+            )
+            .await;
+        assert_eq!(shown["permit"], *permit);
+        let (_, replayed) = s.decide(action).await;
+        assert_eq!(replayed["replayed"], true);
+        assert_eq!(replayed["permit"], *permit);
+
+        let (status, first) = s
+            .verify_as(&executor, json!({"permit": token, "payload": payload}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            first,
+            json!({"valid": true, "reason": "valid", "uses_left": 0})
+        );
+        let (_, second) = s
+            .verify_as(&s.controller, json!({"permit": token, "payload": payload}))
+            .await;
+        assert_eq!(
+            second,
+            json!({"valid": false, "reason": "used_up", "uses_left": 0})
+        );
+
+        let events = s.events(kind::PERMIT_VERIFIED).await;
+        assert_eq!(events.len(), 2);
+        for (event, reason) in events.iter().zip(["valid", "used_up"]) {
+            let e = &event.event;
+            assert_eq!(e.tenant, "acme");
+            assert_eq!(e.decision_id.as_deref(), Some(id));
+            assert_eq!(e.detail["reason"], reason);
+            assert!(e.detail["key_id"].is_string());
+            assert!(e.detail["kid"].is_string());
+            assert!(
+                !e.detail.to_string().contains("refund"),
+                "never the payload: {}",
+                e.detail
+            );
+        }
+        assert!(s.store.verify().await.unwrap().first_broken.is_none());
+
+        // Denials and holds carry none.
+        let (_, denied) = s.decide(json!({"type": "db.drop"})).await;
+        assert_eq!(
+            (denied["effect"].as_str(), &denied["permit"]),
+            (Some("deny"), &Value::Null)
+        );
+        let (_, held) = s.decide(json!({"type": "payment.send"})).await;
+        assert_eq!(
+            (held["effect"].as_str(), &held["permit"]),
+            (Some("require_approval"), &Value::Null)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_payload_and_action_must_be_the_permitted_ones_in_any_spelling() {
+    for Db { store, _dir } in stores().await {
+        let s = permit_server(store).await;
+        let (_, body) = s
+            .decide(json!({"type": "report.run", "agent": null, "target": {"type": "report", "id": "R-9"},
+                           "payload": {"b": [1.0, 1e21, "é\u{2028}"], "a": {"y": -0.0, "x": 0.1}}}))
+            .await;
+        assert_eq!(body["permit"]["max_uses"], 3, "{body}");
+        let token = body["permit"]["token"].as_str().unwrap();
+        let verify = |extra: &str| format!(r#"{{"permit": "{token}", {extra}}}"#);
+        let call = async |text: String| {
+            s.call(
+                Method::POST,
+                "/v1/permits/verify",
+                Some(&s.controller),
+                &text,
+            )
+            .await
+        };
+        // Another payload: refused, and no use is spent on it.
+        let (_, swapped) = call(verify(
+            r#""payload": {"b": [1, 1e21, "é"], "a": {"y": 0, "x": 0.1}}"#,
+        ))
+        .await;
+        assert_eq!(
+            swapped,
+            json!({"valid": false, "reason": "payload_mismatch"})
+        );
+        let (_, missing) = call(verify(r#""payload": null"#)).await;
+        assert_eq!(missing["reason"], "payload_mismatch");
+        // The same payload, reordered, respaced and respelled (1.0 → 1, 1e21 → 1E+21).
+        let (_, same) = call(verify(
+            "\"payload\" :{ \"a\":{\"x\":0.1 ,\"y\":-0},\n \"b\":[1,1E+21,\"\\u00e9\\u2028\"]}",
+        ))
+        .await;
+        assert_eq!(
+            same,
+            json!({"valid": true, "reason": "valid", "uses_left": 2})
+        );
+        let payload = r#""payload": {"a": {"x": 0.1, "y": 0}, "b": [1, 1e21, "é\u2028"]}"#;
+        let (_, wrong_target) = call(verify(&format!(
+            r#"{payload}, "action": {{"type": "report.run", "target": {{"type": "report", "id": "R-10"}}}}"#
+        )))
+        .await;
+        assert_eq!(wrong_target["reason"], "action_mismatch");
+        let (_, wrong_type) = call(verify(&format!(
+            r#"{payload}, "action": {{"type": "report.delete"}}"#
+        )))
+        .await;
+        assert_eq!(wrong_type["reason"], "action_mismatch");
+        let (_, right) = call(verify(&format!(
+            r#"{payload}, "action": {{"type": "report.run", "target": {{"type": "report", "id": "R-9"}}}}"#
+        )))
+        .await;
+        assert_eq!(
+            right,
+            json!({"valid": true, "reason": "valid", "uses_left": 1})
+        );
+        let reasons: Vec<Value> = s
+            .events(kind::PERMIT_VERIFIED)
+            .await
+            .iter()
+            .map(|e| e.event.detail["reason"].clone())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "payload_mismatch",
+                "payload_mismatch",
+                "valid",
+                "action_mismatch",
+                "action_mismatch",
+                "valid"
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn tampered_foreign_and_expired_permits_are_refused() {
+    for Db { store, _dir } in stores().await {
+        let s = permit_server(store).await;
+        let (_, body) = s.decide(resolve(json!({"x": 1}))).await;
+        let token = body["permit"]["token"].as_str().unwrap().to_owned();
+        let check = async |key: &str, token: &str| {
+            s.verify_as(key, json!({"permit": token, "payload": {"x": 1}}))
+                .await
+                .1
+        };
+        // One changed character of the claims, and one of the signature.
+        let dot = token.find('.').unwrap();
+        for at in [dot + 5, token.len() - 3] {
+            let mut bytes = token.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            assert_eq!(
+                check(&s.controller, &tampered).await["reason"],
+                "bad_signature"
+            );
+        }
+        assert_eq!(
+            check(&s.controller, "not.a.permit").await["reason"],
+            "bad_signature"
+        );
+        // Another tenant's controller learns nothing: not even that it is genuine.
+        let other = s.key("other", vec![Role::Controller], None).await;
+        assert_eq!(
+            check(&other, &token).await,
+            json!({"valid": false, "reason": "bad_signature"})
+        );
+        let foreign = s.events(kind::PERMIT_VERIFIED).await;
+        let last = &foreign.last().unwrap().event;
+        assert_eq!(
+            (last.tenant.as_str(), last.decision_id.as_deref()),
+            ("other", None)
+        );
+        // A key this server does not have.
+        let elsewhere = warden_store::open("sqlite::memory:").await.unwrap();
+        elsewhere.migrate().await.unwrap();
+        let stranger = permit_server(elsewhere).await;
+        let (_, theirs) = stranger.decide(resolve(json!({"x": 1}))).await;
+        let theirs = theirs["permit"]["token"].as_str().unwrap();
+        assert_eq!(check(&s.controller, theirs).await["reason"], "unknown_key");
+        // Still valid for its own tenant after all that.
+        assert_eq!(check(&s.controller, &token).await["reason"], "valid");
+
+        let (_, quick) = s.decide(json!({"type": "email.send"})).await;
+        let quick = quick["permit"]["token"].as_str().unwrap().to_owned();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (_, expired) = s.verify_as(&s.controller, json!({"permit": quick})).await;
+        assert_eq!(expired, json!({"valid": false, "reason": "expired"}));
+    }
+}
+
+#[tokio::test]
+async fn only_controllers_and_executors_verify_and_bodies_are_strict() {
+    let Db { store, _dir } = stores().await.remove(0);
+    let s = permit_server(store).await;
+    let executor = s.key("acme", vec![Role::Executor], None).await;
+    let agent = s.key("acme", vec![Role::Agent], Some("bot")).await;
+    let (status, body) = s.decide_as(&executor, resolve(json!({}))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let ok = json!({"permit": "x.y.z"});
+    let (status, _) = s.verify_as(&agent, ok.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s.verify_as(&s.admin, ok.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s
+        .call(Method::POST, "/v1/permits/verify", None, &ok.to_string())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let table: &[(&str, &str)] = &[
+        (r#"{"permit": "a", "permit": "b"}"#, "duplicate_key"),
+        (
+            r#"{"permit": "a", "payload": {"k": 1, "k": 2}}"#,
+            "duplicate_key",
+        ),
+        (r#"{"payload": {}}"#, "invalid_body"),
+        (r#"{"permit": 5}"#, "invalid_body"),
+        (r#"{"permit": "a", "extra": 1}"#, "invalid_body"),
+        (r#"{"permit": ""}"#, "invalid_field"),
+        (r#"{"permit": "a", "payload": [1]}"#, "invalid_field"),
+        (r#"{"permit": "a", "action": [null]}"#, "invalid_field"),
+        (
+            r#"{"permit": "a", "action": {"target": [null, null]}}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"permit": "a", "action": {"target": {"id": 5}}}"#,
+            "invalid_body",
+        ),
+        ("[]", "invalid_body"),
+        ("{", "invalid_body"),
+    ];
+    for (text, code) in table {
+        let (status, body) = s
+            .call(Method::POST, "/v1/permits/verify", Some(&executor), text)
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(*code)),
+            "{text}: {body}"
+        );
+        assert!(
+            !body["detail"].as_str().unwrap().contains("VerifyRequest"),
+            "{body}"
+        );
+    }
+    let long = json!({"permit": "a".repeat(4097)});
+    let (status, body) = s.verify_as(&executor, long).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_field"))
+    );
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/permits/verify")
+        .header("authorization", format!("Bearer {executor}"))
+        .header("content-type", "text/plain")
+        .body(Body::from(ok.to_string()))
+        .unwrap();
+    let response = s.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(
+        s.events(kind::PERMIT_VERIFIED).await.is_empty(),
+        "refused requests verify nothing"
+    );
+}
+
+/// Runs every future on its own task, at once, and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_verifies_of_a_single_use_permit_have_exactly_one_winner() {
+    for Db { store, _dir } in stores().await {
+        let s = Arc::new(permit_server(store).await);
+        for _ in 0..3 {
+            let (_, body) = s.decide(resolve(json!({"x": 1}))).await;
+            let token = body["permit"]["token"].as_str().unwrap().to_owned();
+            let wins = race_arc(&[Arc::clone(&s)], &s.controller, &token, 16).await;
+            assert_eq!(wins, 1);
+        }
+        assert!(s.store.verify().await.unwrap().first_broken.is_none());
+    }
+}
+
+/// Fires `n` verifies of `token` at once, spread over `servers`; returns how many were valid.
+async fn race_arc(servers: &[Arc<Server>], key: &str, token: &str, n: usize) -> usize {
+    let calls = (0..n).map(|i| {
+        let s = Arc::clone(&servers[i % servers.len()]);
+        let body = json!({"permit": token, "payload": {"x": 1}});
+        let key = key.to_owned();
+        async move { s.verify_as(&key, body).await }
+    });
+    let answers = futures_join_all(calls).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert!(
+            body["reason"] == "valid" || body["reason"] == "used_up",
+            "{body}"
+        );
+    }
+    answers.iter().filter(|(_, b)| b["valid"] == true).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_postgres_let_exactly_one_verify_win() {
+    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!(
+        "permits_{}",
+        warden_server::ids::random_base32(12).to_lowercase()
+    );
+    let first = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    first.migrate().await.unwrap();
+    let second = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    let a = Arc::new(permit_server(first).await);
+    let b = permit_server(second).await;
+    // Replicas share the key file (or WARDEN_PERMIT_KEY).
+    b.state
+        .permits()
+        .replace((*a.state.permits().current()).clone());
+    let b = Arc::new(b);
+    for _ in 0..5 {
+        let (_, body) = a.decide(resolve(json!({"x": 1}))).await;
+        let token = body["permit"]["token"].as_str().unwrap().to_owned();
+        let wins = race_arc(&[Arc::clone(&a), Arc::clone(&b)], &a.controller, &token, 12).await;
+        assert_eq!(wins, 1);
+    }
+    let report = b.store.verify().await.unwrap();
+    assert!(report.first_broken.is_none());
+    assert_eq!(b.events(kind::PERMIT_VERIFIED).await.len(), 60);
+}
+
+#[tokio::test]
+async fn an_executor_can_verify_offline_with_the_published_keys() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ed25519_dalek::{Signature, VerifyingKey};
+    let Db { store, _dir } = stores().await.remove(0);
+    let s = permit_server(store).await;
+    let (status, keys) = s.call(Method::GET, "/v1/permits/keys", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let jwk = &keys["keys"][0];
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    let payload = json!({"note": "ünïcode", "n": [1, 2.5]});
+    let (_, body) = s.decide(resolve(payload.clone())).await;
+    let token = body["permit"]["token"].as_str().unwrap();
+
+    // What an executor does, knowing only the documented format.
+    let parts: Vec<&str> = token.split('.').collect();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], jwk["kid"]);
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(parts[2])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    VerifyingKey::from_bytes(&x)
+        .unwrap()
+        .verify_strict(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &Signature::from_bytes(&signature),
+        )
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["decision_id"], body["decision_id"]);
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["action_type"], "ticket.resolve");
+    assert_eq!(claims["target"], json!({"type": "ticket", "id": "T-1"}));
+    assert_eq!(claims["max_uses"], 1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(claims["exp"].as_i64().unwrap() > now);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        300
+    );
+    // The payload digest: SHA-256 of RFC 8785, by hand for this payload.
+    use sha2::Digest;
+    let canonical = r#"{"n":[1,2.5],"note":"ünïcode"}"#;
+    assert_eq!(
+        claims["payload_sha256"].as_str().unwrap(),
+        hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+    );
+    // Offline checks spend no use.
+    let (_, verified) = s
+        .verify_as(&s.controller, json!({"permit": token, "payload": payload}))
+        .await;
+    assert_eq!(verified["reason"], "valid");
+}
+
+#[tokio::test]
+async fn a_verify_that_cannot_be_recorded_is_never_valid() {
+    let Db { store, _dir } = stores().await.remove(0);
+    let breakable = Breakable::over(store);
+    let s = permit_server(breakable.clone()).await;
+    let (_, body) = s.decide(resolve(json!({"x": 1}))).await;
+    let token = body["permit"]["token"].as_str().unwrap();
+    breakable.broken.store(true, Ordering::SeqCst);
+    for key in [&s.controller] {
+        let (status, body) = s
+            .verify_as(key, json!({"permit": token, "payload": {"x": 1}}))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable"))
+        );
+        let (status, _) = s
+            .verify_as(key, json!({"permit": token, "payload": {"x": 2}}))
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    breakable.broken.store(false, Ordering::SeqCst);
+    let (_, body) = s
+        .verify_as(&s.controller, json!({"permit": token, "payload": {"x": 1}}))
+        .await;
+    assert_eq!(body["reason"], "valid", "the failed attempt spent nothing");
 }

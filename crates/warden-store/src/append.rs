@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
-use crate::model::{Append, Appended, NewDecision, NewEvent, StoredDecision, kind};
+use crate::model::{
+    Append, Appended, NewDecision, NewEvent, PermitConsumed, PermitUse, StoredDecision, kind,
+};
 
 /// The last event of the chain, which the next one links to.
 #[derive(Debug)]
@@ -112,6 +114,69 @@ pub(crate) fn plan(
         decisions,
         results,
     })
+}
+
+/// Counts a permit use: inserts its row at the first use, increments it while uses are
+/// left, and returns `uses, max_uses` only when it counted. One statement, so the check and
+/// the increment cannot be separated; both backends run this text (`$N` binds positionally
+/// in SQLite). Binds: tenant, decision id, max uses, expiry, now.
+pub(crate) const CONSUME_PERMIT: &str = "INSERT INTO permit_uses \
+    (tenant, decision_id, uses, max_uses, expires_at_ms, first_used_ms, last_used_ms) \
+    VALUES ($1, $2, 1, $3, $4, $5, $5) \
+    ON CONFLICT (tenant, decision_id) DO UPDATE \
+    SET uses = permit_uses.uses + 1, last_used_ms = excluded.last_used_ms \
+    WHERE permit_uses.uses < permit_uses.max_uses \
+    RETURNING uses, max_uses";
+
+/// Refuses a permit use the store must not record, before any lock is taken.
+pub(crate) fn check_permit(permit: &PermitUse) -> Result<(), StoreError> {
+    if permit.max_uses == 0 || permit.decision_id.is_empty() {
+        return Err(StoreError::InvalidEvent {
+            id: permit.event.id.clone(),
+            reason: "a permit use needs a decision id and at least one allowed use".to_owned(),
+        });
+    }
+    if !(permit.event.detail.is_object() || permit.event.detail.is_null()) {
+        return Err(StoreError::InvalidEvent {
+            id: permit.event.id.clone(),
+            reason: "a permit event's detail must be an object".to_owned(),
+        });
+    }
+    let mut item = [Append {
+        event: permit.event.clone(),
+        decision: None,
+    }];
+    check(&mut item)
+}
+
+/// What a counted (`Some((uses, max_uses))`) or refused (`None`) use means.
+pub(crate) fn permit_consumed(counted: Option<(i64, i64)>) -> PermitConsumed {
+    match counted {
+        Some((uses, max)) => PermitConsumed::Used {
+            uses_left: u32::try_from(max.saturating_sub(uses)).unwrap_or(0),
+        },
+        None => PermitConsumed::UsedUp,
+    }
+}
+
+/// The permit's event with the outcome in its detail, as one batch to chain.
+pub(crate) fn permit_batch(permit: PermitUse, consumed: PermitConsumed) -> Vec<Append> {
+    let mut event = permit.event;
+    let mut detail = match event.detail {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    detail.insert(
+        "valid".into(),
+        serde_json::Value::Bool(matches!(consumed, PermitConsumed::Used { .. })),
+    );
+    detail.insert("reason".into(), consumed.reason().into());
+    detail.insert("uses_left".into(), consumed.uses_left().into());
+    event.detail = serde_json::Value::Object(detail);
+    vec![Append {
+        event,
+        decision: None,
+    }]
 }
 
 /// The columns of an `audit_events` row, in table order: the one list the insert

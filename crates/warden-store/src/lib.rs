@@ -42,7 +42,8 @@ pub use error::StoreError;
 pub use migrations::{Migration, migrations};
 pub use model::{
     Append, Appended, BrokenLink, ChainProblem, Event, EventFilter, KeyRecord, NewDecision,
-    NewEvent, NewKey, PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+    NewEvent, NewKey, PermitConsumed, PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision,
+    VerifyReport, kind,
 };
 
 /// Which database a store runs on.
@@ -104,6 +105,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// items are still written. Any error (an invalid event, a duplicate event or decision
     /// id, a database failure) rolls the whole batch back.
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError>;
+
+    /// Counts one use of a permit and chains its `permit_verified` event, in one
+    /// transaction under the chain lock (so on every replica sharing the database):
+    /// concurrent uses of a permit with one use left count exactly one. A permit with
+    /// every use spent counts nothing and answers [`PermitConsumed::UsedUp`]; its event is
+    /// chained all the same. Either way the event's detail records the outcome.
+    async fn consume_permit_use(&self, permit: PermitUse) -> Result<PermitConsumed, StoreError>;
 
     /// The tenant's decision with this id.
     async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError>;

@@ -23,9 +23,11 @@ pub mod kind {
     pub const CHECKPOINT: &str = "checkpoint";
     /// An idempotency key reused for a different action, refused with 409.
     pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
+    /// A permit was checked (`POST /v1/permits/verify`), valid or not.
+    pub const PERMIT_VERIFIED: &str = "permit_verified";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -34,6 +36,7 @@ pub mod kind {
         POLICY_RELOADED,
         CHECKPOINT,
         IDEMPOTENCY_MISMATCH,
+        PERMIT_VERIFIED,
     ];
 }
 
@@ -181,6 +184,55 @@ pub enum Appended {
     /// this is the decision that holds the key. Its `action_digest` tells a retry of the
     /// same action from a reused key.
     Duplicate(StoredDecision),
+}
+
+/// A use of a permit whose token checked out (signature, expiry, action, payload), for
+/// [`crate::Store::consume_permit_use`] to count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PermitUse {
+    /// The tenant of the permit's decision.
+    pub tenant: String,
+    /// The decision the permit was issued for.
+    pub decision_id: String,
+    /// Uses the permit allows, from the signed token.
+    pub max_uses: u32,
+    /// When the permit expires, unix milliseconds, from the signed token.
+    pub expires_at_ms: i64,
+    /// When it is used, unix milliseconds.
+    pub now_ms: i64,
+    /// The `permit_verified` event to chain with the use. Its `detail` must be an object
+    /// (or `Null`); the store sets `valid`, `reason` and `uses_left` in it.
+    pub event: NewEvent,
+}
+
+/// What counting a permit use found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermitConsumed {
+    /// The use was counted; this many remain.
+    Used {
+        /// Uses left after this one.
+        uses_left: u32,
+    },
+    /// Every use was spent before; nothing was counted.
+    UsedUp,
+}
+
+impl PermitConsumed {
+    /// The verify answer's reason code: `valid` or `used_up`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Used { .. } => "valid",
+            Self::UsedUp => "used_up",
+        }
+    }
+
+    /// Uses left after this verification.
+    pub fn uses_left(self) -> u32 {
+        match self {
+            Self::Used { uses_left } => uses_left,
+            Self::UsedUp => 0,
+        }
+    }
 }
 
 /// Which audit events [`crate::Store::events`] returns. Every set field must match.

@@ -120,6 +120,9 @@ fn start_appender(options: PgConnectOptions) -> Result<AppenderThread, StoreErro
                     Job::Append { batch, reply } => {
                         let _ = reply.send(store.append(batch).await);
                     }
+                    Job::ConsumePermit { permit, reply } => {
+                        let _ = reply.send(store.consume_permit_use(*permit).await);
+                    }
                     Job::Probe { now_ms, reply } => {
                         let _ = reply.send(store.probe_write(now_ms).await);
                     }

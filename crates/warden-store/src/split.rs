@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::append;
 use crate::error::StoreError;
 use crate::model::{
-    Append, Appended, Event, EventFilter, KeyRecord, NewKey, PurgeReport, StoredDecision,
-    VerifyReport,
+    Append, Appended, Event, EventFilter, KeyRecord, NewKey, PermitConsumed, PermitUse,
+    PurgeReport, StoredDecision, VerifyReport,
 };
 use crate::{Backend, Store};
 
@@ -26,6 +26,12 @@ pub(crate) enum Job {
     Append {
         batch: Vec<Append>,
         reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    },
+    /// A permit use to count and chain (`Store::consume_permit_use`).
+    ConsumePermit {
+        // Boxed: an event is large, and every job in the queue would pay for it.
+        permit: Box<PermitUse>,
+        reply: oneshot::Sender<Result<PermitConsumed, StoreError>>,
     },
     /// A readiness write on the appending connection (`Store::probe_write`).
     Probe {
@@ -40,6 +46,10 @@ impl std::fmt::Debug for Job {
             Job::Append { batch, .. } => f
                 .debug_struct("Append")
                 .field("batch", &batch.len())
+                .finish_non_exhaustive(),
+            Job::ConsumePermit { permit, .. } => f
+                .debug_struct("ConsumePermit")
+                .field("decision_id", &permit.decision_id)
                 .finish_non_exhaustive(),
             Job::Probe { now_ms, .. } => f.debug_struct("Probe").field("now_ms", now_ms).finish(),
         }
@@ -78,6 +88,20 @@ impl AppenderThread {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job::Append { batch, reply })
+            .map_err(|_| StoreError::AppenderStopped)?;
+        answer.await.map_err(|_| StoreError::AppenderStopped)?
+    }
+
+    /// Counts a permit use on the thread: it chains an event, so it takes its turn with
+    /// the batches.
+    async fn consume_permit_use(&self, permit: PermitUse) -> Result<PermitConsumed, StoreError> {
+        append::check_permit(&permit)?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::ConsumePermit {
+                permit: Box::new(permit),
+                reply,
+            })
             .map_err(|_| StoreError::AppenderStopped)?;
         answer.await.map_err(|_| StoreError::AppenderStopped)?
     }
@@ -133,6 +157,10 @@ impl Store for Split {
 
     async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
         self.appender.probe_write(now_ms).await
+    }
+
+    async fn consume_permit_use(&self, permit: PermitUse) -> Result<PermitConsumed, StoreError> {
+        self.appender.consume_permit_use(permit).await
     }
 
     async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {

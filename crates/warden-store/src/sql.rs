@@ -16,8 +16,8 @@ use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
 use crate::migrations::migrations;
 use crate::model::{
-    Append, Appended, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PurgeReport,
-    SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+    Append, Appended, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed,
+    PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
 };
 use crate::{Backend, Store};
 
@@ -574,6 +574,33 @@ where
         Ok(results)
     }
 
+    async fn consume_permit_use(&self, permit: PermitUse) -> Result<PermitConsumed, StoreError> {
+        append::check_permit(&permit)?;
+        // The chain lock serializes this with every append and every other use, on every
+        // replica; the upsert alone would already count atomically, the lock keeps the use
+        // and its event in one place in the chain.
+        let mut tx = self.begin_chain_write().await?;
+        let counted = sqlx::query(append::CONSUME_PERMIT)
+            .bind(permit.tenant.as_str())
+            .bind(permit.decision_id.as_str())
+            .bind(i64::from(permit.max_uses))
+            .bind(permit.expires_at_ms)
+            .bind(permit.now_ms)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| -> Result<(i64, i64), StoreError> {
+                Ok((row.try_get("uses")?, row.try_get("max_uses")?))
+            })
+            .transpose()?;
+        let consumed = append::permit_consumed(counted);
+        let head = Self::head(&mut tx).await?;
+        let Plan { links, .. } =
+            append::plan(append::permit_batch(permit, consumed), head, Vec::new())?;
+        Self::insert_events(&mut tx, &links).await?;
+        tx.commit().await?;
+        Ok(consumed)
+    }
+
     async fn decision(&self, tenant: &str, id: &str) -> Result<Option<StoredDecision>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Self::find_decision(&mut conn, tenant, DecisionLookup::Id, id).await
@@ -727,6 +754,11 @@ where
             .execute(&mut *tx)
             .await?;
         let decisions_purged = DB::rows_affected(&decisions);
+        // Use counts of permits expired before the cutoff: none can verify again.
+        sqlx::query("DELETE FROM permit_uses WHERE expires_at_ms < $1")
+            .bind(older_than_ms)
+            .execute(&mut *tx)
+            .await?;
 
         let mut report = PurgeReport {
             purged: 0,

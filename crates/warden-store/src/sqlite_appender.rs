@@ -19,7 +19,7 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use crate::append::{self, Head, Plan};
 use crate::error::StoreError;
-use crate::model::{Append, Appended, StoredDecision};
+use crate::model::{Append, Appended, PermitConsumed, PermitUse, StoredDecision};
 use crate::split::{AppenderThread, Job};
 use crate::sql::WRITE_PROBE;
 use crate::sqlite::SYNCHRONOUS;
@@ -104,6 +104,10 @@ fn run(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
                 let _ = reply.send(write(&mut conn, batch));
                 unchecked += 1;
             }
+            Job::ConsumePermit { permit, reply } => {
+                let _ = reply.send(consume_permit(&mut conn, *permit));
+                unchecked += 1;
+            }
             Job::Probe { now_ms, reply } => {
                 let _ = reply.send(probe(&mut conn, now_ms));
             }
@@ -144,6 +148,38 @@ fn probe(conn: &mut Connection, now_ms: i64) -> Result<String, StoreError> {
 /// everything (the transaction is dropped uncommitted).
 fn write(conn: &mut Connection, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let results = chain(&tx, batch)?;
+    // Durability: WAL with synchronous=FULL, so this commit is the one fsync of the batch,
+    // and nothing is acknowledged before it returns.
+    tx.commit()?;
+    Ok(results)
+}
+
+/// A permit use and its event, in one transaction under the write lock: the counting
+/// upsert, then the event chained like a batch of one.
+fn consume_permit(conn: &mut Connection, permit: PermitUse) -> Result<PermitConsumed, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let counted = tx
+        .prepare_cached(append::CONSUME_PERMIT)?
+        .query_row(
+            rusqlite::params![
+                permit.tenant,
+                permit.decision_id,
+                i64::from(permit.max_uses),
+                permit.expires_at_ms,
+                permit.now_ms
+            ],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )
+        .optional()?;
+    let consumed = append::permit_consumed(counted);
+    chain(&tx, append::permit_batch(permit, consumed))?;
+    tx.commit()?;
+    Ok(consumed)
+}
+
+/// Chains `batch` inside `tx`, which holds the write lock.
+fn chain(tx: &rusqlite::Transaction<'_>, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
     let head = tx
         .prepare_cached(HEAD)?
         .query_row([], |row| {
@@ -154,7 +190,7 @@ fn write(conn: &mut Connection, batch: Vec<Append>) -> Result<Vec<Appended>, Sto
         })
         .optional()?
         .unwrap_or_else(Head::genesis);
-    let holders = key_holders(&tx, &batch)?;
+    let holders = key_holders(tx, &batch)?;
     let Plan {
         links,
         decisions,
@@ -185,9 +221,6 @@ fn write(conn: &mut Connection, batch: Vec<Append>) -> Result<Vec<Appended>, Sto
                 .map_err(|e| unique_as(e, || StoreError::DuplicateDecision(d.id.clone())))?;
         }
     }
-    // Durability: WAL with synchronous=FULL, so this commit is the one fsync of the batch,
-    // and nothing is acknowledged before it returns.
-    tx.commit()?;
     Ok(results)
 }
 

@@ -32,12 +32,13 @@ const VALIDATE_OCSF: &str = concat!(
 const INSTALL: &str = "python3 -m pip install -r crates/warden/tests/conformance/requirements.txt";
 
 /// Variables the binary reads: the test decides them, not the shell it runs in.
-const WARDEN_ENV: [&str; 9] = [
+const WARDEN_ENV: [&str; 10] = [
     "WARDEN_DB",
     "WARDEN_LISTEN",
     "WARDEN_POLICIES",
     "WARDEN_DATA_DIR",
     "WARDEN_AUDIT_KEY",
+    "WARDEN_PERMIT_KEY",
     "WARDEN_URL",
     "WARDEN_KEY",
     "WARDEN_SERVER",

@@ -4,8 +4,8 @@
 use super::agents::AgentMap;
 use super::index::Index;
 use super::model::{
-    ApprovalRequirement, Budget, Effect, Guidance, Limits, Per, RateLimit, Rule, RuleId, Scope,
-    Tier, Version,
+    ApprovalRequirement, Budget, Effect, Guidance, Limits, Per, PermitSettings, RateLimit, Rule,
+    RuleId, Scope, Tier, Version,
 };
 use super::{AuditSpec, Policy};
 use crate::decision::{Obligations, Verdict};
@@ -271,6 +271,60 @@ impl Checker {
             }
             (None, _) => None,
         };
+        let permit = match (&raw.permit, effect) {
+            (Some(p), Some(e)) if e != Effect::Allow => {
+                self.err(
+                    p.span(),
+                    format!(
+                        "`permit` is only allowed on allow rules, not {}",
+                        e.as_str()
+                    ),
+                );
+                None
+            }
+            (Some(p), _) => {
+                let default = PermitSettings::default();
+                let expires_in = match &p.expires_in {
+                    Some(text) => match self.duration(text, "permit.expires_in") {
+                        Some(d)
+                            if d < Duration::from_secs(1) || d > PermitSettings::MAX_EXPIRES_IN =>
+                        {
+                            self.err(
+                                text.span(),
+                                format!(
+                                    "permit.expires_in `{}` is outside 1s to 24h",
+                                    text.as_str()
+                                ),
+                            );
+                            default.expires_in
+                        }
+                        Some(d) => d,
+                        None => default.expires_in,
+                    },
+                    None => default.expires_in,
+                };
+                let max_uses = match &p.max_uses {
+                    Some(n) if **n == 0 || **n > PermitSettings::MAX_USES => {
+                        self.err(
+                            n.span(),
+                            format!(
+                                "permit.max_uses {} is outside 1 to {}",
+                                **n,
+                                PermitSettings::MAX_USES
+                            ),
+                        );
+                        default.max_uses
+                    }
+                    Some(n) => **n,
+                    None => default.max_uses,
+                };
+                Some(PermitSettings {
+                    expires_in,
+                    max_uses,
+                })
+            }
+            (None, _) => None,
+        };
         let set = match (&raw.set, effect) {
             (Some(s), Some(e)) if e != Effect::Modify => {
                 self.err(
@@ -334,6 +388,7 @@ impl Checker {
             reason_source: raw.reason.as_ref().map(|s| s.as_str().to_owned()),
             confidence_adjustment,
             approval,
+            permit,
             set,
             protected: raw.protected.unwrap_or(false),
             preset,

@@ -1,7 +1,7 @@
 //! Evaluating an action: the candidate rules from the index, their filters and
 //! conditions, then combining what matched into one decision (docs/POLICY.md, Combining).
 
-use super::{ApprovalRequirement, Effect, Policy, Rule, Tier};
+use super::{ApprovalRequirement, Effect, PermitSettings, Policy, Rule, Tier};
 use crate::action::{Action, Confidence, Env};
 use crate::decision::{
     ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict,
@@ -119,12 +119,25 @@ impl Policy {
             }
             merged.unwrap_or_default()
         });
+        // The strictest of the settings the allowing rules give; the defaults when none does.
+        let permit = (verdict == Verdict::Allow).then(|| {
+            matched
+                .iter()
+                .filter(|r| r.effect == Effect::Allow)
+                .filter_map(|r| r.permit)
+                .reduce(|a, b| PermitSettings {
+                    expires_in: a.expires_in.min(b.expires_in),
+                    max_uses: a.max_uses.min(b.max_uses),
+                })
+                .unwrap_or_default()
+        });
         Decision {
             verdict,
             reasons,
             confidence,
             obligations,
             approval,
+            permit,
             policy_version: self.version.as_str().to_owned(),
             failure: None,
         }
@@ -148,6 +161,7 @@ impl Policy {
             }),
             obligations: Obligations::default(),
             approval: None,
+            permit: None,
             policy_version: self.version.as_str().to_owned(),
             failure: Some(EvaluationFailure {
                 rule: rule.id.clone(),

@@ -22,8 +22,8 @@ mod tests;
 
 pub use crate::audit::AuditSpec;
 pub use model::{
-    ApprovalRequirement, Budget, Effect, Guidance, LIMIT_NAMES, Limits, Per, RateLimit, Rule,
-    RuleId, Scope, Tier, Version,
+    ApprovalRequirement, Budget, Effect, Guidance, LIMIT_NAMES, Limits, Per, PermitSettings,
+    RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
 
 use crate::decision::Verdict;

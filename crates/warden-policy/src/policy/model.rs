@@ -216,6 +216,33 @@ impl Default for ApprovalRequirement {
     }
 }
 
+/// The permit an allow carries (DESIGN §5): how long it is good for and how many times an
+/// executor may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermitSettings {
+    /// How long after the decision the permit expires.
+    pub expires_in: Duration,
+    /// How many verifications it allows.
+    pub max_uses: u32,
+}
+
+impl PermitSettings {
+    /// The longest `permit.expires_in` a rule may set. Bounded so that a rotated-out
+    /// signing key can be dropped a known time after rotation.
+    pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
+    /// The most `permit.max_uses` a rule may set.
+    pub const MAX_USES: u32 = 1000;
+}
+
+impl Default for PermitSettings {
+    fn default() -> Self {
+        Self {
+            expires_in: Duration::from_secs(5 * 60),
+            max_uses: 1,
+        }
+    }
+}
+
 /// Where a rule applies, besides its actions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
@@ -243,6 +270,7 @@ pub struct Rule {
     pub(super) reason_source: Option<String>,
     pub(super) confidence_adjustment: f64,
     pub(super) approval: Option<ApprovalRequirement>,
+    pub(super) permit: Option<PermitSettings>,
     pub(super) set: Obligations,
     pub(super) protected: bool,
     pub(super) preset: Option<Tier>,
@@ -292,6 +320,10 @@ impl Rule {
     /// Approval settings of a require_approval rule.
     pub fn approval(&self) -> Option<&ApprovalRequirement> {
         self.approval.as_ref()
+    }
+    /// Permit settings of an allow rule, when it sets them.
+    pub fn permit(&self) -> Option<PermitSettings> {
+        self.permit
     }
     /// What a modify rule sets.
     pub fn set(&self) -> &Obligations {

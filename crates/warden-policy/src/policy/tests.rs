@@ -213,6 +213,35 @@ rules:
 }
 
 #[test]
+fn permits_take_the_strictest_settings_of_the_allowing_rules() {
+    let policy = r#"
+version: 1.0.0
+rules:
+  - {id: a, actions: [x], effect: allow, permit: {expires_in: 1h, max_uses: 3}}
+  - {id: b, actions: [x], effect: allow, permit: {expires_in: 30s}}
+  - {id: c, actions: [y], effect: allow}
+  - {id: d, actions: [z], effect: require_approval}
+"#;
+    let permit = decide(policy, json!({"type": "x"})).permit.unwrap();
+    assert_eq!(
+        (permit.expires_in, permit.max_uses),
+        (Duration::from_secs(30), 1),
+        "b's expiry, and b's default single use"
+    );
+    assert_eq!(
+        decide(policy, json!({"type": "y"})).permit,
+        Some(PermitSettings::default())
+    );
+    assert_eq!(decide(policy, json!({"type": "z"})).permit, None);
+    assert_eq!(decide(policy, json!({"type": "nothing"})).permit, None);
+    let default = PermitSettings::default();
+    assert_eq!(
+        (default.expires_in, default.max_uses),
+        (Duration::from_secs(300), 1)
+    );
+}
+
+#[test]
 fn reasons_render_templates_and_show_holes_they_cannot_fill() {
     let policy = r#"
 version: 1.0.0
@@ -259,6 +288,22 @@ fn policy_errors_carry_positions() {
         (
             "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: allow, approval: {approvers: [l]}}\n",
             "`approval` is only allowed on require_approval rules",
+        ),
+        (
+            "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: deny, permit: {max_uses: 2}}\n",
+            "3:49: `permit` is only allowed on allow rules, not deny",
+        ),
+        (
+            "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: allow, permit: {max_uses: 0}}\n",
+            "permit.max_uses 0 is outside 1 to 1000",
+        ),
+        (
+            "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: allow, permit: {expires_in: 2d}}\n",
+            "permit.expires_in `2d` is outside 1s to 24h",
+        ),
+        (
+            "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: allow, permit: {uses: 2}}\n",
+            "unknown field `uses`",
         ),
         (
             "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: deny, when: 'nope > 1'}\n",

@@ -219,6 +219,8 @@ pub enum EventKind {
     Checkpoint,
     /// An idempotency key reused for another action.
     IdempotencyMismatch,
+    /// A permit was checked.
+    PermitVerified,
 }
 
 /// A decision's effect.
@@ -470,6 +472,7 @@ mod tests {
             EventKind::PolicyReloaded,
             EventKind::Checkpoint,
             EventKind::IdempotencyMismatch,
+            EventKind::PermitVerified,
         ]
         .iter()
         .map(|k| {

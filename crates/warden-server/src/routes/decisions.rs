@@ -219,6 +219,35 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         ),
     };
     body.decision_id = Some(decision_id.clone());
+    if let Some(settings) = decision.as_ref().and_then(|d| d.permit)
+        && body.effect == "allow"
+    {
+        let issued = state
+            .permits()
+            .current()
+            .issue(&crate::permits::Grant {
+                decision_id: &decision_id,
+                tenant: &caller.tenant,
+                action: &action,
+                settings,
+                now_ms: now,
+            })
+            .ok_or_else(|| {
+                // Loading refuses a key set without a signing key, so this is a bug; the
+                // action is not allowed without its permit.
+                tracing::error!("no permit signing key");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            })?;
+        body.permit = Some(crate::wire::PermitBody {
+            token: issued.token,
+            expires_at: crate::wire::rfc3339(issued.expires_at_ms),
+            max_uses: issued.max_uses,
+        });
+    }
 
     // What is recorded: the answer with redacted values masked in its reasons.
     let masked;

@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod decisions;
 pub mod health;
+pub mod permits;

@@ -7,5 +7,6 @@
 mod chain;
 mod common;
 mod migrations;
+mod permits;
 mod queries;
 mod verify;

@@ -35,12 +35,34 @@ enum Command {
     /// Revoke an API key at once; exit 1 if there is no such active key.
     #[command(after_help = "Example:\n  warden keys revoke 3fz8k2m9q1xd")]
     Revoke(RevokeArgs),
+    /// Add a new permit signing key to the data dir's key file; the old ones keep
+    /// verifying until their permits have expired (24 h), unless revoked with
+    /// `--revoke-old`. Send SIGHUP to (or restart) every replica afterwards.
+    #[command(
+        name = "rotate-permit",
+        after_help = "Examples:\n  \
+        warden keys rotate-permit --data-dir /var/lib/warden\n  \
+        warden keys rotate-permit --revoke-old   # a signing key leaked: its permits stop verifying"
+    )]
+    RotatePermit(RotatePermitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RotatePermitArgs {
+    /// The server's data dir, holding `warden-permit.key`.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = ".")]
+    data_dir: std::path::PathBuf,
+    /// Revoke the old keys at once instead of keeping them verifiable: their permits
+    /// answer `revoked`.
+    #[arg(long)]
+    revoke_old: bool,
 }
 
 #[derive(Debug, clap::Args)]
 struct CreateArgs {
-    /// Role of the key: controller, agent, approver, admin (of its tenant) or operator
-    /// (across tenants); repeat the flag or separate roles with commas.
+    /// Role of the key: controller, agent, approver, executor (may only verify permits),
+    /// admin (of its tenant) or operator (across tenants); repeat the flag or separate
+    /// roles with commas.
     #[arg(long = "role", value_name = "ROLE", required = true, value_delimiter = ',',
           value_parser = parse_role)]
     roles: Vec<Role>,
@@ -74,20 +96,53 @@ struct RevokeArgs {
 
 fn parse_role(name: &str) -> Result<Role, String> {
     Role::parse(name).ok_or_else(|| {
-        format!("unknown role `{name}`: use controller, agent, approver, admin or operator")
+        format!(
+            "unknown role `{name}`: use controller, agent, approver, executor, admin or operator"
+        )
     })
 }
 
 /// Runs a `warden keys` subcommand against the database.
 pub fn run(args: Args, json: bool) -> Result<Outcome> {
+    if let Command::RotatePermit(rotate) = &args.command {
+        return rotate_permit(rotate, json);
+    }
     super::block_on(async move {
         let store = db::open(&args.db.url, Migrate::RequireCurrent).await?;
         match args.command {
             Command::Create(create_args) => create(store.as_ref(), create_args, json).await,
             Command::List(list_args) => list(store.as_ref(), &list_args, json).await,
             Command::Revoke(revoke_args) => revoke(store.as_ref(), &revoke_args.id, json).await,
+            Command::RotatePermit(rotate) => rotate_permit(&rotate, json),
         }
     })
+}
+
+/// Adds a signing key to the key file (no database involved: the keys are the server's
+/// files, like the audit key).
+fn rotate_permit(args: &RotatePermitArgs, json: bool) -> Result<Outcome> {
+    let kid = warden_server::permits::rotate(&args.data_dir, time::now_ms(), args.revoke_old)
+        .context("cannot rotate the permit signing key")?;
+    if json {
+        println!("{}", json!({"kid": kid, "revoked_old": args.revoke_old}));
+    } else {
+        println!("{kid}");
+        eprintln!(
+            "new permit signing key {kid}; old keys {}; send SIGHUP to every replica (or restart them)",
+            if args.revoke_old {
+                "revoked"
+            } else {
+                "verify for 24h more"
+            }
+        );
+    }
+    if std::env::var_os(warden_server::permits::PERMIT_KEY_ENV).is_some() {
+        eprintln!(
+            "note: {} is set here; a server that has it set ignores the key file",
+            warden_server::permits::PERMIT_KEY_ENV
+        );
+    }
+    Ok(Outcome::Ok)
 }
 
 async fn create(store: &dyn Store, args: CreateArgs, json: bool) -> Result<Outcome> {

@@ -27,7 +27,7 @@ pub struct Args {
     /// Folder of policies: `<tenant>.yaml` per tenant, `default.yaml` for the rest.
     #[arg(long, env = "WARDEN_POLICIES", default_value = "./policies")]
     policies: PathBuf,
-    /// Folder for the server's own files (the audit digest key).
+    /// Folder for the server's own files (the audit digest key, the permit signing keys).
     #[arg(long, env = "WARDEN_DATA_DIR", default_value = ".")]
     data_dir: PathBuf,
     /// Apply pending migrations to PostgreSQL before serving (SQLite always is).
@@ -138,6 +138,13 @@ async fn serve(args: Args) -> Result<Outcome> {
         ..Limits::default()
     };
     let state = AppState::new(store, Arc::new(policies), audit, audit_key, metrics, limits);
+    state
+        .permits()
+        .install(warden_server::permits::KeySource {
+            env: std::env::var(warden_server::permits::PERMIT_KEY_ENV).ok(),
+            data_dir: args.data_dir.clone(),
+        })
+        .context("cannot set up the permit signing keys")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

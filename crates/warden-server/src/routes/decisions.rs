@@ -236,11 +236,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
                 // Loading refuses a key set without a signing key, so this is a bug; the
                 // action is not allowed without its permit.
                 tracing::error!("no permit signing key");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                ApiError::internal()
             })?;
         body.permit = Some(crate::wire::PermitBody {
             token: issued.token,

@@ -122,11 +122,7 @@ pub async fn verify(
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "permit check failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                ApiError::internal()
             })??
     } else {
         check(&state, &caller, &body)?

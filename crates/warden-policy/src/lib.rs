@@ -42,4 +42,7 @@ pub use decision::{
 };
 pub use document::{PolicyError, PolicyErrors};
 pub use expr::schema::ActionField;
-pub use policy::{ApprovalRequirement, AuditSpec, Effect, Policy, Rule, RuleId, Tier, Version};
+pub use policy::{
+    ApprovalRequirement, AuditSpec, Charge, Counter, Effect, Expiry, LimitKind, Policy, Rule,
+    RuleId, Tier, Version,
+};

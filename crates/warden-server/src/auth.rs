@@ -240,6 +240,7 @@ async fn reject(
             .append(Append {
                 event,
                 decision: None,
+                charges: Vec::new(),
             })
             .await;
         if appended.is_err() {
@@ -425,6 +426,7 @@ pub async fn flush_failures(state: &AppState, force: bool) {
             .append(Append {
                 event,
                 decision: None,
+                charges: Vec::new(),
             })
             .await;
         if appended.is_err() {

@@ -74,6 +74,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
+    /// 500 with a fixed sentence: something that cannot happen did. The cause is logged by
+    /// the caller.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
     /// 503: the store cannot answer. The cause is logged by the caller.
     pub fn store_unavailable() -> Self {
         Self::new(

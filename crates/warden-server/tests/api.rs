@@ -969,6 +969,15 @@ impl Store for Breakable {
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.keys().await
     }
+    async fn counters(
+        &self,
+        filter: &warden_store::CounterFilter,
+    ) -> Result<Vec<warden_store::CounterRow>, StoreError> {
+        self.inner.counters(filter).await
+    }
+    async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_counters(now_ms).await
+    }
 }
 
 #[tokio::test]

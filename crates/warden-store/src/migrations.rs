@@ -34,6 +34,10 @@ const SQLITE: &[Migration] = &[
         name: "0002_hardening",
         sql: include_str!("../../../migrations/sqlite/0002_hardening.sql"),
     },
+    Migration {
+        name: "0004_budgets",
+        sql: include_str!("../../../migrations/sqlite/0004_budgets.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -44,6 +48,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0002_hardening",
         sql: include_str!("../../../migrations/postgres/0002_hardening.sql"),
+    },
+    Migration {
+        name: "0004_budgets",
+        sql: include_str!("../../../migrations/postgres/0004_budgets.sql"),
     },
 ];
 

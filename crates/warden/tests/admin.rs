@@ -238,6 +238,7 @@ fn decision(n: usize, tenant: &str, effect: &str, time_ms: i64) -> Append {
             detail: Value::Null,
         },
         decision: None,
+        charges: Vec::new(),
     }
 }
 

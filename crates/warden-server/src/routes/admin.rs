@@ -169,6 +169,7 @@ async fn audit_reload(state: &AppState, tenant: &str, by: &str, policies: &[Poli
         .append(Append {
             event,
             decision: None,
+            charges: Vec::new(),
         })
         .await
         .is_err()

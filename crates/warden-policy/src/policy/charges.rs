@@ -105,6 +105,15 @@ impl Counter {
         }
     }
 
+    /// How much of its limit a counter holding `stored` has used at `now_ms`, in stored
+    /// units: the time since the start for `duration`, the stored sum otherwise.
+    pub fn used(self, stored: i64, now_ms: i64) -> i64 {
+        if self.is_elapsed() {
+            return now_ms.saturating_sub(stored).max(0);
+        }
+        stored
+    }
+
     /// Whether the stored value is a start time and the limit a span (only `duration`).
     pub fn is_elapsed(self) -> bool {
         self == Counter::Duration
@@ -174,10 +183,7 @@ impl Charge {
     /// What the caller is shown as the counter's current value, in stored units: the time
     /// the run has lasted for `duration`, the stored sum otherwise.
     pub fn used(&self, current: Option<i64>) -> i64 {
-        if self.counter.is_elapsed() {
-            return current.map_or(0, |start| self.now_ms.saturating_sub(start));
-        }
-        current.unwrap_or(0)
+        current.map_or(0, |v| self.counter.used(v, self.now_ms))
     }
 
     /// The message of the deny when the counter at `current` could not take this charge.

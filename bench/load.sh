@@ -9,7 +9,12 @@
 #             SQLite file (WAL, synchronous=FULL) through a group-commit writer thread and
 #             answering after the commit: what durability alone costs here, the baseline
 #             Warden on SQLite is held to;
-#   sqlite    `warden serve` on a fresh SQLite file, audit durable (the server's default);
+#   sqlite    `warden serve` on a fresh SQLite file, audit durable (the server's default),
+#             with the example policy's `budgets:` and `rate_limits:` taken out: stateless;
+#   stateful  the same with the example policy whole (its `per: run` budget on tool_calls,
+#             tokens, cost_usd and duration) plus a per-agent rate limit on `ticket.*`, so
+#             every allow also checks and charges six counters in the append's transaction;
+#             every request names a new run, the worst case: five new counter rows each;
 #   postgres  `warden serve --migrate` on a fresh database `warden_bench_<pid>`, dropped after.
 # For each: a closed-loop peak run (rps, p50, p99), then an open-loop run at half that peak
 # (p99, corrected for coordinated omission). When both `durable` and `sqlite` ran, `durable`
@@ -23,9 +28,11 @@
 # Environment:
 #   DURATION=10s  WARMUP=2s  CONNECTIONS=64     per run
 #   TARGETS="bare durable sqlite postgres"      which targets to run, in that order
+#                                               (also: stateful; run it beside sqlite)
 #   WARDEN_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test
 #                                               server to create the bench database on
-#   BASE_PORT=18471                             bare on it, sqlite +1, postgres +2, durable +3
+#   BASE_PORT=18471                             bare on it, sqlite +1, postgres +2, durable +3,
+#                                               stateful +4
 #   WARDEN_KEY_ARGS=""                          extra arguments for `warden keys create`
 #
 # Needs: cargo, curl, jq, and psql for the PostgreSQL target.
@@ -44,7 +51,7 @@ read -r -a KEY_ARGS <<<"${WARDEN_KEY_ARGS:-}"
 
 cd "$ROOT"
 echo "== building (release)" >&2
-if [[ " $TARGETS " != *" sqlite "* && " $TARGETS " != *" postgres "* ]]; then
+if [[ " $TARGETS " != *" sqlite "* && " $TARGETS " != *" postgres "* && " $TARGETS " != *" stateful "* ]]; then
     cargo build --release -p warden-server --example loadgen >&2
 else
     cargo build --release -p warden -p warden-server --bin warden --example loadgen >&2
@@ -206,12 +213,25 @@ durable_at_warden_rate() {
     stop_server
 }
 
-# run_warden NAME ADDR DB_URL [serve flags...]: serve, create a controller key, measure.
+# The example policy without its `budgets:` and `rate_limits:` sections: no counters.
+stateless_policy() {
+    sed '/^budgets:/,/^audit:/{/^audit:/!d}' "$ROOT/examples/nexus/nexus.yaml"
+}
+
+# The example policy whole, plus a rate limit every benchmark action falls under. Its limits
+# are far above what a run can reach: every answer stays an allow.
+stateful_policy() {
+    sed 's/^rate_limits:/rate_limits:\n  - {id: bench-agent-rate, actions: ["ticket.*"], per: agent, limit: 1000000000, window: 1h}/' \
+        "$ROOT/examples/nexus/nexus.yaml"
+}
+
+# run_warden NAME ADDR DB_URL POLICY_FN [serve flags...]: serve, create a controller key,
+# measure.
 run_warden() {
-    local name="$1" addr="$2" db="$3" dir="$WORK/$1" key
-    shift 3
+    local name="$1" addr="$2" db="$3" policy="$4" dir="$WORK/$1" key
+    shift 4
     mkdir -p "$dir/policies" "$dir/data"
-    cp "$ROOT/examples/nexus/nexus.yaml" "$dir/policies/default.yaml"
+    "$policy" >"$dir/policies/default.yaml"
     (cd "$dir" && exec "$WARDEN" serve --listen "$addr" --db "$db" --policies "$dir/policies" \
         --data-dir "$dir/data" "$@") >"$dir/serve.log" 2>&1 &
     SERVER_PID=$!
@@ -230,7 +250,11 @@ run_warden() {
 }
 
 run_sqlite() {
-    run_warden sqlite "127.0.0.1:$((BASE_PORT + 1))" "$WORK/sqlite/warden.db"
+    run_warden sqlite "127.0.0.1:$((BASE_PORT + 1))" "$WORK/sqlite/warden.db" stateless_policy
+}
+
+run_stateful() {
+    run_warden stateful "127.0.0.1:$((BASE_PORT + 4))" "$WORK/stateful/warden.db" stateful_policy
 }
 
 run_postgres() {
@@ -239,7 +263,7 @@ run_postgres() {
     [[ "$PG_URL" == *\?* ]] && query="?${PG_URL#*\?}"
     PG_BENCH_URL="${base%/*}/$PG_DB$query"
     psql "$PG_URL" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $PG_DB" >/dev/null
-    run_warden postgres "127.0.0.1:$((BASE_PORT + 2))" "$PG_BENCH_URL" --migrate
+    run_warden postgres "127.0.0.1:$((BASE_PORT + 2))" "$PG_BENCH_URL" stateless_policy --migrate
 }
 
 for target in $TARGETS; do
@@ -249,8 +273,9 @@ for target in $TARGETS; do
         durable) run_durable ;;
         sqlite) run_sqlite ;;
         postgres) run_postgres ;;
+        stateful) run_stateful ;;
         *)
-            echo "error: unknown target \`$target\` (bare, durable, sqlite, postgres)" >&2
+            echo "error: unknown target \`$target\` (bare, durable, sqlite, postgres, stateful)" >&2
             exit 2
             ;;
     esac
@@ -284,6 +309,7 @@ for target in $TARGETS; do
     [[ "$target" == durable ]] && label="durable baseline (SQLite row per request)"
     [[ "$target" == sqlite ]] && label="Warden, SQLite"
     [[ "$target" == postgres ]] && label="Warden, PostgreSQL"
+    [[ "$target" == stateful ]] && label="Warden, SQLite, a budget and a rate limit"
     half="${HALF_P99[$target]}"
     [[ "$half" != "n/a" ]] && half="$half µs (at ${HALF_RATE[$target]}/s${HALF_NOTE[$target]:-})"
     echo "| $label | ${RPS[$target]} | ${P50[$target]} µs | ${P99[$target]} µs | $half |" \
@@ -324,6 +350,15 @@ if [[ " $TARGETS " == *" sqlite "* && -n "${RPS[bare]:-}" ]]; then
         [[ ${HALF_P99[sqlite]} -ge 2000 ]] && verdict="NOT met"
         echo "Target: p99 at half of Warden's peak < 2 ms: ${HALF_P99[sqlite]} µs on SQLite, $verdict."
     fi
+fi
+
+if [[ -n "${RPS[stateful]:-}" && -n "${RPS[sqlite]:-}" && "${RPS[sqlite]}" -gt 0 ]]; then
+    share=$((100 * RPS[stateful] / RPS[sqlite]))
+    verdict="met"
+    [[ $share -lt 70 ]] && verdict="NOT met"
+    echo
+    echo "Target: Warden on SQLite with a budget and a rate limit ≥ 70% of the stateless" \
+        "throughput: $share%, $verdict."
 fi
 
 if [[ $FAILED -ne 0 ]]; then

@@ -376,7 +376,15 @@ pub(crate) struct RawSet {
 pub(crate) struct RawBudget {
     pub id: Spanned<String>,
     pub per: Spanned<String>,
-    pub limits: Spanned<Entries<Spanned<String>>>,
+    pub limits: Option<Spanned<Entries<Spanned<String>>>>,
+    pub count: Option<Spanned<RawCount>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCount {
+    pub actions: Spanned<Vec<Spanned<String>>>,
+    pub limit: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,5 +43,6 @@ pub use decision::{
 pub use document::{PolicyError, PolicyErrors};
 pub use expr::schema::ActionField;
 pub use policy::{
-    ApprovalRequirement, AuditSpec, Effect, PermitSettings, Policy, Rule, RuleId, Tier, Version,
+    ApprovalRequirement, AuditSpec, Charge, Counter, Effect, Expiry, LimitKind, PermitSettings,
+    Policy, Rule, RuleId, Tier, Version,
 };

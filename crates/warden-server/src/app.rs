@@ -4,7 +4,7 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, decisions, health, permits};
+use crate::routes::{admin, budgets, decisions, health, permits};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -46,6 +46,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         admin::reload,
         admin::query,
         admin::verify,
+        budgets::show,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -114,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))
+        .route("/v1/budgets", get(budgets::show))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -205,6 +207,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
     let flusher = tokio::spawn(flush_auth_failures(state.clone()));
+    let sweeper = tokio::spawn(sweep_counters(state.clone()));
     let limits = state.limits().clone();
     let (stop, stopped) = watch::channel(false);
     let metrics = metrics.map(|listener| {
@@ -224,6 +227,7 @@ pub async fn serve(
     }
     reloader.abort();
     flusher.abort();
+    sweeper.abort();
     crate::auth::flush_failures(&state, true).await;
     audit.finish().await;
     served.unwrap_or(Ok(()))
@@ -320,6 +324,24 @@ async fn flush_auth_failures(state: AppState) {
     loop {
         tick.tick().await;
         crate::auth::flush_failures(&state, false).await;
+    }
+}
+
+/// How often expired budget and rate-limit counters are deleted. They count as absent from
+/// the moment they expire; the sweep only reclaims their rows.
+const COUNTER_SWEEP: Duration = Duration::from_secs(60);
+
+/// Deletes expired counters every [`COUNTER_SWEEP`], so invented run ids and past windows
+/// cannot grow the table without bound. Every replica sweeps; the deletes are idempotent.
+async fn sweep_counters(state: AppState) {
+    let mut tick = tokio::time::interval(COUNTER_SWEEP);
+    loop {
+        tick.tick().await;
+        match state.store().prune_counters(crate::state::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, "expired counters deleted"),
+            Err(e) => tracing::warn!(error = %e, "counter sweep failed; will retry"),
+        }
     }
 }
 

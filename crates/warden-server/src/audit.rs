@@ -209,6 +209,7 @@ impl AuditWriter {
         self.append(Append {
             event,
             decision: None,
+            charges: Vec::new(),
         })
         .await
         .map(|_| ())

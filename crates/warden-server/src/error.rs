@@ -74,21 +74,22 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
+    /// 500 with a fixed sentence: something that cannot happen did. The cause is logged by
+    /// the caller.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
     /// 503: the store cannot answer. The cause is logged by the caller.
     pub fn store_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             "the store is unavailable; try again",
-        )
-    }
-
-    /// 500 with a fixed sentence; the caller logs the cause.
-    pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
         )
     }
 

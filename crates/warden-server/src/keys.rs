@@ -164,6 +164,7 @@ pub async fn create(
         .append(vec![Append {
             event,
             decision: None,
+            charges: Vec::new(),
         }])
         .await;
     if let Err(source) = appended {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
-use warden_policy::{ApprovalRequirement, Decision};
+use warden_policy::{ApprovalRequirement, Charge, Decision};
 use warden_store::Event;
 
 /// The decision body of DESIGN §4.
@@ -64,6 +64,54 @@ pub struct ReasonBody {
     pub code: &'static str,
     /// The rendered message.
     pub message: String,
+    /// On `budget_exceeded` and `rate_limited`: the limit that was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitBody>,
+}
+
+/// A budget or rate limit that an action would have passed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LimitBody {
+    /// `budget` or `rate_limit`.
+    pub kind: &'static str,
+    /// The budget's or rate limit's id in the policy.
+    pub id: String,
+    /// `run`, `agent` or `tenant`.
+    pub per: &'static str,
+    /// `tool_calls`, `tokens`, `cost_usd` (dollars), `turns`, `duration` (seconds) or
+    /// `actions`.
+    pub counter: &'static str,
+    /// The ceiling; the counter may reach it, never pass it.
+    pub limit: f64,
+    /// The counter's value before this action (for `duration`: how long the run has lasted).
+    pub current: f64,
+    /// What this action would have added (0 for `duration`).
+    pub requested: f64,
+    /// When a rate limit's window ends and its counter starts from zero, RFC 3339.
+    pub resets_at: Option<String>,
+}
+
+impl ReasonBody {
+    /// The reason of a deny by a budget or rate limit.
+    pub fn over_limit(charge: &Charge, current: Option<i64>, message: String) -> Self {
+        let c = charge.counter;
+        Self {
+            rule: None,
+            effect: "deny",
+            code: charge.kind.reason_code(),
+            message,
+            limit: Some(LimitBody {
+                kind: charge.kind.as_str(),
+                id: charge.id.clone(),
+                per: charge.per.as_str(),
+                counter: c.as_str(),
+                limit: c.display(charge.limit),
+                current: c.display(charge.used(current)),
+                requested: c.display(charge.delta),
+                resets_at: charge.resets_at_ms.map(rfc3339),
+            }),
+        }
+    }
 }
 
 /// Confidence before and after adjustments.
@@ -139,6 +187,7 @@ impl DecisionBody {
                     effect: r.effect.as_str(),
                     code: r.code.as_str(),
                     message: r.message.clone(),
+                    limit: None,
                 })
                 .collect(),
             confidence: d.confidence.map(|c| ConfidenceBody {
@@ -168,6 +217,7 @@ impl DecisionBody {
                 effect: "deny",
                 code,
                 message: message.to_owned(),
+                limit: None,
             }],
             confidence: None,
             obligations: Map::new(),

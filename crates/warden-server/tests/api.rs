@@ -975,6 +975,15 @@ impl Store for Breakable {
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.keys().await
     }
+    async fn counters(
+        &self,
+        filter: &warden_store::CounterFilter,
+    ) -> Result<Vec<warden_store::CounterRow>, StoreError> {
+        self.inner.counters(filter).await
+    }
+    async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_counters(now_ms).await
+    }
 }
 
 #[tokio::test]
@@ -2246,4 +2255,263 @@ async fn a_verify_that_cannot_be_recorded_is_never_valid() {
         .verify_as(&s.controller, json!({"permit": token, "payload": {"x": 1}}))
         .await;
     assert_eq!(body["reason"], "valid", "the failed attempt spent nothing");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budgets and rate limits.
+
+const BUDGETS: &str = r#"
+version: 1.0.0
+default: allow
+rules:
+  - id: no-delete
+    actions: [db.delete]
+    effect: deny
+budgets:
+  - {id: fifty, per: agent, limits: {turns: 50}}
+  - {id: per-run, per: run, limits: {cost_usd: 5}}
+rate_limits:
+  - {id: email-burst, actions: [email.send], per: agent, limit: 2, window: 1s}
+"#;
+
+/// A server with [`BUDGETS`] whose `controller` may name any agent.
+async fn budget_server(store: Arc<dyn Store>) -> Server {
+    let mut s = server_with(store, BUDGETS, Limits::default()).await;
+    s.controller = s.key("acme", vec![Role::Controller], Some("*")).await;
+    s
+}
+
+/// `GET /v1/budgets` as the admin: the `used` of `id`'s `counter`, if any.
+async fn used(s: &Server, query: &str, id: &str, counter: &str) -> Option<f64> {
+    let (status, body) = s
+        .call(
+            Method::GET,
+            &format!("/v1/budgets?{query}"),
+            Some(&s.admin),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == id && u["counter"] == counter)
+        .map(|u| u["used"].as_f64().unwrap())
+}
+
+fn effects(answers: &[Value]) -> (usize, usize) {
+    let allowed = answers.iter().filter(|a| a["effect"] == "allow").count();
+    (allowed, answers.len() - allowed)
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_against_a_limit_of_fifty_allow_exactly_fifty() {
+    for db in stores().await {
+        let s = budget_server(db.store).await;
+        let answers = futures_join(
+            &s,
+            &s.controller,
+            json!({"type": "ticket.update", "agent": "crowd"}),
+            200,
+        )
+        .await;
+        assert_eq!(effects(&answers), (50, 150));
+        assert_eq!(used(&s, "agent=crowd", "fifty", "turns").await, Some(50.0));
+        let denied = answers.iter().find(|a| a["effect"] == "deny").unwrap();
+        let reason = &denied["reasons"][0];
+        assert_eq!(reason["code"], "budget_exceeded");
+        assert_eq!(reason["limit"]["id"], "fifty");
+        assert_eq!(reason["limit"]["counter"], "turns");
+        assert_eq!(reason["limit"]["limit"], 50.0);
+        assert_eq!(reason["limit"]["current"], 50.0);
+        assert_eq!(denied["obligations"], json!({}));
+        // Every answer is in the audit log as answered: 50 allows, 150 denies.
+        let decisions = s.events(kind::DECISION).await;
+        let denies = decisions
+            .iter()
+            .filter(|e| e.event.effect.as_deref() == Some("deny"))
+            .count();
+        assert_eq!((decisions.len(), denies), (200, 150));
+        assert!(s.store.verify().await.unwrap().first_broken.is_none());
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_postgres_database_allow_exactly_fifty_of_two_hundred() {
+    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!(
+        "budgets_{}",
+        warden_server::ids::random_base32(12).to_lowercase()
+    );
+    let first = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    first.migrate().await.unwrap();
+    let second = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    let a = budget_server(first).await;
+    let mut b = budget_server(second).await;
+    b.controller = a.controller.clone();
+    let action = json!({"type": "ticket.update", "agent": "crowd"});
+    let (left, right) = tokio::join!(
+        futures_join(&a, &a.controller, action.clone(), 100),
+        futures_join(&b, &b.controller, action, 100),
+    );
+    let (l, r) = (effects(&left), effects(&right));
+    assert_eq!(l.0 + r.0, 50, "allowed on a: {}, on b: {}", l.0, r.0);
+    assert_eq!(used(&a, "agent=crowd", "fifty", "turns").await, Some(50.0));
+    assert_eq!(used(&b, "agent=crowd", "fifty", "turns").await, Some(50.0));
+}
+
+#[tokio::test]
+async fn a_five_dollar_run_never_lets_five_thirteen_through_and_denials_cost_nothing() {
+    for db in stores().await {
+        let s = budget_server(db.store).await;
+        let spend = |usd: f64| {
+            json!({"type": "ticket.update", "agent": "spender", "run_id": "r1",
+                   "usage": {"cost_usd": usd}})
+        };
+        for _ in 0..38 {
+            let (_, d) = s.decide(spend(0.13)).await;
+            assert_eq!(d["effect"], "allow", "{d}");
+        }
+        // 38 × 0.13 = 4.94: one more would be 5.07.
+        let (_, d) = s.decide(spend(0.13)).await;
+        assert_eq!(d["effect"], "deny");
+        assert_eq!(d["reasons"][0]["code"], "budget_exceeded");
+        assert_eq!(d["reasons"][0]["limit"]["current"], 4.94);
+        assert_eq!(d["reasons"][0]["limit"]["requested"], 0.13);
+        assert_eq!(
+            d["reasons"][0]["message"],
+            "budget `per-run` is used up: `cost_usd` would reach 5.07 of 5 (4.94 used)"
+        );
+        // Neither the over-limit deny nor a deny by a rule consumed anything.
+        let (_, d) = s
+            .decide(
+                json!({"type": "db.delete", "agent": "spender", "run_id": "r1",
+                           "usage": {"cost_usd": 0.01}}),
+            )
+            .await;
+        assert_eq!(d["effect"], "deny");
+        assert_eq!(
+            used(&s, "agent=spender&run_id=r1", "per-run", "cost_usd").await,
+            Some(4.94)
+        );
+        assert_eq!(
+            used(&s, "agent=spender", "fifty", "turns").await,
+            Some(38.0)
+        );
+        // What is left still fits exactly.
+        let (_, d) = s.decide(spend(0.06)).await;
+        assert_eq!(d["effect"], "allow");
+        assert_eq!(
+            used(&s, "run_id=r1", "per-run", "cost_usd").await,
+            Some(5.0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replay_does_not_charge_twice_and_a_run_belongs_to_its_agent() {
+    for db in stores().await {
+        let s = budget_server(db.store).await;
+        let action = json!({"id": "once", "type": "ticket.update", "agent": "a1",
+                            "run_id": "shared", "usage": {"cost_usd": 4}});
+        let (_, first) = s.decide(action.clone()).await;
+        let (_, again) = s.decide(action).await;
+        assert_eq!(first["effect"], "allow");
+        assert_eq!(again["replayed"], true);
+        assert_eq!(again["decision_id"], first["decision_id"]);
+        assert_eq!(
+            used(&s, "agent=a1&run_id=shared", "per-run", "cost_usd").await,
+            Some(4.0)
+        );
+        // Another agent naming the same run spends its own budget, not a1's.
+        let (_, other) = s
+            .decide(
+                json!({"type": "ticket.update", "agent": "a2", "run_id": "shared",
+                           "usage": {"cost_usd": 4}}),
+            )
+            .await;
+        assert_eq!(other["effect"], "allow");
+        assert_eq!(
+            used(&s, "agent=a1&run_id=shared", "per-run", "cost_usd").await,
+            Some(4.0)
+        );
+        // A replayed over-limit deny stays a deny and charges nothing either.
+        let over = json!({"id": "over", "type": "ticket.update", "agent": "a1",
+                          "run_id": "shared", "usage": {"cost_usd": 2}});
+        let (_, d) = s.decide(over.clone()).await;
+        assert_eq!(d["effect"], "deny");
+        let (_, d) = s.decide(over).await;
+        assert_eq!(
+            (d["effect"].as_str(), d["replayed"].as_bool()),
+            (Some("deny"), Some(true))
+        );
+        assert_eq!(
+            used(&s, "agent=a1&run_id=shared", "per-run", "cost_usd").await,
+            Some(4.0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_window_resets() {
+    let db = stores().await.remove(0);
+    let s = budget_server(db.store).await;
+    let email = json!({"type": "email.send", "agent": "mailer"});
+    // Start just after a second boundary, so the three requests share one window.
+    let now = warden_server::state::now_ms();
+    tokio::time::sleep(Duration::from_millis((1000 - now % 1000 + 20) as u64)).await;
+    for _ in 0..2 {
+        assert_eq!(s.decide(email.clone()).await.1["effect"], "allow");
+    }
+    let (_, d) = s.decide(email.clone()).await;
+    assert_eq!(d["effect"], "deny");
+    let reason = &d["reasons"][0];
+    assert_eq!(reason["code"], "rate_limited");
+    assert_eq!(reason["limit"]["current"], 2.0);
+    let resets = reason["limit"]["resets_at"].as_str().unwrap();
+    assert!(resets.ends_with(".000Z"), "{resets}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(s.decide(email).await.1["effect"], "allow");
+}
+
+#[tokio::test]
+async fn budget_usage_needs_a_controller_or_admin_and_a_strict_query() {
+    let db = stores().await.remove(0);
+    let s = budget_server(db.store).await;
+    let agent = s.key("acme", vec![Role::Agent], Some("bot")).await;
+    let get = |key: String, query: &'static str| {
+        let s = &s;
+        async move {
+            s.call(Method::GET, &format!("/v1/budgets{query}"), Some(&key), "")
+                .await
+        }
+    };
+    assert_eq!(get(agent, "?agent=bot").await.0, StatusCode::FORBIDDEN);
+    // No filter is every live counter of the tenant.
+    let (status, body) = get(s.admin.clone(), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["usage"].is_array());
+    for bad in ["?agent=", "?agent=a&agent=b", "?who=a", "?run_id=%ff"] {
+        let (status, body) = get(s.admin.clone(), bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_query", "{bad}");
+    }
+    // A controller for `support-*` sees only those agents.
+    let (status, _) = get(s.support.clone(), "?agent=other").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = get(s.support.clone(), "?run_id=r").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("agent_required"))
+    );
+    let (status, body) = get(s.support.clone(), "?agent=support-1").await;
+    assert_eq!((status, body["usage"].clone()), (StatusCode::OK, json!([])));
 }

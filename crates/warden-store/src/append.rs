@@ -1,13 +1,17 @@
 //! What a group commit writes, decided without I/O: both appenders (the generic sqlx one and
-//! SQLite's writer thread) check a batch, read the chain head and the stored holders of its
-//! idempotency keys under the chain lock, and then let [`plan`] decide the rest.
+//! SQLite's writer thread) check a batch, read the chain head, the stored holders of its
+//! idempotency keys and the counters it charges under the chain lock, and then let [`plan`]
+//! decide the rest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use warden_policy::Expiry;
 
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{
-    Append, Appended, NewDecision, NewEvent, PermitConsumed, PermitUse, StoredDecision, kind,
+    Append, Appended, CounterKey, CounterRow, NewDecision, NewEvent, PermitConsumed, PermitUse,
+    StoredDecision, kind,
 };
 
 /// The last event of the chain, which the next one links to.
@@ -41,6 +45,8 @@ pub(crate) struct Link {
 pub(crate) struct Plan {
     pub links: Vec<Link>,
     pub decisions: Vec<NewDecision>,
+    /// Counters to upsert: each one's value after the whole batch.
+    pub counters: Vec<CounterRow>,
     pub results: Vec<Appended>,
 }
 
@@ -60,18 +66,40 @@ pub(crate) fn keys(batch: &[Append]) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
+/// Every distinct counter `batch` charges, to read under the chain lock.
+pub(crate) fn counter_keys(batch: &[Append]) -> Vec<CounterKey> {
+    let mut seen = HashSet::new();
+    let mut keys = Vec::new();
+    for item in batch {
+        for charge in &item.charges {
+            let key = CounterKey::of(&item.event.tenant, charge);
+            if seen.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
 /// Chains `batch` after `head`. `holders` are the stored decisions holding any of the
-/// batch's idempotency keys, read under the same lock as `head`: an item whose key is
-/// held (there, or by an earlier item of the batch) writes nothing and answers the holder.
+/// batch's idempotency keys, and `counters` the stored counters it charges, both read under
+/// the same lock as `head`: an item whose key is held (there, or by an earlier item of the
+/// batch) writes nothing and answers the holder; then an item with a charge its counter
+/// cannot take (counting earlier items of the batch) writes nothing and answers
+/// [`Appended::OverLimit`]. A replay therefore never charges twice.
 pub(crate) fn plan(
     batch: Vec<Append>,
     mut head: Head,
     mut holders: Vec<StoredDecision>,
+    counters: Vec<CounterRow>,
 ) -> Result<Plan, StoreError> {
     let mut links = Vec::with_capacity(batch.len());
     let mut decisions: Vec<NewDecision> = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
-    for item in batch {
+    let mut state: HashMap<CounterKey, CounterRow> =
+        counters.into_iter().map(|c| (c.key.clone(), c)).collect();
+    let mut touched: HashSet<CounterKey> = HashSet::new();
+    'items: for item in batch {
         if let Some(decision) = &item.decision {
             if let Some(holder) = holder_of(&holders, decision) {
                 results.push(Appended::Duplicate(holder.clone()));
@@ -85,6 +113,37 @@ pub(crate) fn plan(
                 holders.push(holder);
                 continue;
             }
+        }
+        // All or nothing: every charge is checked before any counter moves.
+        let mut keys = Vec::with_capacity(item.charges.len());
+        for (i, charge) in item.charges.iter().enumerate() {
+            let key = CounterKey::of(&item.event.tenant, charge);
+            let current = live(&state, &key, charge.now_ms).map(|c| c.value);
+            if !charge.fits(current) {
+                let mut charges = item.charges;
+                results.push(Appended::OverLimit {
+                    charge: charges.swap_remove(i),
+                    current,
+                });
+                continue 'items;
+            }
+            keys.push(key);
+        }
+        for (charge, key) in item.charges.iter().zip(keys) {
+            let existing = live(&state, &key, charge.now_ms);
+            let expires_at_ms = match (charge.expiry, existing) {
+                (Expiry::FromFirstUse(_), Some(c)) => c.expires_at_ms,
+                (Expiry::FromFirstUse(at) | Expiry::FromLastUse(at), _) => at,
+            };
+            let row = CounterRow {
+                key: key.clone(),
+                value: charge.apply(existing.map(|c| c.value)),
+                limit: charge.limit,
+                updated_at_ms: charge.now_ms,
+                expires_at_ms,
+            };
+            state.insert(key.clone(), row);
+            touched.insert(key);
         }
         let seq = head.seq + 1;
         let hash = chain::event_hash(seq, &head.hash, &item.event)?;
@@ -109,9 +168,14 @@ pub(crate) fn plan(
             event: item.event,
         });
     }
+    let counters = touched
+        .into_iter()
+        .filter_map(|key| state.remove(&key))
+        .collect();
     Ok(Plan {
         links,
         decisions,
+        counters,
         results,
     })
 }
@@ -145,6 +209,7 @@ pub(crate) fn check_permit(permit: &PermitUse) -> Result<(), StoreError> {
     let mut item = [Append {
         event: permit.event.clone(),
         decision: None,
+        charges: Vec::new(),
     }];
     check(&mut item)
 }
@@ -176,8 +241,37 @@ pub(crate) fn permit_batch(permit: PermitUse, consumed: PermitConsumed) -> Vec<A
     vec![Append {
         event,
         decision: None,
+        charges: Vec::new(),
     }]
 }
+
+/// The counter at `key` unless it expired by `now_ms`: an expired counter is absent, so a
+/// new window or a new run starts from zero whether or not the sweep has deleted it yet.
+fn live<'a>(
+    state: &'a HashMap<CounterKey, CounterRow>,
+    key: &CounterKey,
+    now_ms: i64,
+) -> Option<&'a CounterRow> {
+    state.get(key).filter(|c| c.expires_at_ms > now_ms)
+}
+
+/// The columns of a `budget_counters` row, in the order [`counter_row`] reads them and the
+/// upserts bind them.
+pub(crate) const COUNTER_COLUMNS: &str = "tenant, kind, limit_id, agent, run_id, counter, \
+    window_start_ms, value, limit_value, updated_at_ms, expires_at_ms";
+
+/// The upsert of one counter with `$1`…`$11` in [`COUNTER_COLUMNS`] order: the plan has
+/// already decided the value under the chain lock, so the statement only stores it.
+pub(crate) const UPSERT_COUNTER: &str = "INSERT INTO budget_counters (tenant, kind, limit_id, \
+    agent, run_id, counter, window_start_ms, value, limit_value, updated_at_ms, expires_at_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+    ON CONFLICT (tenant, kind, limit_id, agent, run_id, counter, window_start_ms) DO UPDATE SET \
+    value = excluded.value, limit_value = excluded.limit_value, \
+    updated_at_ms = excluded.updated_at_ms, expires_at_ms = excluded.expires_at_ms";
+
+/// The key columns of one counter, `$1`…`$7`.
+pub(crate) const COUNTER_KEY_MATCH: &str = "tenant = $1 AND kind = $2 AND limit_id = $3 \
+    AND agent = $4 AND run_id = $5 AND counter = $6 AND window_start_ms = $7";
 
 /// The columns of an `audit_events` row, in table order: the one list the insert
 /// statements of both appenders, their bound values ([`event_row`]) and the reads use.

@@ -41,9 +41,9 @@ pub use chain::{GENESIS_HASH, Sorted, canonical_bytes, event_hash};
 pub use error::StoreError;
 pub use migrations::{Migration, migrations};
 pub use model::{
-    Append, Appended, BrokenLink, ChainProblem, Event, EventFilter, KeyRecord, NewDecision,
-    NewEvent, NewKey, PermitConsumed, PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision,
-    VerifyReport, kind,
+    Append, Appended, BrokenLink, ChainProblem, Charge, CounterFilter, CounterKey, CounterRow,
+    Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed, PermitUse,
+    PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
 };
 
 /// Which database a store runs on.
@@ -150,6 +150,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every API key, oldest first.
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// The budget and rate-limit counters matching `filter`, in key order.
+    async fn counters(&self, filter: &CounterFilter) -> Result<Vec<CounterRow>, StoreError>;
+
+    /// Deletes the counters expired at `now_ms` (they already count as absent) and returns
+    /// how many; run by the server's sweep so that invented run ids and past windows cannot
+    /// grow the table without bound.
+    async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Where a database URL points.

@@ -38,6 +38,10 @@ const SQLITE: &[Migration] = &[
         name: "0003_permits",
         sql: include_str!("../../../migrations/sqlite/0003_permits.sql"),
     },
+    Migration {
+        name: "0004_budgets",
+        sql: include_str!("../../../migrations/sqlite/0004_budgets.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -52,6 +56,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0003_permits",
         sql: include_str!("../../../migrations/postgres/0003_permits.sql"),
+    },
+    Migration {
+        name: "0004_budgets",
+        sql: include_str!("../../../migrations/postgres/0004_budgets.sql"),
     },
 ];
 

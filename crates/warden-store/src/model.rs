@@ -4,6 +4,7 @@
 //! never reads the clock for anything it records in these types.
 
 use serde_json::Value;
+pub use warden_policy::Charge;
 
 /// Well-known values of [`NewEvent::kind`].
 pub mod kind {
@@ -160,13 +161,29 @@ impl NewDecision {
     }
 }
 
-/// One item of a group commit: an event, and the decision it records if any.
+/// One item of a group commit: an event, the decision it records if any, and the budget
+/// and rate-limit counters it charges.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Append {
     /// The audit event to chain.
     pub event: NewEvent,
     /// The decision to store with it.
     pub decision: Option<NewDecision>,
+    /// Counters of the event's tenant this item adds to, checked and updated under the
+    /// chain lock: if any of them cannot take its charge, nothing of the item is written
+    /// and it answers [`Appended::OverLimit`]. Empty for everything but allowed decisions.
+    pub charges: Vec<Charge>,
+}
+
+impl Append {
+    /// An item that charges no counter.
+    pub fn new(event: NewEvent, decision: Option<NewDecision>) -> Self {
+        Self {
+            event,
+            decision,
+            charges: Vec::new(),
+        }
+    }
 }
 
 /// What happened to one item of a group commit, in the order the items were given.
@@ -184,6 +201,78 @@ pub enum Appended {
     /// this is the decision that holds the key. Its `action_digest` tells a retry of the
     /// same action from a reused key.
     Duplicate(StoredDecision),
+    /// One of the item's charges would take its counter past its limit (counting the
+    /// effect of earlier items of the same batch): nothing was written for this item and no
+    /// counter changed. `current` is the counter's stored value (`None`: no live counter).
+    OverLimit {
+        /// The first of the item's charges that did not fit.
+        charge: Charge,
+        /// The counter's value before the item.
+        current: Option<i64>,
+    },
+}
+
+/// Identifies one budget or rate-limit counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    /// The tenant.
+    pub tenant: String,
+    /// `budget` or `rate_limit`.
+    pub kind: String,
+    /// The budget's or rate limit's id.
+    pub limit_id: String,
+    /// The agent; empty when the counter is the tenant's.
+    pub agent: String,
+    /// The run; empty unless the counter is a run's.
+    pub run_id: String,
+    /// What is counted (`tokens`, `cost_usd`, `actions`, …).
+    pub counter: String,
+    /// A rate limit window's start, unix ms; 0 for budgets.
+    pub window_start_ms: i64,
+}
+
+impl CounterKey {
+    /// The key of `charge`'s counter in `tenant`.
+    pub fn of(tenant: &str, charge: &Charge) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            kind: charge.kind.as_str().to_owned(),
+            limit_id: charge.id.clone(),
+            agent: charge.agent.clone(),
+            run_id: charge.run.clone(),
+            counter: charge.counter.as_str().to_owned(),
+            window_start_ms: charge.window_start_ms,
+        }
+    }
+}
+
+/// A stored counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterRow {
+    /// Which counter.
+    pub key: CounterKey,
+    /// Its value, in the counter's stored unit (see `warden_policy::Counter`).
+    pub value: i64,
+    /// The limit its last charge was checked against.
+    pub limit: i64,
+    /// When it was last charged, unix ms.
+    pub updated_at_ms: i64,
+    /// After this it counts as absent and may be pruned, unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// Which counters [`crate::Store::counters`] returns: the tenant's live counters (not
+/// expired at `now_ms`) of `agent` and of `run_id`, where given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterFilter {
+    /// The tenant.
+    pub tenant: String,
+    /// Only this agent's counters (`Some("")`: the tenant's own).
+    pub agent: Option<String>,
+    /// Only this run's counters.
+    pub run_id: Option<String>,
+    /// Counters expired at this time are left out, unix ms.
+    pub now_ms: i64,
 }
 
 /// A use of a permit whose token checked out (signature, expiry, action, payload), for

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::append;
 use crate::error::StoreError;
 use crate::model::{
-    Append, Appended, Event, EventFilter, KeyRecord, NewKey, PermitConsumed, PermitUse,
-    PurgeReport, StoredDecision, VerifyReport,
+    Append, Appended, CounterFilter, CounterRow, Event, EventFilter, KeyRecord, NewKey,
+    PermitConsumed, PermitUse, PurgeReport, StoredDecision, VerifyReport,
 };
 use crate::{Backend, Store};
 
@@ -201,5 +201,13 @@ impl Store for Split {
 
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.sql.keys().await
+    }
+
+    async fn counters(&self, filter: &CounterFilter) -> Result<Vec<CounterRow>, StoreError> {
+        self.sql.counters(filter).await
+    }
+
+    async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.sql.prune_counters(now_ms).await
     }
 }

@@ -16,8 +16,9 @@ use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
 use crate::migrations::migrations;
 use crate::model::{
-    Append, Appended, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed,
-    PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+    Append, Appended, CounterFilter, CounterKey, CounterRow, Event, EventFilter, KeyRecord,
+    NewDecision, NewEvent, NewKey, PermitConsumed, PermitUse, PurgeReport, SYSTEM_TENANT,
+    StoredDecision, VerifyReport, kind,
 };
 use crate::{Backend, Store};
 
@@ -260,6 +261,91 @@ where
         Ok(holders)
     }
 
+    /// The stored counters among `keys` (expired ones too: the plan treats those as absent).
+    async fn counter_rows(
+        conn: &mut DB::Connection,
+        keys: &[CounterKey],
+    ) -> Result<Vec<CounterRow>, StoreError> {
+        let mut rows = Vec::new();
+        // Seven parameters a key: chunks stay far below every backend's parameter limit.
+        for chunk in keys.chunks(64) {
+            let mut sql = format!(
+                "SELECT {} FROM budget_counters WHERE ",
+                append::COUNTER_COLUMNS
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                for (j, column) in COUNTER_KEY_COLUMNS.iter().enumerate() {
+                    sql.push_str(if j == 0 { "(" } else { " AND " });
+                    sql.push_str(column);
+                    sql.push_str(" = ");
+                    DB::placeholder(&mut sql, 7 * i + j + 1);
+                }
+                sql.push(')');
+            }
+            let mut query = sqlx::query(&sql);
+            for k in chunk {
+                query = query
+                    .bind(k.tenant.clone())
+                    .bind(k.kind.clone())
+                    .bind(k.limit_id.clone())
+                    .bind(k.agent.clone())
+                    .bind(k.run_id.clone())
+                    .bind(k.counter.clone())
+                    .bind(k.window_start_ms);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                rows.push(Self::counter_from_row(&row)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Stores the counters a plan decided.
+    async fn upsert_counters(
+        conn: &mut DB::Connection,
+        rows: &[CounterRow],
+    ) -> Result<(), StoreError> {
+        for c in rows {
+            let k = &c.key;
+            sqlx::query(append::UPSERT_COUNTER)
+                .bind(k.tenant.as_str())
+                .bind(k.kind.as_str())
+                .bind(k.limit_id.as_str())
+                .bind(k.agent.as_str())
+                .bind(k.run_id.as_str())
+                .bind(k.counter.as_str())
+                .bind(k.window_start_ms)
+                .bind(c.value)
+                .bind(c.limit)
+                .bind(c.updated_at_ms)
+                .bind(c.expires_at_ms)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn counter_from_row(row: &DB::Row) -> Result<CounterRow, StoreError> {
+        Ok(CounterRow {
+            key: CounterKey {
+                tenant: row.try_get("tenant")?,
+                kind: row.try_get("kind")?,
+                limit_id: row.try_get("limit_id")?,
+                agent: row.try_get("agent")?,
+                run_id: row.try_get("run_id")?,
+                counter: row.try_get("counter")?,
+                window_start_ms: row.try_get("window_start_ms")?,
+            },
+            value: row.try_get("value")?,
+            limit: row.try_get("limit_value")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+        })
+    }
+
     fn decision_from_row(row: &DB::Row) -> Result<StoredDecision, StoreError> {
         let id: String = row.try_get("id")?;
         let body: String = row.try_get("body")?;
@@ -389,6 +475,17 @@ impl DecisionLookup {
 /// Rows per multi-row statement: 256 events bind 6,144 values, well inside SQLite's
 /// (32,766) and PostgreSQL's (65,535) limits.
 const INSERT_CHUNK: usize = 256;
+
+/// The primary key of `budget_counters`, in [`CounterKey`] order.
+const COUNTER_KEY_COLUMNS: [&str; 7] = [
+    "tenant",
+    "kind",
+    "limit_id",
+    "agent",
+    "run_id",
+    "counter",
+    "window_start_ms",
+];
 
 /// `prefix` followed by `rows` groups of `fields` placeholders.
 fn multi_row_insert<DB: Dialect>(prefix: &str, fields: usize, rows: usize) -> String {
@@ -535,13 +632,18 @@ where
         let head = Self::head(&mut tx).await?;
         // Every idempotency key of the batch, looked up at once under the chain lock.
         let holders = Self::key_holders(&mut tx, &batch).await?;
+        // The counters the batch charges, read under the same lock: every replica's
+        // appends take turns, so no charge is checked against a stale value.
+        let counters = Self::counter_rows(&mut tx, &append::counter_keys(&batch)).await?;
         // Hashing stays on the executor here, unlike in verify: it is microseconds per
         // event, and each link depends on the one before and on rows read under the lock.
         let Plan {
             links,
             decisions,
+            counters,
             results,
-        } = append::plan(batch, head, holders)?;
+        } = append::plan(batch, head, holders, counters)?;
+        Self::upsert_counters(&mut tx, &counters).await?;
         // One statement per table per chunk: a batch costs a handful of round trips, not
         // three per event, which is what makes group commit pay off on PostgreSQL.
         for chunk in links.chunks(INSERT_CHUNK) {
@@ -594,8 +696,12 @@ where
             .transpose()?;
         let consumed = append::permit_consumed(counted);
         let head = Self::head(&mut tx).await?;
-        let Plan { links, .. } =
-            append::plan(append::permit_batch(permit, consumed), head, Vec::new())?;
+        let Plan { links, .. } = append::plan(
+            append::permit_batch(permit, consumed),
+            head,
+            Vec::new(),
+            Vec::new(),
+        )?;
         Self::insert_events(&mut tx, &links).await?;
         tx.commit().await?;
         Ok(consumed)
@@ -859,5 +965,44 @@ where
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at_ms, id");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(Self::key_from_row).collect()
+    }
+
+    async fn counters(&self, filter: &CounterFilter) -> Result<Vec<CounterRow>, StoreError> {
+        let mut sql = format!(
+            "SELECT {} FROM budget_counters WHERE tenant = $1 AND expires_at_ms > $2",
+            append::COUNTER_COLUMNS
+        );
+        let mut n = 2;
+        for (column, value) in [("agent", &filter.agent), ("run_id", &filter.run_id)] {
+            if value.is_some() {
+                n += 1;
+                // `$N` like the rest of the statement: SQLite would number a `?` after it
+                // differently from what sqlx binds.
+                sql.push_str(&format!(" AND {column} = ${n}"));
+            }
+        }
+        sql.push_str(
+            " ORDER BY kind, limit_id, agent, run_id, counter, window_start_ms LIMIT 1000",
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(filter.tenant.clone())
+            .bind(filter.now_ms);
+        for value in [&filter.agent, &filter.run_id].into_iter().flatten() {
+            query = query.bind(value.clone());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(Self::counter_from_row).collect()
+    }
+
+    async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError> {
+        // Not under the chain lock: a plan treats an expired counter as absent whether it
+        // is deleted yet or not, so this only reclaims space.
+        let mut tx = self.writer.begin_with(DB::BEGIN_WRITE).await?;
+        let result = sqlx::query("DELETE FROM budget_counters WHERE expires_at_ms <= $1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&result))
     }
 }

@@ -19,7 +19,9 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use crate::append::{self, Head, Plan};
 use crate::error::StoreError;
-use crate::model::{Append, Appended, PermitConsumed, PermitUse, StoredDecision};
+use crate::model::{
+    Append, Appended, CounterKey, CounterRow, PermitConsumed, PermitUse, StoredDecision,
+};
 use crate::split::{AppenderThread, Job};
 use crate::sql::WRITE_PROBE;
 use crate::sqlite::SYNCHRONOUS;
@@ -191,12 +193,31 @@ fn chain(tx: &rusqlite::Transaction<'_>, batch: Vec<Append>) -> Result<Vec<Appen
         .optional()?
         .unwrap_or_else(Head::genesis);
     let holders = key_holders(tx, &batch)?;
+    let counters = counter_rows(tx, &append::counter_keys(&batch))?;
     let Plan {
         links,
         decisions,
+        counters,
         results,
-    } = append::plan(batch, head, holders)?;
+    } = append::plan(batch, head, holders, counters)?;
     {
+        let mut upsert = tx.prepare_cached(append::UPSERT_COUNTER)?;
+        for c in &counters {
+            let k = &c.key;
+            upsert.execute(rusqlite::params![
+                k.tenant,
+                k.kind,
+                k.limit_id,
+                k.agent,
+                k.run_id,
+                k.counter,
+                k.window_start_ms,
+                c.value,
+                c.limit,
+                c.updated_at_ms,
+                c.expires_at_ms
+            ])?;
+        }
         let mut insert = tx.prepare_cached(insert_event())?;
         for link in &links {
             let json = append::encode(&link.event)?;
@@ -259,6 +280,52 @@ fn key_holders(conn: &Connection, batch: &[Append]) -> Result<Vec<StoredDecision
         }
     }
     Ok(holders)
+}
+
+/// The stored counters among `keys`: one primary-key lookup each, prepared once.
+fn counter_rows(conn: &Connection, keys: &[CounterKey]) -> Result<Vec<CounterRow>, StoreError> {
+    let mut rows = Vec::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(rows);
+    }
+    let mut select = conn.prepare_cached(counter_select())?;
+    for k in keys {
+        let found = select
+            .query_row(
+                rusqlite::params![
+                    k.tenant,
+                    k.kind,
+                    k.limit_id,
+                    k.agent,
+                    k.run_id,
+                    k.counter,
+                    k.window_start_ms
+                ],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        if let Some((value, limit, updated_at_ms, expires_at_ms)) = found {
+            rows.push(CounterRow {
+                key: k.clone(),
+                value,
+                limit,
+                updated_at_ms,
+                expires_at_ms,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn counter_select() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT value, limit_value, updated_at_ms, expires_at_ms FROM budget_counters \
+             WHERE {}",
+            append::COUNTER_KEY_MATCH
+        )
+    })
 }
 
 /// `error` as `domain()` when it is a unique-constraint violation.

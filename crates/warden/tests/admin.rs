@@ -238,6 +238,7 @@ fn decision(n: usize, tenant: &str, effect: &str, time_ms: i64) -> Append {
             detail: Value::Null,
         },
         decision: None,
+        charges: Vec::new(),
     }
 }
 
@@ -446,7 +447,7 @@ fn migrate_applies_once_then_reports_up_to_date_on_sqlite() {
     let db = Db::sqlite();
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     let json: Value = serde_json::from_str(&ok(&db, &["migrate", "--json"])).unwrap();
@@ -479,7 +480,7 @@ fn postgres_is_migrated_only_when_asked() {
     }
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     assert_eq!(ok(&db, &["keys", "list", "--json"]).trim(), "[]");

@@ -4,8 +4,8 @@
 use super::agents::AgentMap;
 use super::index::Index;
 use super::model::{
-    ApprovalRequirement, Budget, Effect, Guidance, Limits, Per, PermitSettings, RateLimit, Rule,
-    RuleId, Scope, Tier, Version,
+    ApprovalRequirement, Budget, CountLimit, Effect, Guidance, Limits, Per, PermitSettings,
+    RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
 use super::{AuditSpec, Policy};
 use crate::decision::{Obligations, Verdict};
@@ -126,6 +126,7 @@ impl Checker {
             match name.as_str() {
                 "tool_calls" => limits.tool_calls = count(self),
                 "tokens" => limits.tokens = count(self),
+                "turns" => limits.turns = count(self),
                 "cost_usd" => match value.as_str().parse::<f64>() {
                     Ok(x) if x.is_finite() && x > 0.0 => limits.cost_usd = Some(x),
                     _ => self.err(
@@ -137,7 +138,7 @@ impl Checker {
                 other => self.err(
                     name.span(),
                     format!(
-                        "unknown limit `{other}`; expected tool_calls, tokens, cost_usd or duration"
+                        "unknown limit `{other}`; expected tool_calls, tokens, cost_usd, turns or duration"
                     ),
                 ),
             }
@@ -346,6 +347,9 @@ impl Checker {
                     .cost_usd
                     .map(|n| map.insert("cost_usd".to_owned(), n));
                 limits
+                    .turns
+                    .map(|n| map.insert("turns".to_owned(), n as f64));
+                limits
                     .duration
                     .map(|d| map.insert("duration".to_owned(), d.as_secs_f64()));
                 if s.mode.is_none() && map.is_empty() {
@@ -500,15 +504,43 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
             );
         }
         let per = c.per(&b.per);
-        if b.limits.is_empty() {
-            c.err(b.limits.span(), "a budget needs at least one limit");
-        }
-        let limits = c.limits(&b.limits);
+        let limits = match &b.limits {
+            Some(map) => {
+                if map.is_empty() && b.count.is_none() {
+                    c.err(map.span(), "a budget needs at least one limit");
+                }
+                let limits = c.limits(map);
+                // Only a run has a start to measure from; an agent or a tenant never ends.
+                if limits.duration.is_some() && per.is_some_and(|p| p != Per::Run) {
+                    c.err(
+                        map.span(),
+                        "limit `duration` applies only to budgets with `per: run`",
+                    );
+                }
+                limits
+            }
+            None => {
+                if b.count.is_none() {
+                    c.err(b.id.span(), "a budget needs `limits` or `count`");
+                }
+                Limits::default()
+            }
+        };
+        let count = b.count.as_ref().map(|raw| {
+            if *raw.limit == 0 {
+                c.err(raw.limit.span(), "limit must be at least 1");
+            }
+            CountLimit {
+                actions: c.action_patterns(&raw.actions),
+                limit: *raw.limit,
+            }
+        });
         if let Some(per) = per {
             budgets.push(Budget {
                 id: b.id.as_str().to_owned(),
                 per,
                 limits,
+                count,
             });
         }
     }

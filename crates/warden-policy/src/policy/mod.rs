@@ -11,6 +11,7 @@
 //! finds a type's candidate rules and `evaluate.rs` evaluates and combines.
 
 mod agents;
+mod charges;
 mod compile;
 mod evaluate;
 mod index;
@@ -21,9 +22,10 @@ mod presets;
 mod tests;
 
 pub use crate::audit::AuditSpec;
+pub use charges::{Charge, Counter, Expiry, LimitKind};
 pub use model::{
-    ApprovalRequirement, Budget, Effect, Guidance, LIMIT_NAMES, Limits, Per, PermitSettings,
-    RateLimit, Rule, RuleId, Scope, Tier, Version,
+    ApprovalRequirement, Budget, CountLimit, Effect, Guidance, LIMIT_NAMES, Limits, Per,
+    PermitSettings, RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
 
 use crate::decision::Verdict;

@@ -253,7 +253,7 @@ pub struct Scope {
 }
 
 /// Resource limit names accepted by `set.limits` and budgets.
-pub const LIMIT_NAMES: [&str; 4] = ["tool_calls", "tokens", "cost_usd", "duration"];
+pub const LIMIT_NAMES: [&str; 5] = ["tool_calls", "tokens", "cost_usd", "turns", "duration"];
 
 /// A compiled rule.
 #[derive(Debug, Clone)]
@@ -370,6 +370,8 @@ pub struct Limits {
     pub tokens: Option<u64>,
     /// Money, in US dollars.
     pub cost_usd: Option<f64>,
+    /// Actions asked about (one per decision).
+    pub turns: Option<u64>,
     /// Wall-clock time.
     pub duration: Option<Duration>,
 }
@@ -383,6 +385,17 @@ pub struct Budget {
     pub per: Per,
     /// The ceilings.
     pub limits: Limits,
+    /// A ceiling on how many matching actions are allowed (`count: {actions, limit}`).
+    pub count: Option<CountLimit>,
+}
+
+/// A budget's ceiling on the number of allowed actions of some types.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountLimit {
+    /// Which actions count.
+    pub actions: Vec<Glob>,
+    /// How many may be allowed.
+    pub limit: u64,
 }
 
 /// A rate limit; enforced by the server.

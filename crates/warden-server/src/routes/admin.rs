@@ -323,7 +323,7 @@ impl AuditQuery {
 }
 
 /// Percent-decodes a query value (`+` is a space), or `None` if it is not UTF-8.
-fn decode(raw: &str) -> Option<String> {
+pub(crate) fn decode(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

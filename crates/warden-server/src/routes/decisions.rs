@@ -9,7 +9,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ErrorCode, parse_json};
 use crate::keys::Role;
 use crate::state::{AppState, now_ms};
-use crate::wire::{ActionRequest, DecisionBody, OutcomeBody, OutcomeRequest};
+use crate::wire::{ActionRequest, DecisionBody, OutcomeBody, OutcomeRequest, ReasonBody};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -17,7 +17,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::time::Instant;
-use warden_policy::{Action, ActionError, ActionField, AuditView, Decision, Env, Timestamp};
+use warden_policy::{
+    Action, ActionError, ActionField, AuditView, Charge, Decision, Env, Timestamp, Verdict,
+};
 use warden_store::{Append, Appended, NewDecision, NewEvent, kind};
 
 /// Bodies larger than this are parsed and evaluated off the async executor.
@@ -62,52 +64,117 @@ pub async fn create(
     } else {
         prepare(&state, &caller, &body)?
     };
-    let (effect, response) = match state.audit().append(prepared.append).await {
-        Ok(Appended::Written { .. }) => (
-            prepared.effect,
-            (
-                [(header::CONTENT_TYPE, "application/json")],
-                prepared.answer,
-            )
-                .into_response(),
-        ),
-        // The idempotency key was used before by this key, for this very action: the
-        // first decision, as recorded.
-        Ok(Appended::Duplicate(first)) if first.action_digest == prepared.digest => {
-            let effect = match first.body.get("effect").and_then(Value::as_str) {
-                Some("allow") => "allow",
-                Some("require_approval") => "require_approval",
-                _ => "deny",
-            };
-            state.metrics().replayed(&caller.tenant);
-            let mut body = first.body;
-            if let Value::Object(fields) = &mut body {
-                fields.insert("replayed".into(), Value::Bool(true));
+    let Prepared {
+        mut effect,
+        policy_version,
+        digest,
+        reuse,
+        mut answer,
+        append,
+    } = prepared;
+    // What a deny over a limit records instead, kept only when something is charged.
+    let mut held =
+        (!append.charges.is_empty()).then(|| (append.event.clone(), append.decision.clone()));
+    let mut item = append;
+    let response = loop {
+        match state.audit().append(item).await {
+            Ok(Appended::Written { .. }) => {
+                break ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
             }
-            (effect, Json(body).into_response())
-        }
-        // The same key for another action: never the first answer. Nothing is decided;
-        // the attempt is audited.
-        Ok(Appended::Duplicate(first)) => {
-            return refuse_reused_key(&state, &caller, &prepared.reuse, &first.id).await;
-        }
-        Err(_) => {
-            let body = DecisionBody::refusal(
-                "audit_unavailable",
-                "the decision could not be recorded in the audit log, so the action is denied",
-                &prepared.policy_version,
-            );
-            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-            response
-                .extensions_mut()
-                .insert(ErrorCode("audit_unavailable"));
-            ("deny", response)
+            // A charge would pass a budget or rate limit: nothing was written or charged.
+            // The answer becomes a deny that names the limit, audited without charges (so
+            // the second pass cannot be over a limit again).
+            Ok(Appended::OverLimit { charge, current }) => {
+                let Some((event, decision)) = held.take() else {
+                    // Only an item with charges can be over a limit, and it is held.
+                    return Err(ApiError::internal());
+                };
+                let (denied, text) = deny_over_limit(event, decision, &charge, current, &answer)?;
+                effect = "deny";
+                answer = text;
+                item = denied;
+            }
+            // The idempotency key was used before by this key, for this very action: the
+            // first decision, as recorded.
+            Ok(Appended::Duplicate(first)) if first.action_digest == digest => {
+                effect = match first.body.get("effect").and_then(Value::as_str) {
+                    Some("allow") => "allow",
+                    Some("require_approval") => "require_approval",
+                    _ => "deny",
+                };
+                state.metrics().replayed(&caller.tenant);
+                let mut body = first.body;
+                if let Value::Object(fields) = &mut body {
+                    fields.insert("replayed".into(), Value::Bool(true));
+                }
+                break Json(body).into_response();
+            }
+            // The same key for another action: never the first answer. Nothing is decided;
+            // the attempt is audited.
+            Ok(Appended::Duplicate(first)) => {
+                return refuse_reused_key(&state, &caller, &reuse, &first.id).await;
+            }
+            Err(_) => {
+                let body = DecisionBody::refusal(
+                    "audit_unavailable",
+                    "the decision could not be recorded in the audit log, so the action is denied",
+                    &policy_version,
+                );
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                response
+                    .extensions_mut()
+                    .insert(ErrorCode("audit_unavailable"));
+                effect = "deny";
+                break response;
+            }
         }
     };
     state
         .metrics()
         .decision(&caller.tenant, effect, started.elapsed());
     Ok(response)
+}
+
+/// The deny that replaces an allow whose `charge` its counter (at `current`) cannot take:
+/// the same event and decision with effect `deny` and the limit's reason first, and the
+/// answer text likewise. The reason names the limit, the counter, the ceiling, the value
+/// and when it resets; it carries nothing of the action, so the recorded body needs no
+/// masks of its own.
+fn deny_over_limit(
+    mut event: NewEvent,
+    decision: Option<NewDecision>,
+    charge: &Charge,
+    current: Option<i64>,
+    answer: &str,
+) -> Result<(Append, String), ApiError> {
+    let message = charge.deny_message(current);
+    let reason = ReasonBody::over_limit(charge, current, message.clone());
+    let reason = serde_json::to_value(&reason).map_err(|_| ApiError::internal())?;
+    let deny = |text: &str| -> Result<String, ApiError> {
+        let mut body: Value = serde_json::from_str(text).map_err(|_| ApiError::internal())?;
+        if let Value::Object(fields) = &mut body {
+            fields.insert("effect".into(), Value::from("deny"));
+            fields.insert("obligations".into(), json!({}));
+            fields.insert("permit".into(), Value::Null);
+            if let Some(Value::Array(reasons)) = fields.get_mut("reasons") {
+                reasons.insert(0, reason.clone());
+            }
+        }
+        serde_json::to_string(&body).map_err(|_| ApiError::internal())
+    };
+    event.effect = Some("deny".to_owned());
+    event.reasons.insert(0, message);
+    event.detail = json!({
+        "limit": {"kind": charge.kind.as_str(), "id": charge.id, "counter": charge.counter.as_str()},
+    });
+    let decision = match decision {
+        Some(mut d) => {
+            d.body = deny(&d.body)?;
+            Some(d)
+        }
+        None => None,
+    };
+    Ok((Append::new(event, decision), deny(answer)?))
 }
 
 /// Answers 409 to an idempotency key reused for a different action, once the attempt is in
@@ -182,6 +249,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     let now = now_ms();
     let decision_id = crate::ids::ulid(now);
     let policies = state.policies().current();
+    let mut charges = Vec::new();
     let (mut body, decision, view) = match policies.for_tenant(&caller.tenant) {
         Some(loaded) => {
             // The clock always reads within CEL's range (years 1 to 9999).
@@ -191,6 +259,11 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             );
             let t0 = Instant::now();
             let decision = loaded.policy.evaluate(&action, &env);
+            // Only an allow spends: a denied action, or one waiting for a human, consumes
+            // nothing. The store checks and charges these under the chain lock.
+            if decision.verdict == Verdict::Allow {
+                charges = loaded.policy.charges(&action, &env);
+            }
             let eval_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
             if let Some(failure) = &decision.failure {
                 // The detail names the rule and the problem, not the action's values.
@@ -302,6 +375,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
                 body: stored,
                 created_at_ms: now,
             }),
+            charges,
         },
         digest,
     })

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
-use warden_store::{Append, NewEvent, PermitUse, kind};
+use warden_store::{NewEvent, PermitUse, kind};
 
 /// Bodies larger than this are parsed and hashed off the async executor.
 const INLINE_BYTES: usize = 64 * 1024;
@@ -138,10 +138,7 @@ pub async fn verify(
         Check::Refused { reason, event } => {
             state
                 .audit()
-                .append(Append {
-                    event,
-                    decision: None,
-                })
+                .record(event)
                 .await
                 .map_err(|_| unavailable())?;
             Ok(Json(PermitVerifyBody {

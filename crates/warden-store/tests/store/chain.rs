@@ -249,6 +249,7 @@ async fn concurrent_appends_from_two_replicas_keep_one_gapless_chain() {
                 match result {
                     Appended::Written { seq, .. } => written.push(seq),
                     Appended::Duplicate(decision) => duplicates.push(decision.id),
+                    other => panic!("nothing here charges a counter: {other:?}"),
                 }
             }
         }

@@ -193,6 +193,7 @@ pub fn plain(event: NewEvent) -> Append {
     Append {
         event,
         decision: None,
+        charges: Vec::new(),
     }
 }
 
@@ -210,6 +211,7 @@ pub fn with_decision(event: NewEvent, key: Option<&str>) -> Append {
     Append {
         event,
         decision: Some(decision),
+        charges: Vec::new(),
     }
 }
 
@@ -228,6 +230,7 @@ pub fn seq(appended: &Appended) -> i64 {
     match appended {
         Appended::Written { seq, .. } => *seq,
         Appended::Duplicate(d) => panic!("expected a write, got duplicate of {}", d.id),
+        other => panic!("expected a write, got {other:?}"),
     }
 }
 

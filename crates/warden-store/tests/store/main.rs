@@ -6,6 +6,7 @@
 
 mod chain;
 mod common;
+mod counters;
 mod migrations;
 mod permits;
 mod queries;

@@ -214,6 +214,7 @@ async fn record_event(store: &dyn Store, event: NewEvent) -> Result<()> {
         .append(vec![Append {
             event,
             decision: None,
+            charges: Vec::new(),
         }])
         .await
         .context("cannot append to the audit log")?;

@@ -10,8 +10,8 @@ use warden_policy::Expiry;
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{
-    Append, Appended, CounterKey, CounterRow, NewDecision, NewEvent, PermitConsumed, PermitUse,
-    StoredDecision, kind,
+    Append, Appended, CounterKey, CounterRow, CounterValue, NewDecision, NewEvent, PermitConsumed,
+    PermitUse, StoredDecision, kind,
 };
 
 /// The last event of the chain, which the next one links to.
@@ -118,7 +118,9 @@ pub(crate) fn plan(
         let mut keys = Vec::with_capacity(item.charges.len());
         for (i, charge) in item.charges.iter().enumerate() {
             let key = CounterKey::of(&item.event.tenant, charge);
-            let current = live(&state, &key, charge.now_ms).map(|c| c.value);
+            let current = live(&state, &key, charge.now_ms)
+                .and_then(|row| row.values.get(charge.counter.as_str()))
+                .map(|c| c.value);
             if !charge.fits(current) {
                 let mut charges = item.charges;
                 results.push(Appended::OverLimit {
@@ -130,19 +132,32 @@ pub(crate) fn plan(
             keys.push(key);
         }
         for (charge, key) in item.charges.iter().zip(keys) {
-            let existing = live(&state, &key, charge.now_ms);
-            let expires_at_ms = match (charge.expiry, existing) {
-                (Expiry::FromFirstUse(_), Some(c)) => c.expires_at_ms,
-                (Expiry::FromFirstUse(at) | Expiry::FromLastUse(at), _) => at,
-            };
-            let row = CounterRow {
+            let fresh = live(&state, &key, charge.now_ms).is_none();
+            let row = state.entry(key.clone()).or_insert_with(|| CounterRow {
                 key: key.clone(),
-                value: charge.apply(existing.map(|c| c.value)),
-                limit: charge.limit,
+                values: Default::default(),
                 updated_at_ms: charge.now_ms,
-                expires_at_ms,
-            };
-            state.insert(key.clone(), row);
+                expires_at_ms: 0,
+            });
+            match charge.expiry {
+                // An expired row is a new run or window: it starts from nothing.
+                Expiry::FromFirstUse(at) | Expiry::FromLastUse(at) if fresh => {
+                    row.values.clear();
+                    row.expires_at_ms = at;
+                }
+                Expiry::FromLastUse(at) => row.expires_at_ms = row.expires_at_ms.max(at),
+                Expiry::FromFirstUse(_) => {}
+            }
+            let name = charge.counter.as_str();
+            let current = row.values.get(name).map(|c| c.value);
+            row.values.insert(
+                name.to_owned(),
+                CounterValue {
+                    value: charge.apply(current),
+                    limit: charge.limit,
+                },
+            );
+            row.updated_at_ms = charge.now_ms;
             touched.insert(key);
         }
         let seq = head.seq + 1;
@@ -255,23 +270,39 @@ fn live<'a>(
     state.get(key).filter(|c| c.expires_at_ms > now_ms)
 }
 
-/// The columns of a `budget_counters` row, in the order [`counter_row`] reads them and the
-/// upserts bind them.
-pub(crate) const COUNTER_COLUMNS: &str = "tenant, kind, limit_id, agent, run_id, counter, \
-    window_start_ms, value, limit_value, updated_at_ms, expires_at_ms";
+/// The columns of a `budget_counters` row, in the order the upserts bind them.
+pub(crate) const COUNTER_COLUMNS: &str = "tenant, agent, run_id, kind, limit_id, \
+    window_start_ms, counters, updated_at_ms, expires_at_ms";
 
-/// The upsert of one counter with `$1`…`$11` in [`COUNTER_COLUMNS`] order: the plan has
-/// already decided the value under the chain lock, so the statement only stores it.
-pub(crate) const UPSERT_COUNTER: &str = "INSERT INTO budget_counters (tenant, kind, limit_id, \
-    agent, run_id, counter, window_start_ms, value, limit_value, updated_at_ms, expires_at_ms) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-    ON CONFLICT (tenant, kind, limit_id, agent, run_id, counter, window_start_ms) DO UPDATE SET \
-    value = excluded.value, limit_value = excluded.limit_value, \
-    updated_at_ms = excluded.updated_at_ms, expires_at_ms = excluded.expires_at_ms";
+/// The upsert of one row with `$1`…`$9` in [`COUNTER_COLUMNS`] order: the plan has already
+/// decided its values under the chain lock, so the statement only stores them.
+pub(crate) const UPSERT_COUNTER: &str = "INSERT INTO budget_counters (tenant, agent, run_id, \
+    kind, limit_id, window_start_ms, counters, updated_at_ms, expires_at_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (tenant, agent, run_id, kind, limit_id, window_start_ms) DO UPDATE SET \
+    counters = excluded.counters, updated_at_ms = excluded.updated_at_ms, \
+    expires_at_ms = excluded.expires_at_ms";
 
-/// The key columns of one counter, `$1`…`$7`.
-pub(crate) const COUNTER_KEY_MATCH: &str = "tenant = $1 AND kind = $2 AND limit_id = $3 \
-    AND agent = $4 AND run_id = $5 AND counter = $6 AND window_start_ms = $7";
+/// The key columns of one row, `$1`…`$6`.
+pub(crate) const COUNTER_KEY_MATCH: &str = "tenant = $1 AND agent = $2 AND run_id = $3 \
+    AND kind = $4 AND limit_id = $5 AND window_start_ms = $6";
+
+/// A row's counters as the `counters` column holds them.
+pub(crate) fn encode_counters(row: &CounterRow) -> Result<String, StoreError> {
+    json_text(&row.key.limit_id, &row.values)
+}
+
+/// The `counters` column read back.
+pub(crate) fn decode_counters(
+    key: &CounterKey,
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, CounterValue>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what: "counter",
+        id: key.limit_id.clone(),
+        detail: format!("counters: {e}"),
+    })
+}
 
 /// The columns of an `audit_events` row, in table order: the one list the insert
 /// statements of both appenders, their bound values ([`event_row`]) and the reads use.

@@ -42,8 +42,8 @@ pub use error::StoreError;
 pub use migrations::{Migration, migrations};
 pub use model::{
     Append, Appended, BrokenLink, ChainProblem, Charge, CounterFilter, CounterKey, CounterRow,
-    Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed, PermitUse,
-    PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+    CounterValue, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed,
+    PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
 };
 
 /// Which database a store runs on.

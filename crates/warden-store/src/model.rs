@@ -212,49 +212,55 @@ pub enum Appended {
     },
 }
 
-/// Identifies one budget or rate-limit counter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Identifies one row of counters: a budget's for one subject (run, agent or tenant), or a
+/// rate limit's for one subject and window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterKey {
     /// The tenant.
     pub tenant: String,
+    /// The agent; empty when the counters are the tenant's.
+    pub agent: String,
+    /// The run; empty unless the counters are a run's.
+    pub run_id: String,
     /// `budget` or `rate_limit`.
     pub kind: String,
     /// The budget's or rate limit's id.
     pub limit_id: String,
-    /// The agent; empty when the counter is the tenant's.
-    pub agent: String,
-    /// The run; empty unless the counter is a run's.
-    pub run_id: String,
-    /// What is counted (`tokens`, `cost_usd`, `actions`, …).
-    pub counter: String,
     /// A rate limit window's start, unix ms; 0 for budgets.
     pub window_start_ms: i64,
 }
 
 impl CounterKey {
-    /// The key of `charge`'s counter in `tenant`.
+    /// The key of the row holding `charge`'s counter in `tenant`.
     pub fn of(tenant: &str, charge: &Charge) -> Self {
         Self {
             tenant: tenant.to_owned(),
-            kind: charge.kind.as_str().to_owned(),
-            limit_id: charge.id.clone(),
             agent: charge.agent.clone(),
             run_id: charge.run.clone(),
-            counter: charge.counter.as_str().to_owned(),
+            kind: charge.kind.as_str().to_owned(),
+            limit_id: charge.id.clone(),
             window_start_ms: charge.window_start_ms,
         }
     }
 }
 
-/// A stored counter.
+/// One counter's value and the limit its last charge was checked against, in the counter's
+/// stored unit (see `warden_policy::Counter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterValue {
+    /// The value.
+    pub value: i64,
+    /// The limit.
+    pub limit: i64,
+}
+
+/// A stored row of counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterRow {
-    /// Which counter.
+    /// Which row.
     pub key: CounterKey,
-    /// Its value, in the counter's stored unit (see `warden_policy::Counter`).
-    pub value: i64,
-    /// The limit its last charge was checked against.
-    pub limit: i64,
+    /// Counter name (`tokens`, `cost_usd`, `actions`, …) → value and limit.
+    pub values: std::collections::BTreeMap<String, CounterValue>,
     /// When it was last charged, unix ms.
     pub updated_at_ms: i64,
     /// After this it counts as absent and may be pruned, unix ms.

@@ -261,13 +261,14 @@ where
         Ok(holders)
     }
 
-    /// The stored counters among `keys` (expired ones too: the plan treats those as absent).
+    /// The stored counter rows among `keys` (expired ones too: the plan treats those as
+    /// absent).
     async fn counter_rows(
         conn: &mut DB::Connection,
         keys: &[CounterKey],
     ) -> Result<Vec<CounterRow>, StoreError> {
         let mut rows = Vec::new();
-        // Seven parameters a key: chunks stay far below every backend's parameter limit.
+        // Six parameters a key: chunks stay far below every backend's parameter limit.
         for chunk in keys.chunks(64) {
             let mut sql = format!(
                 "SELECT {} FROM budget_counters WHERE ",
@@ -281,7 +282,7 @@ where
                     sql.push_str(if j == 0 { "(" } else { " AND " });
                     sql.push_str(column);
                     sql.push_str(" = ");
-                    DB::placeholder(&mut sql, 7 * i + j + 1);
+                    DB::placeholder(&mut sql, COUNTER_KEY_COLUMNS.len() * i + j + 1);
                 }
                 sql.push(')');
             }
@@ -289,11 +290,10 @@ where
             for k in chunk {
                 query = query
                     .bind(k.tenant.clone())
-                    .bind(k.kind.clone())
-                    .bind(k.limit_id.clone())
                     .bind(k.agent.clone())
                     .bind(k.run_id.clone())
-                    .bind(k.counter.clone())
+                    .bind(k.kind.clone())
+                    .bind(k.limit_id.clone())
                     .bind(k.window_start_ms);
             }
             for row in query.fetch_all(&mut *conn).await? {
@@ -303,7 +303,7 @@ where
         Ok(rows)
     }
 
-    /// Stores the counters a plan decided.
+    /// Stores the counter rows a plan decided.
     async fn upsert_counters(
         conn: &mut DB::Connection,
         rows: &[CounterRow],
@@ -312,14 +312,12 @@ where
             let k = &c.key;
             sqlx::query(append::UPSERT_COUNTER)
                 .bind(k.tenant.as_str())
-                .bind(k.kind.as_str())
-                .bind(k.limit_id.as_str())
                 .bind(k.agent.as_str())
                 .bind(k.run_id.as_str())
-                .bind(k.counter.as_str())
+                .bind(k.kind.as_str())
+                .bind(k.limit_id.as_str())
                 .bind(k.window_start_ms)
-                .bind(c.value)
-                .bind(c.limit)
+                .bind(append::encode_counters(c)?)
                 .bind(c.updated_at_ms)
                 .bind(c.expires_at_ms)
                 .execute(&mut *conn)
@@ -329,18 +327,18 @@ where
     }
 
     fn counter_from_row(row: &DB::Row) -> Result<CounterRow, StoreError> {
+        let key = CounterKey {
+            tenant: row.try_get("tenant")?,
+            agent: row.try_get("agent")?,
+            run_id: row.try_get("run_id")?,
+            kind: row.try_get("kind")?,
+            limit_id: row.try_get("limit_id")?,
+            window_start_ms: row.try_get("window_start_ms")?,
+        };
+        let text: String = row.try_get("counters")?;
         Ok(CounterRow {
-            key: CounterKey {
-                tenant: row.try_get("tenant")?,
-                kind: row.try_get("kind")?,
-                limit_id: row.try_get("limit_id")?,
-                agent: row.try_get("agent")?,
-                run_id: row.try_get("run_id")?,
-                counter: row.try_get("counter")?,
-                window_start_ms: row.try_get("window_start_ms")?,
-            },
-            value: row.try_get("value")?,
-            limit: row.try_get("limit_value")?,
+            values: append::decode_counters(&key, &text)?,
+            key,
             updated_at_ms: row.try_get("updated_at_ms")?,
             expires_at_ms: row.try_get("expires_at_ms")?,
         })
@@ -477,13 +475,12 @@ impl DecisionLookup {
 const INSERT_CHUNK: usize = 256;
 
 /// The primary key of `budget_counters`, in [`CounterKey`] order.
-const COUNTER_KEY_COLUMNS: [&str; 7] = [
+const COUNTER_KEY_COLUMNS: [&str; 6] = [
     "tenant",
-    "kind",
-    "limit_id",
     "agent",
     "run_id",
-    "counter",
+    "kind",
+    "limit_id",
     "window_start_ms",
 ];
 
@@ -981,9 +978,7 @@ where
                 sql.push_str(&format!(" AND {column} = ${n}"));
             }
         }
-        sql.push_str(
-            " ORDER BY kind, limit_id, agent, run_id, counter, window_start_ms LIMIT 1000",
-        );
+        sql.push_str(" ORDER BY kind, limit_id, agent, run_id, window_start_ms LIMIT 1000");
         let mut query = sqlx::query(&sql)
             .bind(filter.tenant.clone())
             .bind(filter.now_ms);

@@ -206,14 +206,12 @@ fn chain(tx: &rusqlite::Transaction<'_>, batch: Vec<Append>) -> Result<Vec<Appen
             let k = &c.key;
             upsert.execute(rusqlite::params![
                 k.tenant,
-                k.kind,
-                k.limit_id,
                 k.agent,
                 k.run_id,
-                k.counter,
+                k.kind,
+                k.limit_id,
                 k.window_start_ms,
-                c.value,
-                c.limit,
+                append::encode_counters(c)?,
                 c.updated_at_ms,
                 c.expires_at_ms
             ])?;
@@ -294,21 +292,25 @@ fn counter_rows(conn: &Connection, keys: &[CounterKey]) -> Result<Vec<CounterRow
             .query_row(
                 rusqlite::params![
                     k.tenant,
-                    k.kind,
-                    k.limit_id,
                     k.agent,
                     k.run_id,
-                    k.counter,
+                    k.kind,
+                    k.limit_id,
                     k.window_start_ms
                 ],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
             )
             .optional()?;
-        if let Some((value, limit, updated_at_ms, expires_at_ms)) = found {
+        if let Some((text, updated_at_ms, expires_at_ms)) = found {
             rows.push(CounterRow {
+                values: append::decode_counters(k, &text)?,
                 key: k.clone(),
-                value,
-                limit,
                 updated_at_ms,
                 expires_at_ms,
             });
@@ -321,8 +323,7 @@ fn counter_select() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "SELECT value, limit_value, updated_at_ms, expires_at_ms FROM budget_counters \
-             WHERE {}",
+            "SELECT counters, updated_at_ms, expires_at_ms FROM budget_counters WHERE {}",
             append::COUNTER_KEY_MATCH
         )
     })

@@ -9,7 +9,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warden_policy::Counter;
-use warden_store::{CounterFilter, CounterRow};
+use warden_store::{CounterFilter, CounterRow, CounterValue};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -17,8 +17,7 @@ use crate::keys::Role;
 use crate::state::{AppState, now_ms};
 use crate::wire::rfc3339;
 
-/// Which counters `GET /v1/budgets` shows; without parameters, all of the tenant's live
-/// counters (at most 1,000).
+/// Which counters `GET /v1/budgets` shows; without parameters, the tenant's own.
 #[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BudgetQuery {
@@ -102,7 +101,8 @@ pub struct UsageBody {
     pub expires_at: Option<String>,
 }
 
-/// Usage against the limits of the caller's tenant.
+/// Usage against the limits of the caller's tenant: of an agent (with the tenant's own), of
+/// a run, or without parameters the tenant's own.
 #[utoipa::path(
     get,
     path = "/v1/budgets",
@@ -111,7 +111,7 @@ pub struct UsageBody {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Usage against limits", body = BudgetsBody),
-        (status = 400, description = "An unknown or invalid parameter, or neither `agent` nor `run_id` (`invalid_query`); a key limited to some agents must name one (`agent_required`)", body = ErrorBody),
+        (status = 400, description = "An unknown, repeated or invalid parameter (`invalid_query`); a key limited to some agents must name one (`agent_required`)", body = ErrorBody),
         (status = 401, description = "No valid key", body = ErrorBody),
         (status = 403, description = "Not a controller or admin key, or an agent this key may not act for", body = ErrorBody),
         (status = 503, description = "The store is unavailable", body = ErrorBody),
@@ -131,20 +131,24 @@ pub async fn show(
         caller.agent_for(q.agent.as_deref())?
     };
     let now = now_ms();
-    let mut filters = vec![CounterFilter {
+    let tenant_own = CounterFilter {
         tenant: caller.tenant.clone(),
-        agent: agent.clone(),
-        run_id: q.run_id.clone(),
+        agent: Some(String::new()),
+        run_id: Some(String::new()),
         now_ms: now,
-    }];
-    // The tenant's own counters apply to every agent.
-    if agent.is_some() && q.run_id.is_none() {
+    };
+    let mut filters = Vec::new();
+    if agent.is_some() || q.run_id.is_some() {
         filters.push(CounterFilter {
             tenant: caller.tenant.clone(),
-            agent: Some(String::new()),
-            run_id: Some(String::new()),
+            agent: agent.clone(),
+            run_id: q.run_id.clone(),
             now_ms: now,
         });
+    }
+    // The tenant's own counters apply to every agent.
+    if q.run_id.is_none() {
+        filters.push(tenant_own);
     }
     let mut usage = Vec::new();
     for filter in &filters {
@@ -152,14 +156,20 @@ pub async fn show(
             tracing::error!(error = %e, "counter lookup failed");
             ApiError::store_unavailable()
         })?;
-        usage.extend(rows.iter().filter_map(|row| usage_body(row, now)));
+        for row in &rows {
+            usage.extend(
+                row.values
+                    .iter()
+                    .filter_map(|(name, v)| usage_body(row, name, *v, now)),
+            );
+        }
     }
     Ok(Json(BudgetsBody { usage }))
 }
 
-fn usage_body(row: &CounterRow, now: i64) -> Option<UsageBody> {
-    let counter = Counter::parse(&row.key.counter)?;
-    let used = counter.used(row.value, now);
+fn usage_body(row: &CounterRow, name: &str, v: CounterValue, now: i64) -> Option<UsageBody> {
+    let counter = Counter::parse(name)?;
+    let used = counter.used(v.value, now);
     let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let window = row.key.kind == "rate_limit";
     Some(UsageBody {
@@ -169,8 +179,8 @@ fn usage_body(row: &CounterRow, now: i64) -> Option<UsageBody> {
         run_id: text(&row.key.run_id),
         counter: counter.as_str().to_owned(),
         used: counter.display(used),
-        limit: counter.display(row.limit),
-        remaining: counter.display(row.limit.saturating_sub(used).max(0)),
+        limit: counter.display(v.limit),
+        remaining: counter.display(v.limit.saturating_sub(used).max(0)),
         window_start: window.then(|| rfc3339(row.key.window_start_ms)),
         resets_at: window.then(|| rfc3339(row.expires_at_ms)),
         expires_at: (row.expires_at_ms != i64::MAX).then(|| rfc3339(row.expires_at_ms)),

@@ -46,8 +46,8 @@ async fn value(store: &dyn Store, agent: &str, counter: &str, now_ms: i64) -> Op
         .await
         .unwrap();
     rows.iter()
-        .find(|r| r.key.counter == counter)
-        .map(|r| r.value)
+        .find_map(|r| r.values.get(counter))
+        .map(|v| v.value)
 }
 
 #[tokio::test]
@@ -134,16 +134,16 @@ async fn expired_counters_count_as_absent_and_are_pruned() {
             .unwrap();
         assert_eq!(
             db.scalar("SELECT COUNT(*) FROM budget_counters").await,
-            3,
-            "cost, duration and the window"
+            2,
+            "the run's budget and the window"
         );
         // The window ended at 120 s: pruning then removes it and only it.
         assert_eq!(store.prune_counters(120_000).await.unwrap(), 1);
-        assert_eq!(db.scalar("SELECT COUNT(*) FROM budget_counters").await, 2);
+        assert_eq!(db.scalar("SELECT COUNT(*) FROM budget_counters").await, 1);
         // After the run's hour and its grace, the run is gone too.
         let after = t + 2 * 3_600_000;
         assert_eq!(value(store, "a", "cost_usd", after).await, None);
-        assert_eq!(store.prune_counters(after).await.unwrap(), 2);
+        assert_eq!(store.prune_counters(after).await.unwrap(), 1);
         assert_eq!(db.scalar("SELECT COUNT(*) FROM budget_counters").await, 0);
     })
     .await;

@@ -693,15 +693,17 @@ fn two_replicas_agree_on_idempotency_and_revocation() {
     let mut answered_after = Duration::ZERO;
     while revoked.elapsed() < Duration::from_secs(3) {
         for server in [&a, &b] {
+            // When the request was sent: a loaded machine may answer it later.
+            let sent = revoked.elapsed();
             if decide(server, json!({"type": "ticket.get"})).0 == 200 {
-                answered_after = revoked.elapsed();
+                answered_after = sent;
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         answered_after <= Duration::from_millis(1200),
-        "a revoked key was answered {answered_after:?} after its revocation"
+        "a revoked key was accepted {answered_after:?} after its revocation"
     );
     for server in [&a, &b] {
         assert_eq!(decide(server, json!({"type": "ticket.get"})).0, 401);

@@ -4,7 +4,7 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, decisions, health};
+use crate::routes::{admin, approvals, decisions, health};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -41,6 +41,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         decisions::create,
         decisions::show,
         decisions::outcome,
+        approvals::list,
+        approvals::show,
+        approvals::approve,
+        approvals::reject,
+        approvals::wait,
+        approvals::ask,
+        approvals::answer,
+        approvals::wait_question,
         admin::reload,
         admin::query,
         admin::verify,
@@ -55,6 +63,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         wire::OutcomeRequest,
         wire::OutcomeBody,
         wire::EventBody,
+        wire::ApprovalView,
+        wire::VoteView,
+        wire::ApprovalsBody,
+        wire::VoteRequest,
+        wire::AnswerRequest,
+        wire::QuestionRequest,
         ErrorBody,
     )),
     modifiers(&BearerAuth)
@@ -96,10 +110,22 @@ pub fn app(state: AppState) -> Router {
         // and the bound is on the whole server.
         .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
         .timeout(limits.request_timeout);
+    // Long-polls live outside the guard: a wait is not cut by the request timeout and does
+    // not hold an in-flight slot (it holds one of `max_waiters` instead). They take no body.
+    let waits = Router::new()
+        .route("/v1/approvals/{id}/wait", get(approvals::wait))
+        .route("/v1/questions/{id}/wait", get(approvals::wait_question))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route("/v1/decisions", post(decisions::create))
         .route("/v1/decisions/{id}", get(decisions::show))
         .route("/v1/decisions/{id}/outcome", post(decisions::outcome))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::show))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/reject", post(approvals::reject))
+        .route("/v1/questions", post(approvals::ask))
+        .route("/v1/questions/{id}/answer", post(approvals::answer))
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))
@@ -116,6 +142,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             body::read_first,
         ))
+        .merge(waits)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -198,6 +225,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
     let flusher = tokio::spawn(flush_auth_failures(state.clone()));
+    let sweeper = tokio::spawn(crate::approvals::sweep(state.clone()));
+    let deliverer = tokio::spawn(crate::approvals::deliver(state.clone()));
     let limits = state.limits().clone();
     let (stop, stopped) = watch::channel(false);
     let metrics = metrics.map(|listener| {
@@ -217,6 +246,8 @@ pub async fn serve(
     }
     reloader.abort();
     flusher.abort();
+    sweeper.abort();
+    deliverer.abort();
     crate::auth::flush_failures(&state, true).await;
     audit.finish().await;
     served.unwrap_or(Ok(()))

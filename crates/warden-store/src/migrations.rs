@@ -34,6 +34,10 @@ const SQLITE: &[Migration] = &[
         name: "0002_hardening",
         sql: include_str!("../../../migrations/sqlite/0002_hardening.sql"),
     },
+    Migration {
+        name: "0005_approvals",
+        sql: include_str!("../../../migrations/sqlite/0005_approvals.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -44,6 +48,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0002_hardening",
         sql: include_str!("../../../migrations/postgres/0002_hardening.sql"),
+    },
+    Migration {
+        name: "0005_approvals",
+        sql: include_str!("../../../migrations/postgres/0005_approvals.sql"),
     },
 ];
 

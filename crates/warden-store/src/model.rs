@@ -23,9 +23,17 @@ pub mod kind {
     pub const CHECKPOINT: &str = "checkpoint";
     /// An idempotency key reused for a different action, refused with 409.
     pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
+    /// An approver voted on an approval (approve or reject).
+    pub const APPROVAL_VOTE: &str = "approval_vote";
+    /// An approval was decided: approved, rejected or expired (`detail.status`).
+    pub const APPROVAL_OUTCOME: &str = "approval_outcome";
+    /// An agent asked a human a question.
+    pub const QUESTION_ASKED: &str = "question_asked";
+    /// A question was answered or expired (`detail.status`).
+    pub const QUESTION_OUTCOME: &str = "question_outcome";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 12] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -34,6 +42,10 @@ pub mod kind {
         POLICY_RELOADED,
         CHECKPOINT,
         IDEMPOTENCY_MISMATCH,
+        APPROVAL_VOTE,
+        APPROVAL_OUTCOME,
+        QUESTION_ASKED,
+        QUESTION_OUTCOME,
     ];
 }
 
@@ -158,12 +170,17 @@ impl NewDecision {
 }
 
 /// One item of a group commit: an event, and the decision it records if any.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Append {
     /// The audit event to chain.
     pub event: NewEvent,
     /// The decision to store with it.
     pub decision: Option<NewDecision>,
+    /// An approval (or question) created with it: pending, of the event's tenant. Written
+    /// only if the item is (an idempotent replay writes nothing).
+    pub approval: Option<crate::ApprovalRecord>,
+    /// Webhook deliveries announcing it, written only if the item is.
+    pub outbox: Vec<crate::OutboxMessage>,
 }
 
 /// What happened to one item of a group commit, in the order the items were given.
@@ -316,6 +333,8 @@ pub struct NewKey {
     pub agent: Option<String>,
     /// Approver groups.
     pub groups: Vec<String>,
+    /// The person an approver key belongs to.
+    pub user: Option<String>,
     /// Free-text label for humans.
     pub label: Option<String>,
     /// When it was created, unix milliseconds.
@@ -337,6 +356,8 @@ pub struct KeyRecord {
     pub agent: Option<String>,
     /// Approver groups.
     pub groups: Vec<String>,
+    /// The person an approver key belongs to.
+    pub user: Option<String>,
     /// Free-text label.
     pub label: Option<String>,
     /// When it was created, unix milliseconds.

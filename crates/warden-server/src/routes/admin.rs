@@ -169,6 +169,7 @@ async fn audit_reload(state: &AppState, tenant: &str, by: &str, policies: &[Poli
         .append(Append {
             event,
             decision: None,
+            ..Append::default()
         })
         .await
         .is_err()
@@ -235,6 +236,14 @@ pub enum EventKind {
     Checkpoint,
     /// An idempotency key reused for another action.
     IdempotencyMismatch,
+    /// An approver's vote.
+    ApprovalVote,
+    /// How an approval ended: approved, rejected or expired.
+    ApprovalOutcome,
+    /// An agent asked a human.
+    QuestionAsked,
+    /// How a question ended: answered or expired.
+    QuestionOutcome,
 }
 
 /// A decision's effect.
@@ -337,7 +346,7 @@ impl AuditQuery {
 }
 
 /// Percent-decodes a query value (`+` is a space), or `None` if it is not UTF-8.
-fn decode(raw: &str) -> Option<String> {
+pub(crate) fn decode(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -486,6 +495,10 @@ mod tests {
             EventKind::PolicyReloaded,
             EventKind::Checkpoint,
             EventKind::IdempotencyMismatch,
+            EventKind::ApprovalVote,
+            EventKind::ApprovalOutcome,
+            EventKind::QuestionAsked,
+            EventKind::QuestionOutcome,
         ]
         .iter()
         .map(|k| {

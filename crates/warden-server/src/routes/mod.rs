@@ -1,5 +1,6 @@
 //! The HTTP handlers, one module per area.
 
 pub mod admin;
+pub mod approvals;
 pub mod decisions;
 pub mod health;

@@ -193,6 +193,7 @@ pub fn plain(event: NewEvent) -> Append {
     Append {
         event,
         decision: None,
+        ..Append::default()
     }
 }
 
@@ -210,6 +211,7 @@ pub fn with_decision(event: NewEvent, key: Option<&str>) -> Append {
     Append {
         event,
         decision: Some(decision),
+        ..Append::default()
     }
 }
 

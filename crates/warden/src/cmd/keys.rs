@@ -25,7 +25,7 @@ enum Command {
     /// Create an API key and print its token once.
     #[command(after_help = "Examples:\n  \
         KEY=$(warden keys create --role controller --tenant acme --agent 'support-*' | head -1)\n  \
-        warden keys create --role approver --group legal --label 'legal desk'\n  \
+        warden keys create --role approver --user alice --group legal --label 'legal desk'\n  \
         warden keys create --role agent --agent support-bot --json\n  \
         warden keys create --role operator --label 'prometheus and on-call'")]
     Create(CreateArgs),
@@ -54,6 +54,10 @@ struct CreateArgs {
     /// Approver group; repeat the flag or separate groups with commas.
     #[arg(long = "group", value_name = "GROUP", value_delimiter = ',')]
     groups: Vec<String>,
+    /// For an approver key, the person who holds it: quorums count distinct users, and a
+    /// user never approves an action on their own behalf.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// A label for humans, e.g. who holds the key.
     #[arg(long)]
     label: Option<String>,
@@ -103,6 +107,7 @@ async fn create(store: &dyn Store, args: CreateArgs, json: bool) -> Result<Outco
             "roles": record.roles,
             "agent": record.agent,
             "groups": record.groups,
+            "user": record.user,
             "label": record.label,
             "created_at": time::rfc3339(record.created_at_ms),
         });
@@ -147,6 +152,7 @@ fn key_spec(args: CreateArgs) -> Result<KeySpec> {
         roles,
         agent: args.agent,
         groups,
+        user: args.user,
         label: args.label,
     };
     // The same rules as every other way of creating a key (one agent per agent key, ...).
@@ -159,6 +165,7 @@ async fn record_event(store: &dyn Store, event: NewEvent) -> Result<()> {
         .append(vec![Append {
             event,
             decision: None,
+            ..Append::default()
         }])
         .await
         .context("cannot append to the audit log")?;
@@ -235,6 +242,7 @@ fn key_json(k: &KeyRecord) -> Value {
         "roles": k.roles,
         "agent": k.agent,
         "groups": k.groups,
+        "user": k.user,
         "label": k.label,
         "created_at": time::rfc3339(k.created_at_ms),
         "revoked_at": k.revoked_at_ms.map(time::rfc3339),

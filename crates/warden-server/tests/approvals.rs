@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
+use warden_server::approvals::{SIGNATURE_HEADER, Webhooks};
 use warden_server::audit::{AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
 use warden_server::metrics::Metrics;
@@ -85,6 +86,10 @@ struct Server {
 }
 
 async fn server(place: &Place, limits: Limits) -> Server {
+    server_with(place, limits, Webhooks::default()).await
+}
+
+async fn server_with(place: &Place, limits: Limits, webhooks: Webhooks) -> Server {
     let store = place.open().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
@@ -92,7 +97,8 @@ async fn server(place: &Place, limits: Limits) -> Server {
     let metrics = Arc::new(Metrics::default());
     let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
+    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits)
+        .with_webhooks(webhooks);
     Server {
         app: app(state.clone()),
         store,
@@ -758,5 +764,101 @@ async fn a_question_with_options_is_answered_waited_on_and_audited() {
         assert_eq!(asked[0].event.detail["question"], "Refund the full amount?");
         let answered = s.events(kind::QUESTION_OUTCOME).await;
         assert_eq!(answered[0].event.detail["answer"], "yes");
+    }
+}
+
+/// A receiver that fails its first `failures` deliveries with 500 and records the rest.
+async fn receiver(failures: usize) -> (String, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use axum::routing::post;
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen, tries) = (Arc::clone(&got), Arc::clone(&attempts));
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let (seen, tries) = (Arc::clone(&seen), Arc::clone(&tries));
+            async move {
+                if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let signature = headers[SIGNATURE_HEADER].to_str().unwrap().to_owned();
+                seen.lock().unwrap().push((signature, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_from_the_outbox_and_never_block_a_decision() {
+    for place in places().await {
+        let (url, got) = receiver(2).await;
+        let secret = b"webhook secret".to_vec();
+        let webhooks = Webhooks::new(
+            [("acme".to_owned(), url)].into_iter().collect(),
+            Some(secret.clone()),
+        );
+        let s = server_with(&place, limits(), webhooks).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = s.approver("alice", "legal").await;
+        // The receiver is failing: the decision is answered all the same.
+        let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while got.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never delivered"
+            );
+            warden_server::approvals::deliver_once(&s.state, &client).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Two failures: retried after 1 s and 2 s.
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let (_, status) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status["status"], "approved");
+        while got.lock().unwrap().len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never delivered"
+            );
+            warden_server::approvals::deliver_once(&s.state, &client).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = got.lock().unwrap().clone();
+        let events: Vec<Value> = got
+            .iter()
+            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .collect();
+        assert_eq!(events[0]["type"], "approval.created");
+        assert_eq!(events[0]["approval"]["id"], id.as_str());
+        assert_eq!(events[1]["type"], "approval.decided");
+        assert_eq!(events[1]["approval"]["status"], "approved");
+        // The documented recipe: HMAC-SHA256 over "<t>.<body>".
+        for (signature, body) in &got {
+            let t: i64 = signature
+                .split(',')
+                .find_map(|p| p.strip_prefix("t="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(signature, &Webhooks::sign(&secret, t, body));
+        }
     }
 }

@@ -67,6 +67,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         wire::VoteView,
         wire::ApprovalsBody,
         wire::VoteRequest,
+        wire::RejectRequest,
         wire::AnswerRequest,
         wire::QuestionRequest,
         ErrorBody,

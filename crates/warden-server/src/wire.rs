@@ -607,14 +607,31 @@ pub struct ApprovalsBody {
     pub approvals: Vec<ApprovalView>,
 }
 
-/// `POST /v1/approvals/{id}/approve` and `…/reject`.
+/// `POST /v1/approvals/{id}/approve`.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoteRequest {
-    /// Why; required to reject. At most 1000 characters.
+    /// Why (optional). Free text: newlines and tabs allowed, no other control characters.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 1000)]
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub reason: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/reject`: a reason is required.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    /// Why. Free text: newlines and tabs allowed, no other control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
+    pub reason: String,
 }
 
 /// `POST /v1/questions/{id}/answer`.
@@ -623,7 +640,11 @@ pub struct VoteRequest {
 pub struct AnswerRequest {
     /// The answer: one of the question's `options` when it has some. At most 2000
     /// characters.
-    #[schema(min_length = 1, max_length = 2000)]
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub answer: String,
 }
 
@@ -631,23 +652,63 @@ pub struct AnswerRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuestionRequest {
-    /// The question, for a human. At most 2000 characters.
-    #[schema(min_length = 1, max_length = 2000)]
+    /// The question, for a human. At most 2000 characters; newlines and tabs allowed.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub question: String,
-    /// The allowed answers (at most 20, each 1 to 200 characters); none means free text.
+    /// The allowed answers (at most 20, distinct, each 1 to 200 characters); none means
+    /// free text.
     #[serde(default)]
-    #[schema(max_items = 20)]
+    #[schema(schema_with = choices_schema)]
     pub options: Vec<String>,
-    /// How long to wait for an answer, e.g. `30m` (1 minute to 7 days; default 24h).
+    /// How long to wait for an answer: a number and a unit (`s`, `m`, `h`, `d`), e.g.
+    /// `30m`; kept within 1 minute and 7 days. Default 24h.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^[1-9][0-9]{0,5}[smhd]$")]
     pub expires_in: Option<String>,
     /// The agent run asking.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
     pub run_id: Option<String>,
     /// Only approvers of these groups may answer (at most 20); none means any approver.
     #[serde(default)]
-    #[schema(max_items = 20)]
+    #[schema(schema_with = groups_schema)]
     pub groups: Vec<String>,
+}
+
+/// `options`: distinct free-text choices.
+fn choices_schema() -> utoipa::openapi::schema::Array {
+    list_schema(
+        r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$",
+        true,
+    )
+}
+
+/// `groups`: identifiers.
+fn groups_schema() -> utoipa::openapi::schema::Array {
+    list_schema(
+        r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$",
+        false,
+    )
+}
+
+fn list_schema(pattern: &str, unique: bool) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(200))
+        .pattern(Some(pattern));
+    ArrayBuilder::new()
+        .items(item)
+        .max_items(Some(20))
+        .unique_items(unique)
+        .build()
 }

@@ -13,7 +13,8 @@ use crate::keys::Role;
 use crate::routes::admin::decode;
 use crate::state::{AppState, now_ms};
 use crate::wire::{
-    AnswerRequest, ApprovalView, ApprovalsBody, QuestionRequest, VoteRequest, rfc3339,
+    AnswerRequest, ApprovalView, ApprovalsBody, QuestionRequest, RejectRequest, VoteRequest,
+    rfc3339,
 };
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -259,7 +260,7 @@ fn act(caller: &Caller, verdict: Verdict, text: Option<String>) -> Result<Act, A
 /// Free text written for or by a human: 1 to `max` characters, no control or invisible
 /// formatting characters other than newlines and tabs.
 fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    let ok = !value.trim().is_empty()
+    let ok = !value.is_empty()
         && value.chars().count() <= max
         && value
             .chars()
@@ -273,21 +274,28 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     Ok(value.to_owned())
 }
 
-/// The vote body's reason, checked.
+/// The vote body's reason, checked: optional to approve, required to reject.
 fn vote_reason(
     body: Result<JsonBody, ApiError>,
-    required: bool,
+    verdict: Verdict,
 ) -> Result<Option<String>, ApiError> {
     let JsonBody(bytes) = body?;
-    let request: VoteRequest = parse_json(&bytes)?;
-    match request.reason {
-        Some(reason) => Ok(Some(text("reason", &reason, 1000)?)),
-        None if required => Err(ApiError::bad_request(
-            "invalid_field",
-            "a rejection needs a `reason`",
-        )),
-        None => Ok(None),
-    }
+    let reason = if verdict == Verdict::Reject {
+        let request: RejectRequest = parse_json(&bytes).map_err(|e| {
+            if e.code() == "invalid_body" {
+                ApiError::bad_request(
+                    "invalid_body",
+                    "a rejection needs a `reason`, and nothing else",
+                )
+            } else {
+                e
+            }
+        })?;
+        Some(request.reason)
+    } else {
+        parse_json::<VoteRequest>(&bytes)?.reason
+    };
+    reason.map(|r| text("reason", &r, 1000)).transpose()
 }
 
 /// Approves: with `quorum` distinct users approving, the decision becomes `allow`.
@@ -325,7 +333,7 @@ pub async fn approve(
     path = "/v1/approvals/{id}/reject",
     tag = "approvals",
     params(("id" = String, Path, description = "The approval id", min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")),
-    request_body = VoteRequest,
+    request_body = RejectRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Rejected; the approval as it is now", body = ApprovalView),
@@ -357,7 +365,7 @@ async fn decide(
 ) -> Result<Json<ApprovalView>, ApiError> {
     caller.require(&[Role::Approver])?;
     let id = approval_id(id)?;
-    let reason = vote_reason(body, verdict == Verdict::Reject)?;
+    let reason = vote_reason(body, verdict)?;
     let act = act(&caller, verdict, reason)?;
     Ok(Json(
         approvals::vote(&state, &caller.tenant, &id, act).await?,
@@ -538,18 +546,15 @@ pub async fn ask(
         .as_deref()
         .map(|r| identifier("run_id", r))
         .transpose()?;
+    // Within 1 minute and 7 days: a longer wait is clamped, not refused.
     let expires_in = match request.expires_in.as_deref() {
         None => Duration::from_secs(24 * 3600),
-        Some(raw) => match humantime::parse_duration(raw) {
-            Ok(d)
-                if (Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600)).contains(&d) =>
-            {
-                d
-            }
-            _ => {
+        Some(raw) => match parse_expiry(raw) {
+            Some(d) => d.clamp(Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600)),
+            None => {
                 return Err(ApiError::bad_request(
                     "invalid_field",
-                    "invalid `expires_in`: a duration such as `30m`, from 1 minute to 7 days",
+                    "invalid `expires_in`: a number and a unit (`s`, `m`, `h`, `d`), such as `30m`",
                 ));
             }
         },
@@ -665,4 +670,21 @@ pub async fn answer(
     Ok(Json(
         approvals::vote(&state, &caller.tenant, &id, act).await?,
     ))
+}
+
+/// `expires_in` as the document describes it: 1 to 6 digits, then `s`, `m`, `h` or `d`.
+fn parse_expiry(raw: &str) -> Option<Duration> {
+    let unit = match raw.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let digits = &raw[..raw.len() - 1];
+    if digits.is_empty() || digits.len() > 6 || digits.starts_with('0') {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(Duration::from_secs(n * unit))
 }

@@ -41,12 +41,16 @@ rules:
 /// Where a test database lives, so that a second replica can open it.
 enum Place {
     Sqlite(String, #[allow(dead_code)] Arc<tempfile::TempDir>),
+    /// SQLite in memory: appends through sqlx rather than the appender thread. Its
+    /// "replicas" share the one store.
+    Memory(Arc<dyn Store>),
     Postgres(String, String),
 }
 
 impl Place {
     async fn open(&self) -> Arc<dyn Store> {
         match self {
+            Place::Memory(store) => Arc::clone(store),
             Place::Sqlite(path, _) => warden_store::open(path).await.unwrap(),
             Place::Postgres(url, schema) => warden_store::open_postgres_in_schema(url, schema)
                 .await
@@ -57,10 +61,10 @@ impl Place {
 
 async fn places() -> Vec<Place> {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut places = vec![Place::Sqlite(
-        dir.path().join("warden.db").display().to_string(),
-        dir,
-    )];
+    let mut places = vec![
+        Place::Sqlite(dir.path().join("warden.db").display().to_string(), dir),
+        Place::Memory(warden_store::open("sqlite::memory:").await.unwrap()),
+    ];
     match std::env::var("WARDEN_TEST_DATABASE_URL") {
         Ok(url) => {
             let schema = format!(
@@ -549,7 +553,7 @@ async fn a_waiter_wakes_when_another_replica_approves() {
         let a = server(&place, limits()).await;
         // SQLite: one replica, woken in process; PostgreSQL: a second replica approves.
         let b = match place {
-            Place::Sqlite(..) => None,
+            Place::Sqlite(..) | Place::Memory(..) => None,
             Place::Postgres(..) => Some(server(&place, limits()).await),
         };
         let approving = b.as_ref().unwrap_or(&a);
@@ -860,5 +864,54 @@ async fn webhooks_are_signed_retried_from_the_outbox_and_never_block_a_decision(
                 .unwrap();
             assert_eq!(signature, &Webhooks::sign(&secret, t, body));
         }
+    }
+}
+
+/// After the LISTEN connection is cut, the listener reconnects and every waiter re-reads
+/// its approval, so a decision made meanwhile is not missed.
+#[tokio::test]
+async fn a_waiter_survives_the_listener_losing_its_connection() {
+    for place in places().await {
+        let Place::Postgres(url, _) = &place else {
+            continue;
+        };
+        let a = server(&place, limits()).await;
+        let b = server(&place, limits()).await;
+        let controller = a.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = a.approver("alice", "legal").await;
+        let decision = pending(&a, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let app = a.app.clone();
+        let path = format!("/v1/approvals/{id}/wait?timeout=20");
+        let token = controller.clone();
+        let waiter =
+            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Cut every listening connection (this test's replicas' and any other's: they
+        // reconnect the same way).
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        let cut = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(!cut.is_empty(), "no listening connection found");
+        let (status, _) = b
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "approved", "{body}");
+        assert_eq!(body["timed_out"], false, "{body}");
     }
 }

@@ -150,11 +150,6 @@ impl Waiters {
         }
     }
 
-    /// How many wait now.
-    pub fn open(&self, max: usize) -> usize {
-        max.saturating_sub(self.open.available_permits())
-    }
-
     /// Registers a waiter on `id` before its state is read, so no decision is missed.
     pub async fn register(&self, state: &AppState, id: &str) -> Result<Waiter, ApiError> {
         let slot = Arc::clone(&self.open)

@@ -200,7 +200,7 @@ async fn list(store: &dyn Store, args: &ListArgs, json: bool) -> Result<Outcome>
     };
     let mut rows = vec![
         [
-            "ID", "TENANT", "ROLES", "AGENT", "GROUPS", "LABEL", "CREATED", "REVOKED",
+            "ID", "TENANT", "ROLES", "AGENT", "USER", "GROUPS", "LABEL", "CREATED", "REVOKED",
         ]
         .map(String::from),
     ];
@@ -210,6 +210,7 @@ async fn list(store: &dyn Store, args: &ListArgs, json: bool) -> Result<Outcome>
             k.tenant.clone(),
             list(&k.roles),
             dash(&k.agent),
+            dash(&k.user),
             list(&k.groups),
             dash(&k.label),
             time::rfc3339(k.created_at_ms),
@@ -217,7 +218,7 @@ async fn list(store: &dyn Store, args: &ListArgs, json: bool) -> Result<Outcome>
                 .map_or_else(|| "-".to_owned(), time::rfc3339),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());

@@ -4,7 +4,7 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, budgets, decisions, health, permits};
+use crate::routes::{admin, approvals, budgets, decisions, health, permits};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -43,6 +43,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         decisions::outcome,
         permits::verify,
         permits::keys,
+        approvals::list,
+        approvals::show,
+        approvals::approve,
+        approvals::reject,
+        approvals::wait,
+        approvals::ask,
+        approvals::answer,
+        approvals::wait_question,
         admin::reload,
         admin::query,
         admin::verify,
@@ -65,6 +73,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         permits::PermitVerifyBody,
         permits::PermitKeysBody,
         crate::permits::PublicKey,
+        wire::ApprovalView,
+        wire::VoteView,
+        wire::ApprovalsBody,
+        wire::VoteRequest,
+        wire::RejectRequest,
+        wire::AnswerRequest,
+        wire::QuestionRequest,
         ErrorBody,
     )),
     modifiers(&BearerAuth)
@@ -106,12 +121,24 @@ pub fn app(state: AppState) -> Router {
         // and the bound is on the whole server.
         .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight))
         .timeout(limits.request_timeout);
+    // Long-polls live outside the guard: a wait is not cut by the request timeout and does
+    // not hold an in-flight slot (it holds one of `max_waiters` instead). They take no body.
+    let waits = Router::new()
+        .route("/v1/approvals/{id}/wait", get(approvals::wait))
+        .route("/v1/questions/{id}/wait", get(approvals::wait_question))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route("/v1/decisions", post(decisions::create))
         .route("/v1/decisions/{id}", get(decisions::show))
         .route("/v1/decisions/{id}/outcome", post(decisions::outcome))
         .route("/v1/permits/verify", post(permits::verify))
         .route("/v1/permits/keys", get(permits::keys))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::show))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/reject", post(approvals::reject))
+        .route("/v1/questions", post(approvals::ask))
+        .route("/v1/questions/{id}/answer", post(approvals::answer))
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))
@@ -129,6 +156,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             body::read_first,
         ))
+        .merge(waits)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -208,6 +236,8 @@ pub async fn serve(
     let reloader = tokio::spawn(reload_on_hangup(state.clone()));
     let flusher = tokio::spawn(flush_auth_failures(state.clone()));
     let sweeper = tokio::spawn(sweep_counters(state.clone()));
+    let deliverer = tokio::spawn(crate::approvals::deliver(state.clone()));
+    let approval_sweeper = tokio::spawn(crate::approvals::sweep(state.clone()));
     let limits = state.limits().clone();
     let (stop, stopped) = watch::channel(false);
     let metrics = metrics.map(|listener| {
@@ -228,6 +258,8 @@ pub async fn serve(
     reloader.abort();
     flusher.abort();
     sweeper.abort();
+    deliverer.abort();
+    approval_sweeper.abort();
     crate::auth::flush_failures(&state, true).await;
     audit.finish().await;
     served.unwrap_or(Ok(()))

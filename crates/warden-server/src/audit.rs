@@ -209,7 +209,7 @@ impl AuditWriter {
         self.append(Append {
             event,
             decision: None,
-            charges: Vec::new(),
+            ..Append::default()
         })
         .await
         .map(|_| ())

@@ -32,6 +32,8 @@ pub struct Caller {
     pub agent: Option<String>,
     /// Approver groups.
     pub groups: Vec<String>,
+    /// The person an approver key belongs to.
+    pub user: Option<String>,
 }
 
 impl Caller {
@@ -206,6 +208,7 @@ impl FromRequestParts<AppState> for Caller {
             roles,
             agent: record.agent,
             groups: record.groups,
+            user: record.user,
         })
     }
 }
@@ -430,6 +433,7 @@ mod tests {
             roles: roles.to_vec(),
             agent: agent.map(str::to_owned),
             groups: vec![],
+            user: None,
         }
     }
 

@@ -82,6 +82,8 @@ pub struct KeySpec {
     pub agent: Option<String>,
     /// Approver groups.
     pub groups: Vec<String>,
+    /// The person an approver key belongs to.
+    pub user: Option<String>,
     /// A human label.
     pub label: Option<String>,
 }
@@ -101,6 +103,7 @@ pub fn issue(spec: KeySpec, now_ms: i64) -> IssuedKey {
             roles: spec.roles.iter().map(|r| r.as_str().to_owned()).collect(),
             agent: spec.agent,
             groups: spec.groups,
+            user: spec.user,
             label: spec.label,
             created_at_ms: now_ms,
         },
@@ -155,6 +158,7 @@ pub async fn create(
             "roles": record.roles,
             "agent": record.agent,
             "groups": record.groups,
+            "user": record.user,
             "label": record.label,
             "by": by,
         }),
@@ -164,7 +168,7 @@ pub async fn create(
         .append(vec![Append {
             event,
             decision: None,
-            charges: Vec::new(),
+            ..Append::default()
         }])
         .await;
     if let Err(source) = appended {
@@ -193,6 +197,32 @@ pub fn validate(spec: &KeySpec) -> Result<(), String> {
             "an agent key names exactly one agent: `--agent ID`, without `*`, `?` or `[`".into(),
         );
     }
+    if spec.roles.contains(&Role::Approver) {
+        let user = spec.user.as_deref().unwrap_or("");
+        if !is_name(user) {
+            return Err(format!(
+                "an approver key names its user: `--user NAME`, 1 to {} printable characters",
+                warden_policy::action::MAX_IDENTIFIER
+            ));
+        }
+        if spec.groups.is_empty() {
+            return Err("an approver key needs at least one group: `--group NAME`".into());
+        }
+    }
+    if let Some(user) = spec.user.as_deref()
+        && !is_name(user)
+    {
+        return Err(format!(
+            "invalid user `{user}`: use 1 to {} printable characters",
+            warden_policy::action::MAX_IDENTIFIER
+        ));
+    }
+    if let Some(group) = spec.groups.iter().find(|g| !is_name(g)) {
+        return Err(format!(
+            "invalid group `{group}`: use 1 to {} printable characters",
+            warden_policy::action::MAX_IDENTIFIER
+        ));
+    }
     if let Some(agent) = agent
         && (agent.is_empty()
             || agent.len() > warden_policy::action::MAX_IDENTIFIER
@@ -204,6 +234,13 @@ pub fn validate(spec: &KeySpec) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether `name` is a usable user or group name: printable, 1 to the identifier limit.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= warden_policy::action::MAX_IDENTIFIER
+        && name.chars().all(warden_policy::action::printable)
 }
 
 /// Whether `id` names one agent: printable, within the identifier limit, and no glob.
@@ -259,6 +296,7 @@ mod tests {
             roles: vec!["admin".into()],
             agent: None,
             groups: vec![],
+            user: None,
             label: None,
             created_at_ms: 1,
             revoked_at_ms: None,

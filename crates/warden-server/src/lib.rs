@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod body;

@@ -1,6 +1,7 @@
 //! The state every handler shares: the store, the live policies, the audit writer, the
 //! digest key, the key cache and the metrics, behind one cheap-to-clone handle.
 
+use crate::approvals::{Waiters, Webhooks};
 use crate::audit::{AuditKey, AuditWriter};
 use crate::auth::{AuthFailures, KeyCache};
 use crate::body::BodyBudget;
@@ -37,6 +38,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// On shutdown, how long in-flight requests may take before their connections close.
     pub shutdown_grace: Duration,
+    /// Long-polls on approvals and questions open at once; past it, 503. Waits count
+    /// here, not against `max_in_flight`, and are not cut by `request_timeout`.
+    pub max_waiters: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
             auth_failure_window: Duration::from_secs(60),
             header_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(15),
+            max_waiters: 10_000,
         }
     }
 }
@@ -72,6 +77,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     limits: Limits,
     permits: Keyring,
+    waiters: Waiters,
+    webhooks: Webhooks,
 }
 
 impl AppState {
@@ -93,10 +100,31 @@ impl AppState {
             auth_failures: AuthFailures::new(limits.auth_failure_limit, limits.auth_failure_window),
             body_budget: BodyBudget::new(limits.body_budget_bytes),
             metrics,
+            waiters: Waiters::new(limits.max_waiters),
             limits,
             // A key of its own until `permits().install` loads the shared ones.
             permits: Keyring::default(),
+            webhooks: Webhooks::default(),
         }))
+    }
+
+    /// Sends approval events to `webhooks`. Call before the state is shared (cloned):
+    /// afterwards this changes nothing and logs an error.
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.webhooks = webhooks,
+            None => tracing::error!("webhooks set after the state was shared; ignored"),
+        }
+        self
+    }
+
+    /// Waiters on approvals.
+    pub fn waiters(&self) -> &Waiters {
+        &self.0.waiters
+    }
+    /// Where approval events are sent.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.0.webhooks
     }
 
     /// The store.

@@ -547,3 +547,229 @@ fn number(v: f64) -> Value {
         serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
     }
 }
+
+/// An approval or a question, as the approval routes show it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    /// The approval id.
+    pub id: String,
+    /// `approval` (made by a `require_approval` decision) or `question`.
+    pub kind: String,
+    /// `pending`, `approved`, `rejected`, `expired` or (questions) `answered`.
+    pub status: String,
+    /// The decision that required it (approvals).
+    pub decision_id: Option<String>,
+    /// The action's type (approvals).
+    pub action_type: Option<String>,
+    /// The agent the action or question is from.
+    pub agent: Option<String>,
+    /// The user the action is on behalf of.
+    pub on_behalf_of: Option<String>,
+    /// The policy version that required it.
+    pub policy_version: Option<String>,
+    /// The rule that required it.
+    pub rule_id: Option<String>,
+    /// Groups that may decide; empty means any approver of the tenant.
+    pub approvers: Vec<String>,
+    /// Distinct users needed to approve.
+    pub quorum: u32,
+    /// Votes so far, in order.
+    pub votes: Vec<VoteView>,
+    /// The deciding reason: a rejection's, or why it expired.
+    pub reason: Option<String>,
+    /// The question's text (questions).
+    pub question: Option<String>,
+    /// The allowed answers (questions); empty means free text.
+    pub options: Vec<String>,
+    /// The answer (questions).
+    pub answer: Option<String>,
+    /// The agent run that asked.
+    pub run_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: a pending approval not decided by then is expired, which denies.
+    pub expires_at: String,
+    /// RFC 3339, once decided.
+    pub decided_at: Option<String>,
+    /// Where to long-poll for the outcome.
+    pub wait_url: String,
+    /// Waits only: `true` when the wait ended by its timeout, before a decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+    /// Waits on approvals only: the decision as it stands now (the final one once
+    /// decided: `allow` after approval, `deny` after rejection or expiry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub decision: Option<Value>,
+}
+
+/// One vote on an approval.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VoteView {
+    /// The approver.
+    pub user: String,
+    /// `approve`, `reject` or `answer`.
+    pub verdict: String,
+    /// Their reason.
+    pub reason: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+impl ApprovalView {
+    /// The view of a stored approval.
+    pub fn of(a: &warden_store::ApprovalRecord) -> Self {
+        let base = if a.kind == warden_store::approval_kind::QUESTION {
+            "/v1/questions"
+        } else {
+            "/v1/approvals"
+        };
+        Self {
+            id: a.id.clone(),
+            kind: a.kind.clone(),
+            status: a.status.clone(),
+            decision_id: a.decision_id.clone(),
+            action_type: a.action_type.clone(),
+            agent: a.agent.clone(),
+            on_behalf_of: a.on_behalf_of.clone(),
+            policy_version: a.policy_version.clone(),
+            rule_id: a.rule_id.clone(),
+            approvers: a.groups.clone(),
+            quorum: a.quorum,
+            votes: a
+                .votes
+                .iter()
+                .map(|v| VoteView {
+                    user: v.user.clone(),
+                    verdict: v.verdict.clone(),
+                    reason: v.reason.clone(),
+                    at: rfc3339(v.at_ms),
+                })
+                .collect(),
+            reason: a.reason.clone(),
+            question: a.question.clone(),
+            options: a.options.clone(),
+            answer: a.answer.clone(),
+            run_id: a.run_id.clone(),
+            created_at: rfc3339(a.created_at_ms),
+            expires_at: rfc3339(a.expires_at_ms),
+            decided_at: a.decided_at_ms.map(rfc3339),
+            wait_url: format!("{base}/{}/wait", a.id),
+            timed_out: None,
+            decision: None,
+        }
+    }
+}
+
+/// `GET /v1/approvals`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalsBody {
+    /// Newest first.
+    pub approvals: Vec<ApprovalView>,
+}
+
+/// `POST /v1/approvals/{id}/approve`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRequest {
+    /// Why (optional). Free text: newlines and tabs allowed, no other control characters.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/reject`: a reason is required.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    /// Why. Free text: newlines and tabs allowed, no other control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
+    pub reason: String,
+}
+
+/// `POST /v1/questions/{id}/answer`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRequest {
+    /// The answer: one of the question's `options` when it has some. At most 2000
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
+    pub answer: String,
+}
+
+/// `POST /v1/questions`: an agent asks a human.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionRequest {
+    /// The question, for a human. At most 2000 characters; newlines and tabs allowed.
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
+    pub question: String,
+    /// The allowed answers (at most 20, distinct, each 1 to 200 characters); none means
+    /// free text.
+    #[serde(default)]
+    #[schema(schema_with = choices_schema)]
+    pub options: Vec<String>,
+    /// How long to wait for an answer: a number and a unit (`s`, `m`, `h`, `d`), e.g.
+    /// `30m`; kept within 1 minute and 7 days. Default 24h.
+    #[serde(default)]
+    #[schema(pattern = "^[1-9][0-9]{0,5}[smhd]$")]
+    pub expires_in: Option<String>,
+    /// The agent run asking.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
+    )]
+    pub run_id: Option<String>,
+    /// Only approvers of these groups may answer (at most 20); none means any approver.
+    #[serde(default)]
+    #[schema(schema_with = groups_schema)]
+    pub groups: Vec<String>,
+}
+
+/// `options`: distinct free-text choices.
+fn choices_schema() -> utoipa::openapi::schema::Array {
+    list_schema(
+        r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$",
+        true,
+    )
+}
+
+/// `groups`: identifiers.
+fn groups_schema() -> utoipa::openapi::schema::Array {
+    list_schema(
+        r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$",
+        false,
+    )
+}
+
+fn list_schema(pattern: &str, unique: bool) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(200))
+        .pattern(Some(pattern));
+    ArrayBuilder::new()
+        .items(item)
+        .max_items(Some(20))
+        .unique_items(unique)
+        .build()
+}

@@ -984,6 +984,61 @@ impl Store for Breakable {
     async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.inner.prune_counters(now_ms).await
     }
+    async fn approval(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<warden_store::ApprovalRecord>, StoreError> {
+        self.inner.approval(tenant, id).await
+    }
+    async fn approvals(
+        &self,
+        filter: &warden_store::ApprovalFilter,
+    ) -> Result<Vec<warden_store::ApprovalRecord>, StoreError> {
+        self.inner.approvals(filter).await
+    }
+    async fn expired_approvals(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.expired_approvals(now_ms, limit).await
+    }
+    async fn update_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        decide: warden_store::ApprovalDecider,
+    ) -> Result<warden_store::ApprovalChanged, StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::PoolClosed));
+        }
+        self.inner.update_approval(tenant, id, decide).await
+    }
+    async fn approval_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<warden_store::ApprovalSignal>, StoreError> {
+        self.inner.approval_signals().await
+    }
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<warden_store::OutboxEntry>, StoreError> {
+        self.inner.claim_webhooks(now_ms, lease_ms, limit).await
+    }
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        now_ms: i64,
+        error: Option<String>,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .webhook_attempted(id, now_ms, error, retry_at_ms)
+            .await
+    }
 }
 
 #[tokio::test]

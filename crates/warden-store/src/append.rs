@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use warden_policy::Expiry;
 
+use crate::approval::{ApprovalRecord, OutboxMessage, status};
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{
@@ -47,6 +48,8 @@ pub(crate) struct Plan {
     pub decisions: Vec<NewDecision>,
     /// Counters to upsert: each one's value after the whole batch.
     pub counters: Vec<CounterRow>,
+    pub approvals: Vec<ApprovalRecord>,
+    pub outbox: Vec<OutboxMessage>,
     pub results: Vec<Appended>,
 }
 
@@ -95,6 +98,8 @@ pub(crate) fn plan(
 ) -> Result<Plan, StoreError> {
     let mut links = Vec::with_capacity(batch.len());
     let mut decisions: Vec<NewDecision> = Vec::new();
+    let mut approvals = Vec::new();
+    let mut outbox = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
     let mut state: HashMap<CounterKey, CounterRow> =
         counters.into_iter().map(|c| (c.key.clone(), c)).collect();
@@ -165,6 +170,8 @@ pub(crate) fn plan(
         if let Some(decision) = item.decision {
             decisions.push(decision);
         }
+        approvals.extend(item.approval);
+        outbox.extend(item.outbox);
         results.push(Appended::Written {
             seq,
             hash: hash.clone(),
@@ -191,6 +198,8 @@ pub(crate) fn plan(
         links,
         decisions,
         counters,
+        approvals,
+        outbox,
         results,
     })
 }
@@ -224,7 +233,7 @@ pub(crate) fn check_permit(permit: &PermitUse) -> Result<(), StoreError> {
     let mut item = [Append {
         event: permit.event.clone(),
         decision: None,
-        charges: Vec::new(),
+        ..Append::default()
     }];
     check(&mut item)
 }
@@ -256,7 +265,7 @@ pub(crate) fn permit_batch(permit: PermitUse, consumed: PermitConsumed) -> Vec<A
     vec![Append {
         event,
         decision: None,
-        charges: Vec::new(),
+        ..Append::default()
     }]
 }
 
@@ -337,6 +346,7 @@ pub(crate) const EVENT_COLUMNS: [&str; 24] = [
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cell<'a> {
     Int(i64),
+    OptInt(Option<i64>),
     Real(Option<f64>),
     Text(Option<&'a str>),
 }
@@ -475,6 +485,16 @@ fn validate(item: &mut Append) -> Result<(), StoreError> {
             *value = 0.0;
         }
     }
+    if let Some(approval) = &item.approval
+        && (approval.tenant != event.tenant
+            || approval.id.is_empty()
+            || approval.status != status::PENDING)
+    {
+        return Err(invalid(
+            event,
+            "a new approval must be pending, with an id, in the event's tenant",
+        ));
+    }
     if let Some(decision) = &item.decision {
         if decision.tenant != event.tenant {
             return Err(invalid(
@@ -488,3 +508,98 @@ fn validate(item: &mut Append) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// The columns of an `approvals` row, in the order [`approval_row`] gives its values.
+pub(crate) const APPROVAL_COLUMNS: [&str; 23] = [
+    "id",
+    "tenant",
+    "kind",
+    "status",
+    "decision_id",
+    "action_digest",
+    "policy_version",
+    "rule_id",
+    "group_names",
+    "quorum",
+    "requested_by_key",
+    "agent",
+    "on_behalf_of",
+    "action_type",
+    "question",
+    "options",
+    "run_id",
+    "votes",
+    "reason",
+    "answer",
+    "created_at_ms",
+    "expires_at_ms",
+    "decided_at_ms",
+];
+
+/// The JSON-valued columns of an approval row.
+#[derive(Debug)]
+pub(crate) struct EncodedApproval {
+    pub groups: String,
+    pub options: String,
+    pub votes: String,
+}
+
+/// Encodes `approval`'s JSON-valued columns.
+pub(crate) fn encode_approval(approval: &ApprovalRecord) -> Result<EncodedApproval, StoreError> {
+    Ok(EncodedApproval {
+        groups: json_text(&approval.id, &approval.groups)?,
+        options: json_text(&approval.id, &approval.options)?,
+        votes: json_text(&approval.id, &approval.votes)?,
+    })
+}
+
+/// The values of `a`'s row, in [`APPROVAL_COLUMNS`] order.
+pub(crate) fn approval_row<'a>(a: &'a ApprovalRecord, json: &'a EncodedApproval) -> [Cell<'a>; 23] {
+    let text = |v: &'a Option<String>| Cell::Text(v.as_deref());
+    [
+        Cell::Text(Some(&a.id)),
+        Cell::Text(Some(&a.tenant)),
+        Cell::Text(Some(&a.kind)),
+        Cell::Text(Some(&a.status)),
+        text(&a.decision_id),
+        text(&a.action_digest),
+        text(&a.policy_version),
+        text(&a.rule_id),
+        Cell::Text(Some(&json.groups)),
+        Cell::Int(i64::from(a.quorum)),
+        Cell::Text(Some(&a.requested_by_key)),
+        text(&a.agent),
+        text(&a.on_behalf_of),
+        text(&a.action_type),
+        text(&a.question),
+        Cell::Text(Some(&json.options)),
+        text(&a.run_id),
+        Cell::Text(Some(&json.votes)),
+        text(&a.reason),
+        text(&a.answer),
+        Cell::Int(a.created_at_ms),
+        Cell::Int(a.expires_at_ms),
+        Cell::OptInt(a.decided_at_ms),
+    ]
+}
+
+/// `INSERT INTO approvals (...) VALUES ($1, ...)`, shared by both appenders.
+pub(crate) fn insert_approval_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let values: Vec<String> = (1..=APPROVAL_COLUMNS.len())
+            .map(|n| format!("${n}"))
+            .collect();
+        format!(
+            "INSERT INTO approvals ({}) VALUES ({})",
+            APPROVAL_COLUMNS.join(", "),
+            values.join(", ")
+        )
+    })
+}
+
+/// The insert of an outbox row: id, tenant, url, body, created_at_ms and the first
+/// attempt's time (the same), no attempts yet.
+pub(crate) const INSERT_OUTBOX: &str = "INSERT INTO webhook_outbox \
+    (id, tenant, url, body, created_at_ms, attempts, next_attempt_ms) \
+    VALUES ($1, $2, $3, $4, $5, 0, $6)";

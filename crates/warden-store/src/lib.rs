@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod append;
+mod approval;
 mod chain;
 mod error;
 mod migrations;
@@ -37,6 +38,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use approval::{
+    ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal,
+    ApprovalUpdate, OutboxEntry, OutboxMessage, Vote, approval_kind, status,
+};
 pub use chain::{GENESIS_HASH, Sorted, canonical_bytes, event_hash};
 pub use error::StoreError;
 pub use migrations::{Migration, migrations};
@@ -158,6 +163,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// how many; run by the server's sweep so that invented run ids and past windows cannot
     /// grow the table without bound.
     async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// The tenant's approval (or question) with this id.
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+
+    /// The tenant's approvals matching `filter`, newest first.
+    async fn approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>, StoreError>;
+
+    /// `(tenant, id)` of at most `limit` pending approvals whose expiry is at or before
+    /// `now_ms`, oldest expiry first: what the sweeper expires.
+    async fn expired_approvals(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Changes an approval under the chain lock: reads it, lets `decide` choose what to
+    /// write, and writes the new row, its chained events, the replacement decision body
+    /// and outbox rows in one transaction — or nothing. The row is updated only while
+    /// still pending. Once written, waiters on every replica are signalled (PostgreSQL:
+    /// `NOTIFY` inside the transaction).
+    async fn update_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        decide: ApprovalDecider,
+    ) -> Result<ApprovalChanged, StoreError>;
+
+    /// Signals of decided approvals, from this store and (PostgreSQL) every replica.
+    /// Subscribe before reading an approval's state so that no change is missed.
+    async fn approval_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<ApprovalSignal>, StoreError>;
+
+    /// Claims at most `limit` webhook deliveries due at `now_ms` for `lease_ms` (another
+    /// replica will not send them meanwhile) and returns them.
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Records an attempt at a delivery: delivered (`retry_at_ms` is `None`), or failed
+    /// with `error` and retried at `retry_at_ms` (`Some`), or given up (`error` set and
+    /// no retry).
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        now_ms: i64,
+        error: Option<String>,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Where a database URL points.

@@ -42,6 +42,10 @@ const SQLITE: &[Migration] = &[
         name: "0004_budgets",
         sql: include_str!("../../../migrations/sqlite/0004_budgets.sql"),
     },
+    Migration {
+        name: "0005_approvals",
+        sql: include_str!("../../../migrations/sqlite/0005_approvals.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -60,6 +64,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0004_budgets",
         sql: include_str!("../../../migrations/postgres/0004_budgets.sql"),
+    },
+    Migration {
+        name: "0005_approvals",
+        sql: include_str!("../../../migrations/postgres/0005_approvals.sql"),
     },
 ];
 

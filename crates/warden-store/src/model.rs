@@ -26,9 +26,17 @@ pub mod kind {
     pub const IDEMPOTENCY_MISMATCH: &str = "idempotency_mismatch";
     /// A permit was checked (`POST /v1/permits/verify`), valid or not.
     pub const PERMIT_VERIFIED: &str = "permit_verified";
+    /// An approver voted on an approval (approve or reject).
+    pub const APPROVAL_VOTE: &str = "approval_vote";
+    /// An approval was decided: approved, rejected or expired (`detail.status`).
+    pub const APPROVAL_OUTCOME: &str = "approval_outcome";
+    /// An agent asked a human a question.
+    pub const QUESTION_ASKED: &str = "question_asked";
+    /// A question was answered or expired (`detail.status`).
+    pub const QUESTION_OUTCOME: &str = "question_outcome";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 13] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -38,6 +46,10 @@ pub mod kind {
         CHECKPOINT,
         IDEMPOTENCY_MISMATCH,
         PERMIT_VERIFIED,
+        APPROVAL_VOTE,
+        APPROVAL_OUTCOME,
+        QUESTION_ASKED,
+        QUESTION_OUTCOME,
     ];
 }
 
@@ -161,9 +173,9 @@ impl NewDecision {
     }
 }
 
-/// One item of a group commit: an event, the decision it records if any, and the budget
-/// and rate-limit counters it charges.
-#[derive(Debug, Clone, PartialEq)]
+/// One item of a group commit: an event, the decision it records if any, the budget and
+/// rate-limit counters it charges, and the approval it opens.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Append {
     /// The audit event to chain.
     pub event: NewEvent,
@@ -173,15 +185,20 @@ pub struct Append {
     /// chain lock: if any of them cannot take its charge, nothing of the item is written
     /// and it answers [`Appended::OverLimit`]. Empty for everything but allowed decisions.
     pub charges: Vec<Charge>,
+    /// An approval (or question) created with it: pending, of the event's tenant. Written
+    /// only if the item is (an idempotent replay writes nothing).
+    pub approval: Option<crate::ApprovalRecord>,
+    /// Webhook deliveries announcing it, written only if the item is.
+    pub outbox: Vec<crate::OutboxMessage>,
 }
 
 impl Append {
-    /// An item that charges no counter.
+    /// An item that charges no counter and opens no approval.
     pub fn new(event: NewEvent, decision: Option<NewDecision>) -> Self {
         Self {
             event,
             decision,
-            charges: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -463,6 +480,8 @@ pub struct NewKey {
     pub agent: Option<String>,
     /// Approver groups.
     pub groups: Vec<String>,
+    /// The person an approver key belongs to.
+    pub user: Option<String>,
     /// Free-text label for humans.
     pub label: Option<String>,
     /// When it was created, unix milliseconds.
@@ -484,6 +503,8 @@ pub struct KeyRecord {
     pub agent: Option<String>,
     /// Approver groups.
     pub groups: Vec<String>,
+    /// The person an approver key belongs to.
+    pub user: Option<String>,
     /// Free-text label.
     pub label: Option<String>,
     /// When it was created, unix milliseconds.

@@ -38,6 +38,7 @@ impl Dialect for Postgres {
     const NOW_MS: &'static str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
     const DURABILITY: &'static str =
         "SELECT 'synchronous_commit=' || current_setting('synchronous_commit') AS setting";
+    const NOTIFY_APPROVAL: Option<&'static str> = Some("SELECT pg_notify('warden_approvals', $1)");
 
     fn placeholder(sql: &mut String, n: usize) {
         use std::fmt::Write;
@@ -86,7 +87,8 @@ async fn pool(options: PgConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
         .await?;
     Ok(Arc::new(Split {
         sql: SqlStore::shared(pool),
-        appender: start_appender(options)?,
+        appender: start_appender(options.clone())?,
+        listener: Some(crate::split::Listener::new(options)),
     }))
 }
 
@@ -140,6 +142,67 @@ fn valid_schema(schema: &str) -> bool {
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The channel approvals are announced on. Channels are database-wide: replicas in other
+/// schemas hear these too, and ignore ids they hold no waiter for (ids are ULIDs).
+pub(crate) const APPROVAL_CHANNEL: &str = "warden_approvals";
+
+/// Forwards `NOTIFY warden_approvals` to `signals` until the store is dropped (the task is
+/// aborted then). Listens before telling waiters to resynchronize, and again after every
+/// reconnect, so a decision is never missed: either its notification arrives, or it was
+/// committed before the resync and the waiter's re-read sees it.
+pub(crate) async fn listen(
+    options: PgConnectOptions,
+    signals: tokio::sync::broadcast::Sender<crate::ApprovalSignal>,
+) {
+    use crate::ApprovalSignal;
+    use sqlx::postgres::PgListener;
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        let connected = async {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options.clone());
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(APPROVAL_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for approvals; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = std::time::Duration::from_millis(100);
+        let _ = signals.send(ApprovalSignal::Resync);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let _ =
+                        signals.send(ApprovalSignal::Changed(notification.payload().to_owned()));
+                }
+                // The connection was lost; notifications meanwhile are gone. Reconnect
+                // (which listens again) and tell every waiter to read its state again.
+                Ok(None) => {
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut listener).await {
+                        tracing::warn!(error = %e, "approval listener cannot reconnect");
+                        break;
+                    }
+                    let _ = signals.send(ApprovalSignal::Resync);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "approval listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::append;
+use crate::approval::{
+    ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal, OutboxEntry,
+};
 use crate::error::StoreError;
 use crate::model::{
     Append, Appended, CounterFilter, CounterRow, Event, EventFilter, KeyRecord, NewKey,
@@ -130,6 +133,48 @@ impl AppenderThread {
 pub(crate) struct Split {
     pub sql: Arc<dyn Store>,
     pub appender: AppenderThread,
+    /// PostgreSQL: the `LISTEN` task that hears other replicas' decisions.
+    pub listener: Option<Listener>,
+}
+
+/// PostgreSQL's approval listener, started with the first subscriber (it needs a
+/// runtime) and stopped with the store.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    options: sqlx::postgres::PgConnectOptions,
+    signals: tokio::sync::broadcast::Sender<ApprovalSignal>,
+    task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Listener {
+    pub fn new(options: sqlx::postgres::PgConnectOptions) -> Self {
+        Self {
+            options,
+            signals: tokio::sync::broadcast::channel(crate::sql::SIGNAL_CAPACITY).0,
+            task: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ApprovalSignal> {
+        let receiver = self.signals.subscribe();
+        if let Ok(mut task) = self.task.lock()
+            && task.is_none()
+        {
+            let listen = crate::postgres::listen(self.options.clone(), self.signals.clone());
+            *task = Some(tokio::spawn(listen).abort_handle());
+        }
+        receiver
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+    }
 }
 
 #[async_trait]
@@ -209,5 +254,62 @@ impl Store for Split {
 
     async fn prune_counters(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.sql.prune_counters(now_ms).await
+    }
+
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        self.sql.approval(tenant, id).await
+    }
+
+    async fn approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>, StoreError> {
+        self.sql.approvals(filter).await
+    }
+
+    async fn expired_approvals(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.sql.expired_approvals(now_ms, limit).await
+    }
+
+    // On sqlx's writer, inside the chain lock (`BEGIN IMMEDIATE` on SQLite, the table lock
+    // on PostgreSQL), as purge does: it takes turns with the appender's batches.
+    async fn update_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        decide: ApprovalDecider,
+    ) -> Result<ApprovalChanged, StoreError> {
+        self.sql.update_approval(tenant, id, decide).await
+    }
+
+    async fn approval_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<ApprovalSignal>, StoreError> {
+        match &self.listener {
+            Some(listener) => Ok(listener.subscribe()),
+            None => self.sql.approval_signals().await,
+        }
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.sql.claim_webhooks(now_ms, lease_ms, limit).await
+    }
+
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        now_ms: i64,
+        error: Option<String>,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.sql
+            .webhook_attempted(id, now_ms, error, retry_at_ms)
+            .await
     }
 }

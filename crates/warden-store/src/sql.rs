@@ -12,6 +12,10 @@ use serde_json::Value;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use crate::append::{self, Cell, Head, Link, Plan};
+use crate::approval::{
+    ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal, OutboxEntry,
+    OutboxMessage, Vote, status,
+};
 use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
 use crate::migrations::migrations;
@@ -44,6 +48,10 @@ pub(crate) trait Dialect: Database {
     /// connection, as `name=value`.
     const DURABILITY: &'static str;
 
+    /// Sends the id bound as `$1` to every replica's approval listener when the
+    /// transaction commits; `None` where only this process can wait (SQLite).
+    const NOTIFY_APPROVAL: Option<&'static str>;
+
     /// Writes the placeholder of the `n`th (1-based) bound value into `sql`.
     fn placeholder(sql: &mut String, n: usize);
 
@@ -71,7 +79,16 @@ pub(crate) const WRITE_PROBE: &str = "INSERT INTO write_probe (id, at_ms) VALUES
     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms";
 
 const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
-    created_at_ms, revoked_at_ms";
+    created_at_ms, revoked_at_ms, user_name";
+
+/// How many signals a slow waiter may fall behind before it is told to resynchronize.
+pub(crate) const SIGNAL_CAPACITY: usize = 4096;
+
+/// `id, tenant, kind, …`: every column of an approval row.
+fn approval_columns() -> &'static str {
+    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| append::APPROVAL_COLUMNS.join(", "))
+}
 
 /// A value bound to a dynamically built query.
 enum Arg {
@@ -83,6 +100,8 @@ enum Arg {
 #[derive(Debug)]
 pub(crate) struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Approvals decided through this store, for waiters in this process.
+    signals: tokio::sync::broadcast::Sender<ApprovalSignal>,
     /// Where chain appends (but a SQLite file's, see `sqlite_appender`), purges and
     /// migrations run. On SQLite a pool of one connection: writers take turns anyway, and
     /// one connection keeps its page cache warm.
@@ -99,23 +118,29 @@ where
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<f64>: Encode<'q, DB>,
+    for<'q> Option<f64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB>,
     for<'q> Option<String>: Encode<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
     /// Wraps a connected pool.
     pub(crate) fn shared(pool: Pool<DB>) -> Arc<dyn Store> {
-        Arc::new(Self {
-            writer: pool.clone(),
+        Arc::new(Self::new(pool.clone(), pool))
+    }
+
+    fn new(pool: Pool<DB>, writer: Pool<DB>) -> Self {
+        Self {
             pool,
-        })
+            writer,
+            signals: tokio::sync::broadcast::channel(SIGNAL_CAPACITY).0,
+        }
     }
 
     /// Wraps a reading pool and a writing pool.
     pub(crate) fn shared_with(pool: Pool<DB>, writer: Pool<DB>) -> Arc<dyn Store> {
-        Arc::new(Self { pool, writer })
+        Arc::new(Self::new(pool, writer))
     }
 
     /// Opens a write transaction that holds the chain lock.
@@ -168,11 +193,7 @@ where
         for (link, json) in links.iter().zip(&encoded) {
             // Borrowed, not cloned: the statement lives only as long as `links`.
             for cell in append::event_row(link, json) {
-                query = match cell {
-                    Cell::Int(v) => query.bind(v),
-                    Cell::Real(v) => query.bind(v),
-                    Cell::Text(v) => query.bind(v),
-                };
+                query = bind_cell(query, cell);
             }
         }
         query.execute(&mut *conn).await?;
@@ -424,8 +445,97 @@ where
             label: row.try_get("label")?,
             created_at_ms: row.try_get("created_at_ms")?,
             revoked_at_ms: row.try_get("revoked_at_ms")?,
+            user: row.try_get("user_name")?,
             id,
         })
+    }
+
+    fn approval_from_row(row: &DB::Row) -> Result<ApprovalRecord, StoreError> {
+        let id: String = row.try_get("id")?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            what: "approval",
+            id: id.clone(),
+            detail,
+        };
+        let json = |name: &'static str| -> Result<String, StoreError> { Ok(row.try_get(name)?) };
+        let groups: Vec<String> = serde_json::from_str(&json("group_names")?)
+            .map_err(|e| corrupt(format!("group_names: {e}")))?;
+        let options: Vec<String> = serde_json::from_str(&json("options")?)
+            .map_err(|e| corrupt(format!("options: {e}")))?;
+        let votes: Vec<Vote> =
+            serde_json::from_str(&json("votes")?).map_err(|e| corrupt(format!("votes: {e}")))?;
+        let quorum: i64 = row.try_get("quorum")?;
+        Ok(ApprovalRecord {
+            tenant: row.try_get("tenant")?,
+            kind: row.try_get("kind")?,
+            status: row.try_get("status")?,
+            decision_id: row.try_get("decision_id")?,
+            action_digest: row.try_get("action_digest")?,
+            policy_version: row.try_get("policy_version")?,
+            rule_id: row.try_get("rule_id")?,
+            groups,
+            quorum: u32::try_from(quorum).map_err(|e| corrupt(format!("quorum: {e}")))?,
+            requested_by_key: row.try_get("requested_by_key")?,
+            agent: row.try_get("agent")?,
+            on_behalf_of: row.try_get("on_behalf_of")?,
+            action_type: row.try_get("action_type")?,
+            question: row.try_get("question")?,
+            options,
+            run_id: row.try_get("run_id")?,
+            votes,
+            reason: row.try_get("reason")?,
+            answer: row.try_get("answer")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+            decided_at_ms: row.try_get("decided_at_ms")?,
+            id,
+        })
+    }
+
+    /// Inserts new approvals and outbox rows of a batch or an update.
+    async fn insert_approvals(
+        conn: &mut DB::Connection,
+        approvals: &[ApprovalRecord],
+        outbox: &[OutboxMessage],
+    ) -> Result<(), StoreError> {
+        for a in approvals {
+            let json = append::encode_approval(a)?;
+            let mut query = sqlx::query(append::insert_approval_sql());
+            for cell in append::approval_row(a, &json) {
+                query = bind_cell(query, cell);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        for m in outbox {
+            sqlx::query(append::INSERT_OUTBOX)
+                .bind(m.id.as_str())
+                .bind(m.tenant.as_str())
+                .bind(m.url.as_str())
+                .bind(m.body.as_str())
+                .bind(m.created_at_ms)
+                .bind(m.created_at_ms)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The approval row, read inside `conn`'s transaction.
+    async fn find_approval(
+        conn: &mut DB::Connection,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM approvals WHERE tenant = $1 AND id = $2",
+            approval_columns()
+        );
+        let row = sqlx::query(&sql)
+            .bind(tenant.to_owned())
+            .bind(id.to_owned())
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|row| Self::approval_from_row(&row)).transpose()
     }
 
     /// `(name, checksum)` of every recorded migration; empty when the table does not exist.
@@ -467,6 +577,26 @@ impl DecisionLookup {
                  FROM decisions WHERE tenant = $1 AND idempotency_key = $2"
             }
         }
+    }
+}
+
+/// Binds one cell of a row.
+fn bind_cell<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments<'q>>,
+    cell: Cell<'q>,
+) -> sqlx::query::Query<'q, DB, DB::Arguments<'q>>
+where
+    DB: Database,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB>,
+    Option<f64>: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    match cell {
+        Cell::Int(v) => query.bind(v),
+        Cell::OptInt(v) => query.bind(v),
+        Cell::Real(v) => query.bind(v),
+        Cell::Text(v) => query.bind(v),
     }
 }
 
@@ -537,10 +667,11 @@ where
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<f64>: Encode<'q, DB>,
+    for<'q> Option<f64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB>,
     for<'q> Option<String>: Encode<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
     fn backend(&self) -> Backend {
@@ -638,6 +769,8 @@ where
             links,
             decisions,
             counters,
+            approvals,
+            outbox,
             results,
         } = append::plan(batch, head, holders, counters)?;
         Self::upsert_counters(&mut tx, &counters).await?;
@@ -667,6 +800,7 @@ where
                     .await);
             }
         }
+        Self::insert_approvals(&mut tx, &approvals, &outbox).await?;
         // Durability: on SQLite (WAL, synchronous=FULL) and PostgreSQL alike this commit is
         // the one fsync for the whole batch, and nothing is acknowledged before it returns.
         tx.commit().await?;
@@ -908,7 +1042,7 @@ where
 
     async fn create_key(&self, key: NewKey) -> Result<KeyRecord, StoreError> {
         let sql = format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)"
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)"
         );
         let result = sqlx::query(&sql)
             .bind(key.id.clone())
@@ -919,6 +1053,7 @@ where
             .bind(append::json_text(&key.id, &key.groups)?)
             .bind(key.label.clone())
             .bind(key.created_at_ms)
+            .bind(key.user.clone())
             .execute(&self.pool)
             .await;
         match result {
@@ -929,6 +1064,7 @@ where
                 roles: key.roles,
                 agent: key.agent,
                 groups: key.groups,
+                user: key.user,
                 label: key.label,
                 created_at_ms: key.created_at_ms,
                 revoked_at_ms: None,
@@ -999,5 +1135,216 @@ where
             .await?;
         tx.commit().await?;
         Ok(DB::rows_affected(&result))
+    }
+
+    async fn approval(&self, tenant: &str, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::find_approval(&mut conn, tenant, id).await
+    }
+
+    async fn approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let mut sql = format!(
+            "SELECT {} FROM approvals WHERE tenant = $1",
+            approval_columns()
+        );
+        let mut binds = vec![filter.tenant.clone()];
+        for (column, value) in [("status", &filter.status), ("kind", &filter.kind)] {
+            if let Some(value) = value {
+                binds.push(value.clone());
+                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+            }
+        }
+        let limit = match filter.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        sql.push_str(&format!(
+            " ORDER BY created_at_ms DESC, id DESC LIMIT {limit}"
+        ));
+        let mut query = sqlx::query(&sql);
+        for value in binds {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(Self::approval_from_row).collect()
+    }
+
+    async fn expired_approvals(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, id FROM approvals WHERE status = $1 AND expires_at_ms <= $2 \
+             ORDER BY expires_at_ms LIMIT $3",
+        )
+        .bind(status::PENDING)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("tenant")?, row.try_get("id")?)))
+            .collect()
+    }
+
+    async fn update_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        decide: ApprovalDecider,
+    ) -> Result<ApprovalChanged, StoreError> {
+        // Under the chain lock: the row read here is the row every other writer (any
+        // replica) sees next, so votes and expiry take turns, and the events chain in the
+        // same order as the changes they record.
+        let mut tx = self.begin_chain_write().await?;
+        let Some(before) = Self::find_approval(&mut tx, tenant, id).await? else {
+            tx.rollback().await?;
+            return Ok(ApprovalChanged::NotFound);
+        };
+        let Some(update) = decide(&before) else {
+            tx.rollback().await?;
+            return Ok(ApprovalChanged::Unchanged(before));
+        };
+        let after = update.record;
+        if after.id != before.id || after.tenant != before.tenant {
+            return Err(StoreError::InvalidEvent {
+                id: after.id,
+                reason: "an approval update must keep its id and tenant".to_owned(),
+            });
+        }
+        let votes = append::json_text(&after.id, &after.votes)?;
+        // Conditional on pending: a change applies to an open approval only, and exactly
+        // once, whatever the caller decided.
+        let changed = sqlx::query(
+            "UPDATE approvals SET status = $1, votes = $2, reason = $3, answer = $4, \
+             decided_at_ms = $5 WHERE tenant = $6 AND id = $7 AND status = $8",
+        )
+        .bind(after.status.as_str())
+        .bind(votes.as_str())
+        .bind(after.reason.as_deref())
+        .bind(after.answer.as_deref())
+        .bind(after.decided_at_ms)
+        .bind(tenant)
+        .bind(id)
+        .bind(status::PENDING)
+        .execute(&mut *tx)
+        .await?;
+        if DB::rows_affected(&changed) != 1 {
+            tx.rollback().await?;
+            return Ok(ApprovalChanged::Unchanged(before));
+        }
+        if !update.events.is_empty() {
+            let mut head = Self::head(&mut tx).await?;
+            let mut links = Vec::with_capacity(update.events.len());
+            for event in update.events {
+                let seq = head.seq + 1;
+                let hash = chain::event_hash(seq, &head.hash, &event)?;
+                links.push(Link {
+                    seq,
+                    prev_hash: std::mem::replace(&mut head.hash, hash.clone()),
+                    hash,
+                    event,
+                });
+                head.seq = seq;
+            }
+            Self::insert_events(&mut tx, &links).await?;
+        }
+        if let (Some(body), Some(decision)) = (&update.decision_body, &after.decision_id) {
+            sqlx::query("UPDATE decisions SET body = $1 WHERE tenant = $2 AND id = $3")
+                .bind(body.as_str())
+                .bind(tenant)
+                .bind(decision.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::insert_approvals(&mut tx, &[], &update.outbox).await?;
+        if let Some(notify) = DB::NOTIFY_APPROVAL {
+            // Delivered by PostgreSQL at commit, to every replica's listener.
+            sqlx::query(notify).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let _ = self.signals.send(ApprovalSignal::Changed(id.to_owned()));
+        Ok(ApprovalChanged::Written { after })
+    }
+
+    async fn approval_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<ApprovalSignal>, StoreError> {
+        Ok(self.signals.subscribe())
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, url, body, created_at_ms, attempts, next_attempt_ms \
+             FROM webhook_outbox WHERE delivered_at_ms IS NULL AND next_attempt_ms <= $1 \
+             ORDER BY next_attempt_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let due: i64 = row.try_get("next_attempt_ms")?;
+            // Claimed only if no other replica moved it first.
+            let taken = sqlx::query(
+                "UPDATE webhook_outbox SET next_attempt_ms = $1 \
+                 WHERE id = $2 AND next_attempt_ms = $3 AND delivered_at_ms IS NULL",
+            )
+            .bind(now_ms.saturating_add(lease_ms))
+            .bind(id.as_str())
+            .bind(due)
+            .execute(&self.pool)
+            .await?;
+            if DB::rows_affected(&taken) != 1 {
+                continue;
+            }
+            let attempts: i64 = row.try_get("attempts")?;
+            claimed.push(OutboxEntry {
+                message: OutboxMessage {
+                    tenant: row.try_get("tenant")?,
+                    url: row.try_get("url")?,
+                    body: row.try_get("body")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    id,
+                },
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                next_attempt_ms: due,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        now_ms: i64,
+        error: Option<String>,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (delivered, next) = match (&error, retry_at_ms) {
+            (None, _) => (Some(now_ms), now_ms),
+            (Some(_), Some(at)) => (None, at),
+            // Given up: never due again, kept for inspection.
+            (Some(_), None) => (None, i64::MAX),
+        };
+        sqlx::query(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at_ms = $1, \
+             next_attempt_ms = $2, last_error = $3 WHERE id = $4",
+        )
+        .bind(delivered)
+        .bind(next)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

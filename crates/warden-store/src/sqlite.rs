@@ -54,6 +54,7 @@ impl Dialect for Sqlite {
         WHERE type = 'table' AND name = 'warden_migrations'";
     const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     const DURABILITY: &'static str = SYNCHRONOUS;
+    const NOTIFY_APPROVAL: Option<&'static str> = None;
 
     // Plain `?`: sqlx resolves a `$N` placeholder by comparing it with every parameter
     // name of the statement, which is quadratic in a multi-row insert.
@@ -112,5 +113,6 @@ pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(Split {
         sql: SqlStore::shared_with(pool, writer),
         appender: sqlite_appender::start(path, BUSY_TIMEOUT)?,
+        listener: None,
     }))
 }

@@ -53,10 +53,14 @@ impl rusqlite::ToSql for append::Cell<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, Value, ValueRef};
         Ok(match *self {
-            append::Cell::Int(v) => ToSqlOutput::Owned(Value::Integer(v)),
+            append::Cell::Int(v) | append::Cell::OptInt(Some(v)) => {
+                ToSqlOutput::Owned(Value::Integer(v))
+            }
             append::Cell::Real(Some(v)) => ToSqlOutput::Owned(Value::Real(v)),
             append::Cell::Text(Some(v)) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
-            append::Cell::Real(None) | append::Cell::Text(None) => ToSqlOutput::Owned(Value::Null),
+            append::Cell::Real(None) | append::Cell::Text(None) | append::Cell::OptInt(None) => {
+                ToSqlOutput::Owned(Value::Null)
+            }
         })
     }
 }
@@ -198,6 +202,8 @@ fn chain(tx: &rusqlite::Transaction<'_>, batch: Vec<Append>) -> Result<Vec<Appen
         links,
         decisions,
         counters,
+        approvals,
+        outbox,
         results,
     } = append::plan(batch, head, holders, counters)?;
     {
@@ -238,6 +244,26 @@ fn chain(tx: &rusqlite::Transaction<'_>, batch: Vec<Append>) -> Result<Vec<Appen
                 ])
                 // Keys were looked up under the lock: the collision is on a decision id.
                 .map_err(|e| unique_as(e, || StoreError::DuplicateDecision(d.id.clone())))?;
+        }
+        if !approvals.is_empty() {
+            let mut insert = tx.prepare_cached(append::insert_approval_sql())?;
+            for a in &approvals {
+                let json = append::encode_approval(a)?;
+                insert.execute(rusqlite::params_from_iter(append::approval_row(a, &json)))?;
+            }
+        }
+        if !outbox.is_empty() {
+            let mut insert = tx.prepare_cached(append::INSERT_OUTBOX)?;
+            for m in &outbox {
+                insert.execute(rusqlite::params![
+                    m.id,
+                    m.tenant,
+                    m.url,
+                    m.body,
+                    m.created_at_ms,
+                    m.created_at_ms
+                ])?;
+            }
         }
     }
     Ok(results)

@@ -60,6 +60,11 @@ enum Command {
     /// Query, follow, verify, export and purge the audit log in the database.
     #[command(after_help = "Example:\n  warden audit query --effect deny --since 1h")]
     Audit(cmd::audit::Args),
+    /// List, show, approve and reject approvals and questions through a running server.
+    #[command(
+        after_help = "Examples:\n  WARDEN_KEY=wdn_… warden approvals --server https://warden.internal list\n  WARDEN_KEY=wdn_… warden approvals approve 01JD8Z9R6W3K2Q5N7X4T0M1B8C --reason 'checked'"
+    )]
+    Approvals(cmd::approvals::Args),
 }
 
 /// What a command concluded; errors that stop a command are `anyhow` errors instead.
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => cmd::keys::run(args, cli.json),
         Command::Migrate(args) => cmd::migrate::run(args, cli.json),
         Command::Audit(args) => cmd::audit::run(args, cli.json),
+        Command::Approvals(args) => cmd::approvals::run(args, cli.json),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -238,7 +238,7 @@ fn decision(n: usize, tenant: &str, effect: &str, time_ms: i64) -> Append {
             detail: Value::Null,
         },
         decision: None,
-        charges: Vec::new(),
+        ..Append::default()
     }
 }
 
@@ -265,6 +265,8 @@ fn keys_create_prints_the_token_once_and_listings_never_show_a_secret() {
             "support-*",
             "--group",
             "legal",
+            "--user",
+            "hal",
             "--label",
             "helpdesk",
         ]);
@@ -447,7 +449,7 @@ fn migrate_applies_once_then_reports_up_to_date_on_sqlite() {
     let db = Db::sqlite();
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     let json: Value = serde_json::from_str(&ok(&db, &["migrate", "--json"])).unwrap();
@@ -480,7 +482,7 @@ fn postgres_is_migrated_only_when_asked() {
     }
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     assert_eq!(ok(&db, &["keys", "list", "--json"]).trim(), "[]");
@@ -779,7 +781,10 @@ fn tail_follow_prints_new_events_until_interrupted() {
     });
     let next = || received.recv_timeout(Duration::from_secs(20)).unwrap();
     assert!(next().contains(" key_created "), "the existing event first");
-    create_key(&db, &["--role", "approver"]);
+    create_key(
+        &db,
+        &["--role", "approver", "--user", "ann", "--group", "legal"],
+    );
     create_key(&db, &["--role", "controller"]);
     assert!(next().starts_with("2 "));
     assert!(next().starts_with("3 "));

@@ -50,8 +50,9 @@ const STARTUP: Duration = Duration::from_secs(15);
 const CLI_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the OCSF validator may take (it loads a 1.8 MB schema export).
 const VALIDATOR_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one schemathesis run may take; two runs keep the test under ~3 minutes.
-const SCHEMATHESIS_TIMEOUT: Duration = Duration::from_secs(85);
+/// How long one schemathesis run may take: 17 operations, about a minute each run on a
+/// busy 2-core machine in a debug build, with room to spare.
+const SCHEMATHESIS_TIMEOUT: Duration = Duration::from_secs(150);
 /// Examples per operation and phase: at 60 a run found every failure that 200 found (seed
 /// 20261124 against seed 7, release build), in ~20 s instead of ~55 s.
 const MAX_EXAMPLES: &str = "60";
@@ -281,6 +282,11 @@ fn schemathesis_finds_no_failing_check_with_either_key() {
                     SEED,
                 ])
                 .args(["--workers", "1", "--request-timeout", "10"])
+                // The long-polls hold a request open by design (30 s by default, up to
+                // 300 s) once the fuzzer reuses an id it created (a question): longer than
+                // any per-request timeout a fuzzing run can afford. Their statuses and
+                // parameters are pinned by crates/warden-server/tests/approvals.rs.
+                .args(["--exclude-path-regex", "/wait$"])
                 // Every failure of an operation, not only the first; no example database
                 // left behind, so each run starts from the seed alone.
                 .args([

@@ -532,6 +532,133 @@ fn first_start_prints_one_operator_key_and_later_starts_none() {
 /// `warden audit --server` reads, follows, verifies and exports through the API with the
 /// operator key in WARDEN_KEY, showing what `--db` shows; it refuses purge, a missing key
 /// and a wrong one with a clear message, and a tenant admin's `--tenant` of another.
+/// `warden approvals list | show | approve | reject` through a running server, with the
+/// approver's key in `WARDEN_KEY`: a table by default, JSON with `--json`.
+#[test]
+fn approvals_are_decided_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "version: 1.0.0\ndefault: deny\nrules:\n  - id: legal\n    actions: [ticket.escalate]\n    effect: require_approval\n    approval: {approvers: [legal]}\n",
+    );
+    let rt = runtime();
+    let client = client();
+    let server = Server::start(dir.path(), "approvals-cli", &[], "info");
+    let controller = controller_key(dir.path(), "warden.db", "default");
+    let approver = {
+        let out = warden(
+            dir.path(),
+            &[
+                "keys",
+                "create",
+                "--role",
+                "approver",
+                "--user",
+                "alice",
+                "--group",
+                "legal",
+                "--db",
+                "warden.db",
+            ],
+        );
+        assert_success(&out)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let out = warden(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--role",
+            "approver",
+            "--group",
+            "legal",
+            "--db",
+            "warden.db",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "an approver key needs a user");
+    let ids: Vec<String> = rt.block_on(async {
+        let mut ids = Vec::new();
+        for n in 0..2 {
+            let action = json!({"type": "ticket.escalate", "target": {"type": "ticket", "id": format!("T-{n}")}});
+            let (status, body) = post_decision(&client, &server, &controller, &action)
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{body}");
+            ids.push(body["approval"]["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    });
+    let url = server.url("");
+    let env = [
+        ("WARDEN_KEY", approver.as_str()),
+        ("WARDEN_URL", url.as_str()),
+    ];
+    let table = assert_success(&warden_with(dir.path(), &["approvals", "list"], &env));
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains(&ids[0]) && table.contains("ticket.escalate"),
+        "{table}"
+    );
+    let listed = assert_success(&warden_with(
+        dir.path(),
+        &["--json", "approvals", "list"],
+        &env,
+    ));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let shown = assert_success(&warden_with(
+        dir.path(),
+        &["approvals", "show", &ids[0]],
+        &env,
+    ));
+    assert!(shown.contains("status      pending"), "{shown}");
+    let approved = assert_success(&warden_with(
+        dir.path(),
+        &[
+            "--json",
+            "approvals",
+            "approve",
+            &ids[0],
+            "--reason",
+            "fine",
+        ],
+        &env,
+    ));
+    let approved: Value = serde_json::from_str(&approved).unwrap();
+    assert_eq!(approved["status"], "approved");
+    let out = warden_with(dir.path(), &["approvals", "reject", &ids[1]], &env);
+    assert_eq!(out.status.code(), Some(2), "a rejection needs --reason");
+    let rejected = assert_success(&warden_with(
+        dir.path(),
+        &["approvals", "reject", &ids[1], "--reason", "no"],
+        &env,
+    ));
+    assert!(rejected.contains("status      rejected"), "{rejected}");
+    // Deciding again is the server's 409, one line on stderr, exit 2.
+    let out = warden_with(dir.path(), &["approvals", "approve", &ids[1]], &env);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("409") && stderr.contains("rejected"),
+        "{stderr}"
+    );
+    let out = warden_with(
+        dir.path(),
+        &["approvals", "list"],
+        &[("WARDEN_URL", url.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(2), "no key");
+    let help = assert_success(&warden(dir.path(), &["approvals", "approve", "--help"]));
+    assert!(help.contains("Example"), "{help}");
+}
+
 #[test]
 fn audit_commands_work_through_the_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -211,7 +211,7 @@ impl Default for ApprovalRequirement {
         Self {
             approvers: Vec::new(),
             quorum: 1,
-            expires_in: Duration::from_secs(24 * 3600),
+            expires_in: Duration::from_secs(3600),
         }
     }
 }

@@ -221,6 +221,14 @@ pub enum EventKind {
     IdempotencyMismatch,
     /// A permit was checked.
     PermitVerified,
+    /// An approver's vote.
+    ApprovalVote,
+    /// How an approval ended: approved, rejected or expired.
+    ApprovalOutcome,
+    /// An agent asked a human.
+    QuestionAsked,
+    /// How a question ended: answered or expired.
+    QuestionOutcome,
 }
 
 /// A decision's effect.
@@ -473,6 +481,10 @@ mod tests {
             EventKind::Checkpoint,
             EventKind::IdempotencyMismatch,
             EventKind::PermitVerified,
+            EventKind::ApprovalVote,
+            EventKind::ApprovalOutcome,
+            EventKind::QuestionAsked,
+            EventKind::QuestionOutcome,
         ]
         .iter()
         .map(|k| {

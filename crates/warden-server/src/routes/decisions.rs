@@ -317,6 +317,22 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             max_uses: issued.max_uses,
         });
     }
+    // A require_approval opens its approval in the same transaction as the decision.
+    let opened = decision.as_ref().and_then(|d| {
+        let digest = digest
+            .clone()
+            .unwrap_or_else(|| state.audit_key().action_digest(&action));
+        crate::approvals::open_for_decision(
+            state,
+            caller,
+            &action,
+            d,
+            &mut body,
+            &decision_id,
+            digest,
+            now,
+        )
+    });
 
     // What is recorded: the answer with redacted values masked in its reasons.
     let masked;
@@ -331,7 +347,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     } else {
         &body
     };
-    let event = decision_event(
+    let mut event = decision_event(
         state,
         &caller.tenant,
         &action,
@@ -341,6 +357,15 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         &decision_id,
         now,
     );
+    let (approval, outbox) = match opened {
+        Some((approval, outbox)) => {
+            if event.detail.is_null() {
+                event.detail = json!({"approval_id": approval.id});
+            }
+            (Some(approval), outbox)
+        }
+        None => (None, Vec::new()),
+    };
     let encode = |b: &DecisionBody| {
         serde_json::to_string(b).map_err(|e| {
             tracing::error!(error = %e, "cannot encode a decision");
@@ -376,6 +401,8 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
                 created_at_ms: now,
             }),
             charges,
+            approval,
+            outbox,
         },
         digest,
     })
@@ -474,7 +501,22 @@ pub async fn show(
     caller.require(&[Role::Controller, Role::Admin])?;
     let id = decision_id(id)?;
     match state.store().decision(&caller.tenant, &id).await {
-        Ok(Some(found)) => Ok(Json(found.body)),
+        Ok(Some(found)) => {
+            // A pending approval whose time is up is expired now (a deny), so the answer
+            // never says "pending" past the expiry.
+            let approval = &found.body["approval"];
+            if approval["status"] == "pending"
+                && let Some(approval_id) = approval["id"].as_str()
+            {
+                let now = crate::approvals::current(&state, &caller.tenant, approval_id).await?;
+                if now.is_some_and(|a| !a.is_pending())
+                    && let Ok(Some(again)) = state.store().decision(&caller.tenant, &id).await
+                {
+                    return Ok(Json(again.body));
+                }
+            }
+            Ok(Json(found.body))
+        }
         Ok(None) => Err(ApiError::not_found(format!("no decision `{id}`"))),
         Err(e) => {
             tracing::error!(error = %e, "decision lookup failed");

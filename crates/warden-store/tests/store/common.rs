@@ -193,7 +193,7 @@ pub fn plain(event: NewEvent) -> Append {
     Append {
         event,
         decision: None,
-        charges: Vec::new(),
+        ..Append::default()
     }
 }
 
@@ -211,7 +211,7 @@ pub fn with_decision(event: NewEvent, key: Option<&str>) -> Append {
     Append {
         event,
         decision: Some(decision),
-        charges: Vec::new(),
+        ..Append::default()
     }
 }
 

@@ -240,6 +240,7 @@ fn new_key(id: &str, created_at_ms: i64) -> NewKey {
         roles: vec!["controller".into(), "approver".into()],
         agent: Some("support-*".into()),
         groups: vec!["legal".into()],
+        user: Some("alice".into()),
         label: Some("helpdesk controller".into()),
         created_at_ms,
     }
@@ -253,6 +254,7 @@ async fn keys_are_created_read_listed_and_revoked() {
         let bare = NewKey {
             agent: None,
             groups: vec![],
+            user: None,
             label: None,
             ..new_key("wk_a", 20)
         };

@@ -25,7 +25,7 @@ enum Command {
     /// Create an API key and print its token once.
     #[command(after_help = "Examples:\n  \
         KEY=$(warden keys create --role controller --tenant acme --agent 'support-*' | head -1)\n  \
-        warden keys create --role approver --group legal --label 'legal desk'\n  \
+        warden keys create --role approver --user alice --group legal --label 'legal desk'\n  \
         warden keys create --role agent --agent support-bot --json\n  \
         warden keys create --role operator --label 'prometheus and on-call'")]
     Create(CreateArgs),
@@ -76,6 +76,10 @@ struct CreateArgs {
     /// Approver group; repeat the flag or separate groups with commas.
     #[arg(long = "group", value_name = "GROUP", value_delimiter = ',')]
     groups: Vec<String>,
+    /// For an approver key, the person who holds it: quorums count distinct users, and a
+    /// user never approves an action on their own behalf.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// A label for humans, e.g. who holds the key.
     #[arg(long)]
     label: Option<String>,
@@ -158,6 +162,7 @@ async fn create(store: &dyn Store, args: CreateArgs, json: bool) -> Result<Outco
             "roles": record.roles,
             "agent": record.agent,
             "groups": record.groups,
+            "user": record.user,
             "label": record.label,
             "created_at": time::rfc3339(record.created_at_ms),
         });
@@ -202,6 +207,7 @@ fn key_spec(args: CreateArgs) -> Result<KeySpec> {
         roles,
         agent: args.agent,
         groups,
+        user: args.user,
         label: args.label,
     };
     // The same rules as every other way of creating a key (one agent per agent key, ...).
@@ -214,7 +220,7 @@ async fn record_event(store: &dyn Store, event: NewEvent) -> Result<()> {
         .append(vec![Append {
             event,
             decision: None,
-            charges: Vec::new(),
+            ..Append::default()
         }])
         .await
         .context("cannot append to the audit log")?;
@@ -249,7 +255,7 @@ async fn list(store: &dyn Store, args: &ListArgs, json: bool) -> Result<Outcome>
     };
     let mut rows = vec![
         [
-            "ID", "TENANT", "ROLES", "AGENT", "GROUPS", "LABEL", "CREATED", "REVOKED",
+            "ID", "TENANT", "ROLES", "AGENT", "USER", "GROUPS", "LABEL", "CREATED", "REVOKED",
         ]
         .map(String::from),
     ];
@@ -259,6 +265,7 @@ async fn list(store: &dyn Store, args: &ListArgs, json: bool) -> Result<Outcome>
             k.tenant.clone(),
             list(&k.roles),
             dash(&k.agent),
+            dash(&k.user),
             list(&k.groups),
             dash(&k.label),
             time::rfc3339(k.created_at_ms),
@@ -266,7 +273,7 @@ async fn list(store: &dyn Store, args: &ListArgs, json: bool) -> Result<Outcome>
                 .map_or_else(|| "-".to_owned(), time::rfc3339),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -291,6 +298,7 @@ fn key_json(k: &KeyRecord) -> Value {
         "roles": k.roles,
         "agent": k.agent,
         "groups": k.groups,
+        "user": k.user,
         "label": k.label,
         "created_at": time::rfc3339(k.created_at_ms),
         "revoked_at": k.revoked_at_ms.map(time::rfc3339),

@@ -1,5 +1,6 @@
 //! One module per subcommand, and the async runtime the database commands run on.
 
+pub mod approvals;
 pub mod audit;
 pub mod check;
 pub mod eval;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use warden_server::approvals::{WEBHOOK_SECRET_ENV, Webhooks};
 use warden_server::audit::{AUDIT_KEY_ENV, AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
 use warden_server::metrics::Metrics;
@@ -66,9 +67,33 @@ pub struct Args {
     /// cannot send a bearer token); on the main address it needs an operator key.
     #[arg(long, env = "WARDEN_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Long-polls on approvals and questions open at once; more are answered 503. Waits
+    /// do not count against `--max-in-flight` and are not cut by `--request-timeout`.
+    #[arg(long, default_value_t = 10_000)]
+    max_waiters: usize,
+    /// Send a tenant's approval events (created, decided, expired) to URL, signed with
+    /// HMAC-SHA256 under `WARDEN_WEBHOOK_SECRET`; repeat for more tenants.
+    #[arg(long = "approval-webhook", value_name = "TENANT=URL", value_parser = parse_webhook)]
+    approval_webhooks: Vec<(String, String)>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// `TENANT=URL`, with an http:// or https:// URL.
+fn parse_webhook(raw: &str) -> Result<(String, String), String> {
+    let (tenant, url) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("`{raw}` is not TENANT=URL"))?;
+    if tenant.is_empty() {
+        return Err(format!("`{raw}` names no tenant"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "the webhook of `{tenant}` must be an http:// or https:// URL"
+        ));
+    }
+    Ok((tenant.to_owned(), url.to_owned()))
 }
 
 /// Runs the server until it is told to stop.
@@ -135,9 +160,21 @@ async fn serve(args: Args) -> Result<Outcome> {
         auth_failure_limit: args.auth_failure_limit,
         header_timeout: args.header_timeout,
         shutdown_grace: args.shutdown_grace,
+        max_waiters: args.max_waiters,
         ..Limits::default()
     };
-    let state = AppState::new(store, Arc::new(policies), audit, audit_key, metrics, limits);
+    let secret = std::env::var(WEBHOOK_SECRET_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
+    if !args.approval_webhooks.is_empty() && secret.is_none() {
+        anyhow::bail!("--approval-webhook needs a signing secret in {WEBHOOK_SECRET_ENV}");
+    }
+    let webhooks = Webhooks::new(
+        args.approval_webhooks.into_iter().collect(),
+        secret.map(String::into_bytes),
+    );
+    let state = AppState::new(store, Arc::new(policies), audit, audit_key, metrics, limits)
+        .with_webhooks(webhooks);
     state
         .permits()
         .install(warden_server::permits::KeySource {

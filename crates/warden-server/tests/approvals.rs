@@ -1,0 +1,917 @@
+//! Approvals and questions through the router (`oneshot`), on a SQLite file and, when
+//! `WARDEN_TEST_DATABASE_URL` is set, on PostgreSQL in a schema of its own — including two
+//! replicas on one database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers, not shipped code
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use warden_server::approvals::{SIGNATURE_HEADER, Webhooks};
+use warden_server::audit::{AuditKey, AuditWriter};
+use warden_server::keys::{self, KeySpec, Role};
+use warden_server::metrics::Metrics;
+use warden_server::policies::Policies;
+use warden_server::{AppState, Limits, app};
+use warden_store::{Event, EventFilter, Store, kind};
+
+const POLICY: &str = r#"
+version: 1.0.0
+default: deny
+rules:
+  - id: legal-escalation
+    actions: [ticket.escalate]
+    effect: require_approval
+    approval: {approvers: [legal], expires_in: 4h}
+    reason: legal-sensitive tickets need a human before escalation
+  - id: big-refund
+    actions: [payment.refund]
+    effect: require_approval
+    approval: {approvers: [finance], quorum: 2}
+  - id: quick-close
+    actions: [ticket.close]
+    effect: require_approval
+    approval: {approvers: [legal], expires_in: 1s}
+"#;
+
+/// Where a test database lives, so that a second replica can open it.
+enum Place {
+    Sqlite(String, #[allow(dead_code)] Arc<tempfile::TempDir>),
+    /// SQLite in memory: appends through sqlx rather than the appender thread. Its
+    /// "replicas" share the one store.
+    Memory(Arc<dyn Store>),
+    Postgres(String, String),
+}
+
+impl Place {
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Place::Memory(store) => Arc::clone(store),
+            Place::Sqlite(path, _) => warden_store::open(path).await.unwrap(),
+            Place::Postgres(url, schema) => warden_store::open_postgres_in_schema(url, schema)
+                .await
+                .unwrap(),
+        }
+    }
+}
+
+async fn places() -> Vec<Place> {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut places = vec![
+        Place::Sqlite(dir.path().join("warden.db").display().to_string(), dir),
+        Place::Memory(warden_store::open("sqlite::memory:").await.unwrap()),
+    ];
+    match std::env::var("WARDEN_TEST_DATABASE_URL") {
+        Ok(url) => {
+            let schema = format!(
+                "appr_{}",
+                warden_server::ids::random_base32(12).to_lowercase()
+            );
+            places.push(Place::Postgres(url, schema));
+        }
+        Err(_) => eprintln!("SKIPPED (PostgreSQL part): WARDEN_TEST_DATABASE_URL is not set"),
+    }
+    for place in &places {
+        place.open().await.migrate().await.unwrap();
+    }
+    places
+}
+
+/// One replica: a router over its own store.
+struct Server {
+    app: Router,
+    store: Arc<dyn Store>,
+    state: AppState,
+    _policies: tempfile::TempDir,
+}
+
+async fn server(place: &Place, limits: Limits) -> Server {
+    server_with(place, limits, Webhooks::default()).await
+}
+
+async fn server_with(place: &Place, limits: Limits, webhooks: Webhooks) -> Server {
+    let store = place.open().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
+    let policies = Arc::new(Policies::load(dir.path()).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
+    let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
+    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits)
+        .with_webhooks(webhooks);
+    Server {
+        app: app(state.clone()),
+        store,
+        state,
+        _policies: dir,
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        key_cache_ttl: Duration::ZERO,
+        ..Limits::default()
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        call(&self.app, method, path, token, body).await
+    }
+
+    async fn key(
+        &self,
+        tenant: &str,
+        roles: Vec<Role>,
+        user: Option<&str>,
+        groups: &[&str],
+    ) -> String {
+        let spec = KeySpec {
+            tenant: tenant.into(),
+            roles,
+            user: user.map(str::to_owned),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            agent: None,
+            label: None,
+        };
+        keys::create(self.store.as_ref(), spec, "test", 1)
+            .await
+            .unwrap()
+            .0
+            .token
+    }
+
+    async fn agent_key(&self, agent: &str) -> String {
+        let spec = KeySpec {
+            tenant: "acme".into(),
+            roles: vec![Role::Agent],
+            agent: Some(agent.into()),
+            ..KeySpec::default()
+        };
+        keys::create(self.store.as_ref(), spec, "test", 1)
+            .await
+            .unwrap()
+            .0
+            .token
+    }
+
+    async fn approver(&self, user: &str, group: &str) -> String {
+        self.key("acme", vec![Role::Approver], Some(user), &[group])
+            .await
+    }
+
+    async fn events(&self, kind: &str) -> Vec<Event> {
+        self.store
+            .events(&EventFilter {
+                kind: Some(kind.to_owned()),
+                limit: 1000,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap()
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"));
+    let body = if method == Method::GET {
+        Body::empty()
+    } else {
+        request = request.header("content-type", "application/json");
+        Body::from(body.to_string())
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+/// Asks for a decision and returns its body, which must require approval.
+async fn pending(s: &Server, controller: &str, action: Value) -> Value {
+    let (status, body) = s
+        .call(Method::POST, "/v1/decisions", controller, action)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["effect"], "require_approval", "{body}");
+    body
+}
+
+fn approval_id(decision: &Value) -> String {
+    decision["approval"]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_approval_is_opened_with_its_decision_approved_and_the_decision_becomes_allow() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = s.approver("alice", "legal").await;
+        let finance = s.approver("fred", "finance").await;
+        let action = json!({"id": "esc-1", "type": "ticket.escalate", "target": {"type": "ticket", "id": "T-1"}, "on_behalf_of": "user-991"});
+        let decision = pending(&s, &controller, action.clone()).await;
+        let approval = &decision["approval"];
+        assert_eq!(approval["status"], "pending");
+        assert_eq!(approval["approvers"], json!(["legal"]));
+        let id = approval_id(&decision);
+        assert_eq!(approval["wait_url"], format!("/v1/approvals/{id}/wait"));
+        assert!(approval["expires_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(decision["permit"], Value::Null);
+
+        // Replaying the decision returns the same approval, and opens no other.
+        let (_, replay) = s
+            .call(Method::POST, "/v1/decisions", &controller, action)
+            .await;
+        assert_eq!(replay["replayed"], true);
+        assert_eq!(approval_id(&replay), id);
+
+        // The decision event links the approval; the approval is listed for its group.
+        let events = s.events(kind::DECISION).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.detail["approval_id"], id.as_str());
+        let (status, list) = s
+            .call(
+                Method::GET,
+                "/v1/approvals?status=pending",
+                &alice,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["approvals"][0]["id"], id.as_str());
+        assert_eq!(list["approvals"][0]["rule_id"], "legal-escalation");
+        let (_, other) = s
+            .call(Method::GET, "/v1/approvals", &finance, Value::Null)
+            .await;
+        assert_eq!(other["approvals"], json!([]), "not finance's approval");
+        let (status, _) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &finance,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        let (status, approved) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &alice,
+                json!({"reason": "checked with counsel"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{approved}");
+        assert_eq!(approved["status"], "approved");
+        assert_eq!(approved["votes"][0]["user"], "alice");
+
+        let decision_id = decision["decision_id"].as_str().unwrap();
+        let (_, final_decision) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{decision_id}"),
+                &controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(final_decision["effect"], "allow", "{final_decision}");
+        assert_eq!(final_decision["reasons"][0]["code"], "approval_granted");
+        assert_eq!(final_decision["approval"]["status"], "approved");
+
+        // The first decision stays in the log as it was; the vote and the outcome follow.
+        let events = s.events(kind::DECISION).await;
+        assert_eq!(events[0].event.effect.as_deref(), Some("require_approval"));
+        let votes = s.events(kind::APPROVAL_VOTE).await;
+        assert_eq!(votes.len(), 1);
+        assert_eq!(votes[0].event.decision_id.as_deref(), Some(decision_id));
+        assert_eq!(votes[0].event.detail["user"], "alice");
+        let outcomes = s.events(kind::APPROVAL_OUTCOME).await;
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].event.effect.as_deref(), Some("allow"));
+        assert_eq!(s.store.verify().await.unwrap().first_broken, None);
+
+        // Deciding again: 409 with the outcome.
+        let bob = s.approver("bob", "legal").await;
+        let (status, body) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/reject"),
+                &bob,
+                json!({"reason": "late"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"], "already_decided");
+        assert!(body["detail"].as_str().unwrap().contains("approved"));
+    }
+}
+
+#[tokio::test]
+async fn a_rejection_needs_a_reason_and_makes_the_decision_a_deny_with_it() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = s.approver("alice", "legal").await;
+        let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let path = format!("/v1/approvals/{id}/reject");
+        let (status, body) = s.call(Method::POST, &path, &alice, json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = s
+            .call(
+                Method::POST,
+                &path,
+                &alice,
+                json!({"reason": "x", "extra": 1}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = s
+            .call(
+                Method::POST,
+                &path,
+                &alice,
+                json!({"reason": "not without the customer's consent"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "rejected");
+        let decision_id = decision["decision_id"].as_str().unwrap();
+        let (_, d) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{decision_id}"),
+                &controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(d["effect"], "deny");
+        assert_eq!(
+            d["reasons"][0]["message"],
+            "rejected by alice: not without the customer's consent"
+        );
+        let outcomes = s.events(kind::APPROVAL_OUTCOME).await;
+        assert_eq!(outcomes[0].event.detail["status"], "rejected");
+    }
+}
+
+#[tokio::test]
+async fn separation_of_duties_keeps_the_requester_the_agent_and_the_beneficiary_out() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        // A key that both asks and approves may not approve what it asked.
+        let both = keys::create(
+            s.store.as_ref(),
+            KeySpec {
+                tenant: "acme".into(),
+                roles: vec![Role::Controller, Role::Approver],
+                agent: Some("d*".into()),
+                user: Some("carol".into()),
+                groups: vec!["legal".into()],
+                label: None,
+            },
+            "test",
+            1,
+        )
+        .await
+        .unwrap()
+        .0
+        .token;
+        let decision = pending(
+            &s,
+            &both,
+            json!({"type": "ticket.escalate", "on_behalf_of": "alice", "agent": "dana"}),
+        )
+        .await;
+        let id = approval_id(&decision);
+        let path = format!("/v1/approvals/{id}/approve");
+        for (who, key) in [
+            ("the asking key", both.clone()),
+            ("the beneficiary", s.approver("alice", "legal").await),
+            ("the agent", s.approver("dana", "legal").await),
+        ] {
+            let (status, body) = s.call(Method::POST, &path, &key, json!({})).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{who}: {body}");
+        }
+        assert!(
+            s.events(kind::APPROVAL_VOTE).await.is_empty(),
+            "refusals write nothing"
+        );
+        let (status, _) = s
+            .call(
+                Method::POST,
+                &path,
+                &s.approver("erin", "legal").await,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_quorum_of_two_needs_two_distinct_users() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let decision = pending(&s, &controller, json!({"type": "payment.refund"})).await;
+        let id = approval_id(&decision);
+        let path = format!("/v1/approvals/{id}/approve");
+        let alice = s.approver("alice", "finance").await;
+        // A second key of the same person counts as the same user.
+        let alice_again = s.approver("alice", "finance").await;
+        let bob = s.approver("bob", "finance").await;
+
+        let (status, body) = s.call(Method::POST, &path, &alice, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "pending");
+        assert_eq!(body["quorum"], 2);
+        let (status, body) = s.call(Method::POST, &path, &alice_again, json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("already voted"));
+        let (status, body) = s.call(Method::POST, &path, &bob, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "approved");
+        assert_eq!(s.events(kind::APPROVAL_VOTE).await.len(), 2);
+        assert_eq!(s.events(kind::APPROVAL_OUTCOME).await.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_expired_approval_is_a_deny_audited_once_even_with_two_replicas_sweeping() {
+    for place in places().await {
+        let a = server(&place, limits()).await;
+        let b = server(&place, limits()).await;
+        let controller = a.key("acme", vec![Role::Controller], None, &[]).await;
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let decision = pending(&a, &controller, json!({"type": "ticket.close"})).await;
+            ids.push(decision["decision_id"].as_str().unwrap().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (x, y) = tokio::join!(
+            warden_server::approvals::sweep_once(&a.state),
+            warden_server::approvals::sweep_once(&b.state)
+        );
+        assert_eq!(x + y, 5, "each approval is expired by one replica");
+        assert_eq!(warden_server::approvals::sweep_once(&a.state).await, 0);
+        let outcomes = a.events(kind::APPROVAL_OUTCOME).await;
+        assert_eq!(outcomes.len(), 5);
+        assert!(
+            outcomes
+                .iter()
+                .all(|e| e.event.detail["status"] == "expired")
+        );
+        let (_, d) = a
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{}", ids[0]),
+                &controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(d["effect"], "deny");
+        assert_eq!(d["reasons"][0]["code"], "approval_expired");
+        let alice = a.approver("alice", "legal").await;
+        let approval = d["approval"]["id"].as_str().unwrap();
+        let (status, body) = b
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{approval}/approve"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("expired"));
+    }
+}
+
+#[tokio::test]
+async fn an_expired_approval_reads_as_a_deny_without_a_sweeper() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let decision = pending(&s, &controller, json!({"type": "ticket.close"})).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let id = decision["decision_id"].as_str().unwrap();
+        let (_, d) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{id}"),
+                &controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(d["effect"], "deny", "{d}");
+        assert_eq!(s.events(kind::APPROVAL_OUTCOME).await.len(), 1);
+        let (_, d) = s
+            .call(
+                Method::GET,
+                &format!("/v1/decisions/{id}"),
+                &controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(d["effect"], "deny");
+        assert_eq!(
+            s.events(kind::APPROVAL_OUTCOME).await.len(),
+            1,
+            "audited once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_wakes_when_another_replica_approves() {
+    for place in places().await {
+        let a = server(&place, limits()).await;
+        // SQLite: one replica, woken in process; PostgreSQL: a second replica approves.
+        let b = match place {
+            Place::Sqlite(..) | Place::Memory(..) => None,
+            Place::Postgres(..) => Some(server(&place, limits()).await),
+        };
+        let approving = b.as_ref().unwrap_or(&a);
+        let controller = a.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = a.approver("alice", "legal").await;
+        for _ in 0..3 {
+            let decision = pending(&a, &controller, json!({"type": "ticket.escalate"})).await;
+            let id = approval_id(&decision);
+            let app = a.app.clone();
+            let token = controller.clone();
+            let path = format!("/v1/approvals/{id}/wait?timeout=20");
+            let waiter = tokio::spawn(async move {
+                let answer = call(&app, Method::GET, &path, &token, Value::Null).await;
+                (answer, Instant::now())
+            });
+            // Let the waiter register and read the pending state first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (status, _) = approving
+                .call(
+                    Method::POST,
+                    &format!("/v1/approvals/{id}/approve"),
+                    &alice,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            let approved_at = Instant::now();
+            let ((status, body), woke_at) = waiter.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["status"], "approved");
+            assert_eq!(body["timed_out"], false);
+            assert_eq!(body["decision"]["effect"], "allow");
+            let latency = woke_at.saturating_duration_since(approved_at);
+            assert!(latency < Duration::from_secs(1), "woke after {latency:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wait_times_out_with_the_current_state_and_waiters_are_bounded() {
+    for place in places().await {
+        let s = server(
+            &place,
+            Limits {
+                max_waiters: 1,
+                request_timeout: Duration::from_millis(500),
+                ..limits()
+            },
+        )
+        .await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let started = Instant::now();
+        let app = s.app.clone();
+        let token = controller.clone();
+        let path = format!("/v1/approvals/{id}/wait?timeout=2");
+        let first =
+            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, body) = s
+            .call(
+                Method::GET,
+                &format!("/v1/approvals/{id}/wait?timeout=1"),
+                &controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "overloaded");
+        // Past the request timeout (0.5 s): waits have their own.
+        let (status, body) = first.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["timed_out"], true);
+        assert_eq!(body["status"], "pending");
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        for bad in [
+            "timeout=0",
+            "timeout=301",
+            "timeout=x",
+            "timeout=1&timeout=2",
+            "other=1",
+        ] {
+            let (status, _) = s
+                .call(
+                    Method::GET,
+                    &format!("/v1/approvals/{id}/wait?{bad}"),
+                    &controller,
+                    Value::Null,
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_tenants_approval_is_not_found() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let outsider = s
+            .key("globex", vec![Role::Approver], Some("olga"), &["legal"])
+            .await;
+        let outsider_controller = s.key("globex", vec![Role::Controller], None, &[]).await;
+        let (status, _) = s
+            .call(
+                Method::GET,
+                &format!("/v1/approvals/{id}"),
+                &outsider,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &outsider,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = s
+            .call(
+                Method::GET,
+                &format!("/v1/approvals/{id}/wait?timeout=1"),
+                &outsider_controller,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let admin = s.key("acme", vec![Role::Admin], None, &[]).await;
+        let (status, body) = s
+            .call(
+                Method::GET,
+                &format!("/v1/approvals/{id}"),
+                &admin,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_question_with_options_is_answered_waited_on_and_audited() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let agent = s.agent_key("support-bot").await;
+        let alice = s.approver("alice", "legal").await;
+        let (status, q) = s
+            .call(
+                Method::POST,
+                "/v1/questions",
+                &agent,
+                json!({"question": "Refund the full amount?", "options": ["yes", "no"], "run_id": "run-7"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{q}");
+        assert_eq!(q["kind"], "question");
+        assert_eq!(q["agent"], "support-bot");
+        let id = q["id"].as_str().unwrap().to_owned();
+        for bad in [
+            json!({"question": ""}),
+            json!({"question": "x", "options": ["a", "a"]}),
+            json!({"question": "x", "expires_in": "1 hour"}),
+            json!({"question": "x".repeat(2001)}),
+            json!({"question": "x", "extra": true}),
+        ] {
+            let (status, _) = s
+                .call(Method::POST, "/v1/questions", &agent, bad.clone())
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let (_, listed) = s
+            .call(
+                Method::GET,
+                "/v1/approvals?kind=question",
+                &alice,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(listed["approvals"][0]["id"], id.as_str());
+
+        let app = s.app.clone();
+        let token = agent.clone();
+        let path = format!("/v1/questions/{id}/wait?timeout=20");
+        let waiter =
+            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        let answer = format!("/v1/questions/{id}/answer");
+        let (status, _) = s
+            .call(Method::POST, &answer, &alice, json!({"answer": "maybe"}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, body) = s
+            .call(Method::POST, &answer, &alice, json!({"answer": "yes"}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, waited) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{waited}");
+        assert_eq!(waited["status"], "answered");
+        assert_eq!(waited["answer"], "yes");
+        let (status, _) = s
+            .call(Method::POST, &answer, &alice, json!({"answer": "no"}))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+
+        let asked = s.events(kind::QUESTION_ASKED).await;
+        assert_eq!(asked[0].event.detail["question"], "Refund the full amount?");
+        let answered = s.events(kind::QUESTION_OUTCOME).await;
+        assert_eq!(answered[0].event.detail["answer"], "yes");
+    }
+}
+
+/// A receiver that fails its first `failures` deliveries with 500 and records the rest.
+async fn receiver(failures: usize) -> (String, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use axum::routing::post;
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen, tries) = (Arc::clone(&got), Arc::clone(&attempts));
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let (seen, tries) = (Arc::clone(&seen), Arc::clone(&tries));
+            async move {
+                if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let signature = headers[SIGNATURE_HEADER].to_str().unwrap().to_owned();
+                seen.lock().unwrap().push((signature, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_from_the_outbox_and_never_block_a_decision() {
+    for place in places().await {
+        let (url, got) = receiver(2).await;
+        let secret = b"webhook secret".to_vec();
+        let webhooks = Webhooks::new(
+            [("acme".to_owned(), url)].into_iter().collect(),
+            Some(secret.clone()),
+        );
+        let s = server_with(&place, limits(), webhooks).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = s.approver("alice", "legal").await;
+        // The receiver is failing: the decision is answered all the same.
+        let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while got.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never delivered"
+            );
+            warden_server::approvals::deliver_once(&s.state, &client).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Two failures: retried after 1 s and 2 s.
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let (_, status) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status["status"], "approved");
+        while got.lock().unwrap().len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never delivered"
+            );
+            warden_server::approvals::deliver_once(&s.state, &client).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = got.lock().unwrap().clone();
+        let events: Vec<Value> = got
+            .iter()
+            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .collect();
+        assert_eq!(events[0]["type"], "approval.created");
+        assert_eq!(events[0]["approval"]["id"], id.as_str());
+        assert_eq!(events[1]["type"], "approval.decided");
+        assert_eq!(events[1]["approval"]["status"], "approved");
+        // The documented recipe: HMAC-SHA256 over "<t>.<body>".
+        for (signature, body) in &got {
+            let t: i64 = signature
+                .split(',')
+                .find_map(|p| p.strip_prefix("t="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(signature, &Webhooks::sign(&secret, t, body));
+        }
+    }
+}
+
+/// After the LISTEN connection is cut, the listener reconnects and every waiter re-reads
+/// its approval, so a decision made meanwhile is not missed.
+#[tokio::test]
+async fn a_waiter_survives_the_listener_losing_its_connection() {
+    for place in places().await {
+        let Place::Postgres(url, _) = &place else {
+            continue;
+        };
+        let a = server(&place, limits()).await;
+        let b = server(&place, limits()).await;
+        let controller = a.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = a.approver("alice", "legal").await;
+        let decision = pending(&a, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let app = a.app.clone();
+        let path = format!("/v1/approvals/{id}/wait?timeout=20");
+        let token = controller.clone();
+        let waiter =
+            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Cut every listening connection (this test's replicas' and any other's: they
+        // reconnect the same way).
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        let cut = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(!cut.is_empty(), "no listening connection found");
+        let (status, _) = b
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "approved", "{body}");
+        assert_eq!(body["timed_out"], false, "{body}");
+    }
+}

@@ -2,15 +2,13 @@
 //! running server, with an approver or admin key from `WARDEN_KEY` (never an argument,
 //! which other users can read).
 
+use crate::cmd::server_api::ServerApi;
 use crate::{Outcome, time};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::Duration;
 use warden_server::wire::{ApprovalView, ApprovalsBody};
-
-/// The environment variable holding the API key.
-const KEY_ENV: &str = "WARDEN_KEY";
 
 /// Arguments of `warden approvals`.
 #[derive(Debug, clap::Args)]
@@ -75,7 +73,11 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
 }
 
 async fn run_async(args: Args, json: bool) -> Result<Outcome> {
-    let api = Api::new(&args.server)?;
+    let api = ServerApi::new(
+        &args.server,
+        "warden approvals needs an approver or admin key",
+        Duration::from_secs(30),
+    )?;
     let mut out = std::io::stdout().lock();
     match args.command {
         Command::List { status, kind } => {
@@ -249,77 +251,4 @@ fn table(out: &mut impl Write, approvals: &[ApprovalView]) -> Result<()> {
         eprintln!("no approvals match (at {})", time::rfc3339(time::now_ms()));
     }
     Ok(())
-}
-
-/// The server's approval routes, with the key from `WARDEN_KEY`.
-struct Api {
-    base: String,
-    key: String,
-    client: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: &str) -> Result<Self> {
-        let key = std::env::var(KEY_ENV)
-            .ok()
-            .filter(|k| !k.is_empty())
-            .with_context(|| {
-                format!("warden approvals needs an approver or admin key in {KEY_ENV}")
-            })?;
-        let base = base.trim_end_matches('/');
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--server takes an http:// or https:// URL, got `{base}`");
-        }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot set up the HTTP client")?;
-        Ok(Self {
-            base: base.to_owned(),
-            key,
-            client,
-        })
-    }
-
-    /// Sends a request and decodes a 2xx answer; any other becomes the server's error.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self
-            .client
-            .request(method, &url)
-            .bearer_auth(&self.key)
-            .query(query);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.base))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .with_context(|| format!("cannot read the answer of {url}"))?;
-        if !status.is_success() {
-            if let Ok(body) = serde_json::from_slice::<Value>(&bytes)
-                && let Some(code) = body["error"].as_str()
-            {
-                bail!(
-                    "the server answered {}: {code}: {}",
-                    status.as_u16(),
-                    body["detail"].as_str().unwrap_or_default()
-                );
-            }
-            bail!("the server answered {} to {url}", status.as_u16());
-        }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("the answer of {url} is not what a Warden server sends"))
-    }
 }

@@ -6,10 +6,11 @@
 //! sees every event exactly once while the server keeps appending.
 
 use crate::Outcome;
+use crate::cmd::server_api::ServerApi;
 use crate::db::{self, DbArgs, Migrate};
 use crate::time::{self, TimeArg};
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -33,21 +34,10 @@ pub struct Args {
     command: Command,
 }
 
-/// The environment variable holding the API key for `--server` (not an argument: other
-/// users can read a process's arguments).
-const KEY_ENV: &str = "WARDEN_KEY";
-
 /// Where events come from: the database, or a server's `/v1/audit` routes.
 enum Source {
     Db(Arc<dyn Store>),
     Server(Api),
-}
-
-/// A server's audit API, with an admin or operator key.
-struct Api {
-    base: String,
-    key: String,
-    client: reqwest::Client,
 }
 
 /// The outcome of a chain walk, from either source.
@@ -83,7 +73,7 @@ impl Source {
                 })
             }
             Self::Server(api) => {
-                let body: VerifyBody = api.get("/v1/audit/verify", &[]).await?;
+                let body: VerifyBody = api.0.get("/v1/audit/verify", &[]).await?;
                 Ok(Verified {
                     events_checked: body.events_checked,
                     first_broken: body.first_broken.map(|b| (b.seq, b.event_id, b.problem)),
@@ -93,27 +83,10 @@ impl Source {
     }
 }
 
-impl Api {
-    fn new(base: &str) -> Result<Self> {
-        let key = std::env::var(KEY_ENV)
-            .ok()
-            .filter(|k| !k.is_empty())
-            .with_context(|| format!("--server needs an admin or operator key in {KEY_ENV}"))?;
-        let base = base.trim_end_matches('/');
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            bail!("--server takes an http:// or https:// URL, got `{base}`");
-        }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("cannot set up the HTTP client")?;
-        Ok(Self {
-            base: base.to_owned(),
-            key,
-            client,
-        })
-    }
+/// A server's audit routes (an admin or operator key).
+struct Api(ServerApi);
 
+impl Api {
     /// One page of the events the key may read, as the filter asks.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let mut query: Vec<(&str, String)> = vec![("limit", filter.limit.to_string())];
@@ -143,45 +116,8 @@ impl Api {
         if filter.newest_first {
             query.push(("newest_first", "true".to_owned()));
         }
-        let body: EventsBody = self.get("/v1/audit", &query).await?;
+        let body: EventsBody = self.0.get("/v1/audit", &query).await?;
         Ok(body.events.into_iter().map(Event::from).collect())
-    }
-
-    /// GETs `path` and decodes a 200 answer; any other answer becomes the server's error.
-    async fn get<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<T> {
-        let url = format!("{}{path}", self.base);
-        let response = self
-            .client
-            .get(&url)
-            .bearer_auth(&self.key)
-            .query(query)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.base))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .with_context(|| format!("cannot read the answer of {url}"))?;
-        if !status.is_success() {
-            // The server's one error shape; anything else is not a Warden server.
-            if let Ok(body) = serde_json::from_slice::<Value>(&bytes)
-                && let Some(code) = body["error"].as_str()
-            {
-                bail!(
-                    "the server answered {}: {code}: {}",
-                    status.as_u16(),
-                    body["detail"].as_str().unwrap_or_default()
-                );
-            }
-            bail!("the server answered {} to {url}", status.as_u16());
-        }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("the answer of {url} is not what a Warden server sends"))
     }
 }
 
@@ -315,7 +251,11 @@ pub fn run(args: Args, json: bool) -> Result<Outcome> {
             );
         }
         let source = match &args.server {
-            Some(server) => Source::Server(Api::new(server)?),
+            Some(server) => Source::Server(Api(ServerApi::new(
+                server,
+                "--server needs an admin or operator key",
+                Duration::from_secs(60),
+            )?)),
             None => Source::Db(db::open(&args.db.url, Migrate::RequireCurrent).await?),
         };
         match args.command {

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod keys;
 pub mod migrate;
 pub mod serve;
+pub mod server_api;
 pub mod test;
 
 use anyhow::{Context, Result};

@@ -848,21 +848,9 @@ async fn admins_query_their_tenant_and_verify_the_chain() {
 /// A second replica on the same database sees the first one's decisions and keys.
 #[tokio::test]
 async fn a_second_replica_shares_decisions_and_idempotency() {
-    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
-        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+    let Some((first, second)) = pg_replicas("replica").await else {
         return;
     };
-    let schema = format!(
-        "replica_{}",
-        warden_server::ids::random_base32(12).to_lowercase()
-    );
-    let first = warden_store::open_postgres_in_schema(&url, &schema)
-        .await
-        .unwrap();
-    first.migrate().await.unwrap();
-    let second = warden_store::open_postgres_in_schema(&url, &schema)
-        .await
-        .unwrap();
     let a = server(first).await;
     let mut b = server(second).await;
     b.controller = a.controller.clone();
@@ -886,6 +874,27 @@ async fn a_second_replica_shares_decisions_and_idempotency() {
     assert_eq!(again["decision_id"], id);
     let report = b.store.verify().await.unwrap();
     assert!(report.first_broken.is_none());
+}
+
+/// Two stores on one fresh, migrated PostgreSQL schema named after `prefix`: two replicas.
+/// `None`, said loudly, when `WARDEN_TEST_DATABASE_URL` is not set.
+async fn pg_replicas(prefix: &str) -> Option<(Arc<dyn Store>, Arc<dyn Store>)> {
+    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let schema = format!(
+        "{prefix}_{}",
+        warden_server::ids::random_base32(12).to_lowercase()
+    );
+    let first = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    first.migrate().await.unwrap();
+    let second = warden_store::open_postgres_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    Some((first, second))
 }
 
 /// A store whose appends fail on demand, standing in for a full disk or a lost database.
@@ -2184,21 +2193,9 @@ async fn race_arc(servers: &[Arc<Server>], key: &str, token: &str, n: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_postgres_let_exactly_one_verify_win() {
-    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
-        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+    let Some((first, second)) = pg_replicas("permits").await else {
         return;
     };
-    let schema = format!(
-        "permits_{}",
-        warden_server::ids::random_base32(12).to_lowercase()
-    );
-    let first = warden_store::open_postgres_in_schema(&url, &schema)
-        .await
-        .unwrap();
-    first.migrate().await.unwrap();
-    let second = warden_store::open_postgres_in_schema(&url, &schema)
-        .await
-        .unwrap();
     let a = Arc::new(permit_server(first).await);
     let b = permit_server(second).await;
     // Replicas share the key file (or WARDEN_PERMIT_KEY).
@@ -2396,21 +2393,9 @@ async fn two_hundred_concurrent_requests_against_a_limit_of_fifty_allow_exactly_
 
 #[tokio::test]
 async fn two_replicas_on_one_postgres_database_allow_exactly_fifty_of_two_hundred() {
-    let Ok(url) = std::env::var("WARDEN_TEST_DATABASE_URL") else {
-        eprintln!("SKIPPED: WARDEN_TEST_DATABASE_URL is not set");
+    let Some((first, second)) = pg_replicas("budgets").await else {
         return;
     };
-    let schema = format!(
-        "budgets_{}",
-        warden_server::ids::random_base32(12).to_lowercase()
-    );
-    let first = warden_store::open_postgres_in_schema(&url, &schema)
-        .await
-        .unwrap();
-    first.migrate().await.unwrap();
-    let second = warden_store::open_postgres_in_schema(&url, &schema)
-        .await
-        .unwrap();
     let a = budget_server(first).await;
     let mut b = budget_server(second).await;
     b.controller = a.controller.clone();

@@ -133,21 +133,6 @@ impl WaitQuery {
     }
 }
 
-/// An approval id from the path.
-fn approval_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let invalid = || {
-        ApiError::bad_request(
-            "invalid_id",
-            "an approval id is 1 to 64 printable characters",
-        )
-    };
-    let Path(id) = id.map_err(|_| invalid())?;
-    if id.is_empty() || id.len() > 64 || !id.chars().all(warden_policy::action::printable) {
-        return Err(invalid());
-    }
-    Ok(id)
-}
-
 /// Whether an approver key may see and decide `record`: one of its groups, or any
 /// approver when the approval names none.
 fn in_groups(caller: &Caller, record: &ApprovalRecord) -> bool {
@@ -235,7 +220,7 @@ pub async fn show(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ApprovalView>, ApiError> {
     caller.require(&[Role::Approver, Role::Admin])?;
-    let id = approval_id(id)?;
+    let id = super::path_id(id, "an approval")?;
     Ok(Json(ApprovalView::of(
         &visible(&state, &caller, &id).await?,
     )))
@@ -364,7 +349,7 @@ async fn decide(
     verdict: Verdict,
 ) -> Result<Json<ApprovalView>, ApiError> {
     caller.require(&[Role::Approver])?;
-    let id = approval_id(id)?;
+    let id = super::path_id(id, "an approval")?;
     let reason = vote_reason(body, verdict)?;
     let act = act(&caller, verdict, reason)?;
     Ok(Json(
@@ -431,7 +416,7 @@ async fn wait_for(
     wanted: &str,
 ) -> Result<Json<ApprovalView>, ApiError> {
     caller.require(&[Role::Controller, Role::Agent])?;
-    let id = approval_id(id)?;
+    let id = super::path_id(id, "an approval")?;
     let timeout = WaitQuery::parse(uri.query())?;
     let deadline = Instant::now() + timeout;
     // Registered before the first read: a decision committed after this point wakes us,
@@ -648,7 +633,7 @@ pub async fn answer(
     body: Result<JsonBody, ApiError>,
 ) -> Result<Json<ApprovalView>, ApiError> {
     caller.require(&[Role::Approver])?;
-    let id = approval_id(id)?;
+    let id = super::path_id(id, "an approval")?;
     let JsonBody(bytes) = body?;
     let request: AnswerRequest = parse_json(&bytes)?;
     let answer = text("answer", &request.answer, 2000)?;

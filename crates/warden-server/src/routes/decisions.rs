@@ -499,7 +499,7 @@ pub async fn show(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Controller, Role::Admin])?;
-    let id = decision_id(id)?;
+    let id = super::path_id(id, "a decision")?;
     match state.store().decision(&caller.tenant, &id).await {
         Ok(Some(found)) => {
             // A pending approval whose time is up is expired now (a deny), so the answer
@@ -523,22 +523,6 @@ pub async fn show(
             Err(ApiError::store_unavailable())
         }
     }
-}
-
-/// A decision id from the path: decoded, printable, and of a sane length; anything else is
-/// no decision of anyone's, said in JSON.
-fn decision_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let invalid = || {
-        ApiError::bad_request(
-            "invalid_id",
-            "a decision id is 1 to 64 printable characters",
-        )
-    };
-    let Path(id) = id.map_err(|_| invalid())?;
-    if id.is_empty() || id.len() > 64 || !id.chars().all(warden_policy::action::printable) {
-        return Err(invalid());
-    }
-    Ok(id)
 }
 
 /// Records how an action went, linked to its decision.
@@ -568,7 +552,7 @@ pub async fn outcome(
     body: Result<JsonBody, ApiError>,
 ) -> Result<Json<OutcomeBody>, ApiError> {
     caller.require(&[Role::Controller])?;
-    let id = decision_id(id)?;
+    let id = super::path_id(id, "a decision")?;
     let JsonBody(body) = body?;
     let request: OutcomeRequest = parse_json(&body)?;
     if let Some(code) = &request.error_code {

@@ -114,7 +114,8 @@ pub struct Decision {
     pub obligations: Obligations,
     /// Who must approve, when the verdict is require_approval.
     pub approval: Option<ApprovalRequirement>,
-    /// The permit to issue, when the verdict is allow.
+    /// The permit to issue: now when the verdict is allow, once the approval is granted
+    /// when it is require_approval.
     pub permit: Option<PermitSettings>,
     /// The version of the policy that decided.
     pub policy_version: String,

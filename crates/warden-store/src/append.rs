@@ -11,6 +11,7 @@ use crate::approval::{ApprovalRecord, OutboxMessage, status};
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{
+    Charge,
     Append, Appended, CounterKey, CounterRow, CounterValue, NewDecision, NewEvent, PermitConsumed,
     PermitUse, StoredDecision, kind,
 };
@@ -84,6 +85,59 @@ pub(crate) fn counter_keys(batch: &[Append]) -> Vec<CounterKey> {
     keys
 }
 
+/// Charges `tenant`'s `charges` to `state` (the counter rows read under the chain lock, as
+/// earlier charges of the same transaction left them), marking the rows it changes in
+/// `touched`. All or nothing: when a charge does not fit, nothing moves and the answer is
+/// that charge's index and its counter's value.
+pub(crate) fn charge(
+    state: &mut HashMap<CounterKey, CounterRow>,
+    touched: &mut HashSet<CounterKey>,
+    tenant: &str,
+    charges: &[Charge],
+) -> Result<(), (usize, Option<i64>)> {
+    let mut keys = Vec::with_capacity(charges.len());
+    for (i, charge) in charges.iter().enumerate() {
+        let key = CounterKey::of(tenant, charge);
+        let current = live(state, &key, charge.now_ms)
+            .and_then(|row| row.values.get(charge.counter.as_str()))
+            .map(|c| c.value);
+        if !charge.fits(current) {
+            return Err((i, current));
+        }
+        keys.push(key);
+    }
+    for (charge, key) in charges.iter().zip(keys) {
+        let fresh = live(state, &key, charge.now_ms).is_none();
+        let row = state.entry(key.clone()).or_insert_with(|| CounterRow {
+            key: key.clone(),
+            values: Default::default(),
+            updated_at_ms: charge.now_ms,
+            expires_at_ms: 0,
+        });
+        match charge.expiry {
+            // An expired row is a new run or window: it starts from nothing.
+            Expiry::FromFirstUse(at) | Expiry::FromLastUse(at) if fresh => {
+                row.values.clear();
+                row.expires_at_ms = at;
+            }
+            Expiry::FromLastUse(at) => row.expires_at_ms = row.expires_at_ms.max(at),
+            Expiry::FromFirstUse(_) => {}
+        }
+        let name = charge.counter.as_str();
+        let current = row.values.get(name).map(|c| c.value);
+        row.values.insert(
+            name.to_owned(),
+            CounterValue {
+                value: charge.apply(current),
+                limit: charge.limit,
+            },
+        );
+        row.updated_at_ms = charge.now_ms;
+        touched.insert(key);
+    }
+    Ok(())
+}
+
 /// Chains `batch` after `head`. `holders` are the stored decisions holding any of the
 /// batch's idempotency keys, and `counters` the stored counters it charges, both read under
 /// the same lock as `head`: an item whose key is held (there, or by an earlier item of the
@@ -104,7 +158,7 @@ pub(crate) fn plan(
     let mut state: HashMap<CounterKey, CounterRow> =
         counters.into_iter().map(|c| (c.key.clone(), c)).collect();
     let mut touched: HashSet<CounterKey> = HashSet::new();
-    'items: for item in batch {
+    for item in batch {
         if let Some(decision) = &item.decision {
             if let Some(holder) = holder_of(&holders, decision) {
                 results.push(Appended::Duplicate(holder.clone()));
@@ -119,51 +173,14 @@ pub(crate) fn plan(
                 continue;
             }
         }
-        // All or nothing: every charge is checked before any counter moves.
-        let mut keys = Vec::with_capacity(item.charges.len());
-        for (i, charge) in item.charges.iter().enumerate() {
-            let key = CounterKey::of(&item.event.tenant, charge);
-            let current = live(&state, &key, charge.now_ms)
-                .and_then(|row| row.values.get(charge.counter.as_str()))
-                .map(|c| c.value);
-            if !charge.fits(current) {
-                let mut charges = item.charges;
-                results.push(Appended::OverLimit {
-                    charge: charges.swap_remove(i),
-                    current,
-                });
-                continue 'items;
-            }
-            keys.push(key);
-        }
-        for (charge, key) in item.charges.iter().zip(keys) {
-            let fresh = live(&state, &key, charge.now_ms).is_none();
-            let row = state.entry(key.clone()).or_insert_with(|| CounterRow {
-                key: key.clone(),
-                values: Default::default(),
-                updated_at_ms: charge.now_ms,
-                expires_at_ms: 0,
+        if let Err((i, current)) = charge(&mut state, &mut touched, &item.event.tenant, &item.charges)
+        {
+            let mut charges = item.charges;
+            results.push(Appended::OverLimit {
+                charge: charges.swap_remove(i),
+                current,
             });
-            match charge.expiry {
-                // An expired row is a new run or window: it starts from nothing.
-                Expiry::FromFirstUse(at) | Expiry::FromLastUse(at) if fresh => {
-                    row.values.clear();
-                    row.expires_at_ms = at;
-                }
-                Expiry::FromLastUse(at) => row.expires_at_ms = row.expires_at_ms.max(at),
-                Expiry::FromFirstUse(_) => {}
-            }
-            let name = charge.counter.as_str();
-            let current = row.values.get(name).map(|c| c.value);
-            row.values.insert(
-                name.to_owned(),
-                CounterValue {
-                    value: charge.apply(current),
-                    limit: charge.limit,
-                },
-            );
-            row.updated_at_ms = charge.now_ms;
-            touched.insert(key);
+            continue;
         }
         let seq = head.seq + 1;
         let hash = chain::event_hash(seq, &head.hash, &item.event)?;
@@ -510,7 +527,7 @@ fn validate(item: &mut Append) -> Result<(), StoreError> {
 }
 
 /// The columns of an `approvals` row, in the order [`approval_row`] gives its values.
-pub(crate) const APPROVAL_COLUMNS: [&str; 23] = [
+pub(crate) const APPROVAL_COLUMNS: [&str; 24] = [
     "id",
     "tenant",
     "kind",
@@ -534,6 +551,7 @@ pub(crate) const APPROVAL_COLUMNS: [&str; 23] = [
     "created_at_ms",
     "expires_at_ms",
     "decided_at_ms",
+    "on_grant",
 ];
 
 /// The JSON-valued columns of an approval row.
@@ -542,6 +560,8 @@ pub(crate) struct EncodedApproval {
     pub groups: String,
     pub options: String,
     pub votes: String,
+    /// `None` when it grants nothing (a question).
+    pub on_grant: Option<String>,
 }
 
 /// Encodes `approval`'s JSON-valued columns.
@@ -550,11 +570,16 @@ pub(crate) fn encode_approval(approval: &ApprovalRecord) -> Result<EncodedApprov
         groups: json_text(&approval.id, &approval.groups)?,
         options: json_text(&approval.id, &approval.options)?,
         votes: json_text(&approval.id, &approval.votes)?,
+        on_grant: if approval.on_grant.is_empty() {
+            None
+        } else {
+            Some(json_text(&approval.id, &approval.on_grant)?)
+        },
     })
 }
 
 /// The values of `a`'s row, in [`APPROVAL_COLUMNS`] order.
-pub(crate) fn approval_row<'a>(a: &'a ApprovalRecord, json: &'a EncodedApproval) -> [Cell<'a>; 23] {
+pub(crate) fn approval_row<'a>(a: &'a ApprovalRecord, json: &'a EncodedApproval) -> [Cell<'a>; 24] {
     let text = |v: &'a Option<String>| Cell::Text(v.as_deref());
     [
         Cell::Text(Some(&a.id)),
@@ -580,6 +605,7 @@ pub(crate) fn approval_row<'a>(a: &'a ApprovalRecord, json: &'a EncodedApproval)
         Cell::Int(a.created_at_ms),
         Cell::Int(a.expires_at_ms),
         Cell::OptInt(a.decided_at_ms),
+        Cell::Text(json.on_grant.as_deref()),
     ]
 }
 

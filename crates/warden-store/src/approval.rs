@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::NewEvent;
+use crate::model::{Charge, NewEvent};
 
 /// Well-known values of [`ApprovalRecord::kind`].
 pub mod approval_kind {
@@ -99,6 +99,28 @@ pub struct ApprovalRecord {
     pub expires_at_ms: i64,
     /// When it was decided, unix milliseconds.
     pub decided_at_ms: Option<i64>,
+    /// What it grants once approved (approvals only).
+    pub on_grant: OnGrant,
+}
+
+/// What an approval grants once it is approved, held from its `require_approval` decision:
+/// the permit to sign and the counters to charge, both in the granting transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OnGrant {
+    /// What the permit binds, as the server encodes it (the store only keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit: Option<serde_json::Value>,
+    /// The action's budget and rate-limit charges, as made at the decision; they are charged
+    /// as made at the grant (see [`Charge::at`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charges: Vec<Charge>,
+}
+
+impl OnGrant {
+    /// Whether it grants nothing.
+    pub fn is_empty(&self) -> bool {
+        self.permit.is_none() && self.charges.is_empty()
+    }
 }
 
 impl ApprovalRecord {
@@ -145,11 +167,26 @@ pub struct ApprovalUpdate {
     pub decision_body: Option<String>,
     /// Webhook deliveries to enqueue.
     pub outbox: Vec<OutboxMessage>,
+    /// Budget and rate-limit counters to charge: all of them, or, when one cannot take its
+    /// charge, none, and the decider is asked again with [`OverLimit`].
+    pub charges: Vec<Charge>,
+}
+
+/// A charge its counter cannot take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverLimit {
+    /// The charge.
+    pub charge: Charge,
+    /// The counter's stored value (`None`: no counter yet).
+    pub current: Option<i64>,
 }
 
 /// Decides a change from the approval as read under the chain lock: `Some` writes it,
-/// `None` writes nothing (a refused vote, an approval no longer pending).
-pub type ApprovalDecider = Box<dyn FnOnce(&ApprovalRecord) -> Option<ApprovalUpdate> + Send>;
+/// `None` writes nothing (a refused vote, an approval no longer pending). Called a second
+/// time, in the same transaction, with the limit when a charge of the first answer does not
+/// fit; that answer must charge nothing.
+pub type ApprovalDecider =
+    Box<dyn FnMut(&ApprovalRecord, Option<&OverLimit>) -> Option<ApprovalUpdate> + Send>;
 
 /// What [`crate::Store::update_approval`] did.
 #[derive(Debug, Clone, PartialEq)]

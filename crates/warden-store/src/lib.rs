@@ -40,7 +40,7 @@ use async_trait::async_trait;
 
 pub use approval::{
     ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal,
-    ApprovalUpdate, OutboxEntry, OutboxMessage, Vote, approval_kind, status,
+    ApprovalUpdate, OnGrant, OutboxEntry, OutboxMessage, OverLimit, Vote, approval_kind, status,
 };
 pub use chain::{GENESIS_HASH, Sorted, canonical_bytes, event_hash};
 pub use error::StoreError;

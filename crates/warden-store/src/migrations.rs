@@ -46,6 +46,10 @@ const SQLITE: &[Migration] = &[
         name: "0005_approvals",
         sql: include_str!("../../../migrations/sqlite/0005_approvals.sql"),
     },
+    Migration {
+        name: "0006_approval_grants",
+        sql: include_str!("../../../migrations/sqlite/0006_approval_grants.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -68,6 +72,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0005_approvals",
         sql: include_str!("../../../migrations/postgres/0005_approvals.sql"),
+    },
+    Migration {
+        name: "0006_approval_grants",
+        sql: include_str!("../../../migrations/postgres/0006_approval_grants.sql"),
     },
 ];
 

@@ -13,8 +13,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use crate::append::{self, Cell, Head, Link, Plan};
 use crate::approval::{
-    ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal, OutboxEntry,
-    OutboxMessage, Vote, status,
+    ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal, OnGrant,
+    OutboxEntry, OutboxMessage, OverLimit, Vote, status,
 };
 use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
@@ -464,6 +464,13 @@ where
             .map_err(|e| corrupt(format!("options: {e}")))?;
         let votes: Vec<Vote> =
             serde_json::from_str(&json("votes")?).map_err(|e| corrupt(format!("votes: {e}")))?;
+        let on_grant: Option<String> = row.try_get("on_grant")?;
+        let on_grant: OnGrant = match on_grant {
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| corrupt(format!("on_grant: {e}")))?
+            }
+            None => OnGrant::default(),
+        };
         let quorum: i64 = row.try_get("quorum")?;
         Ok(ApprovalRecord {
             tenant: row.try_get("tenant")?,
@@ -488,6 +495,7 @@ where
             created_at_ms: row.try_get("created_at_ms")?,
             expires_at_ms: row.try_get("expires_at_ms")?,
             decided_at_ms: row.try_get("decided_at_ms")?,
+            on_grant,
             id,
         })
     }
@@ -1192,7 +1200,7 @@ where
         &self,
         tenant: &str,
         id: &str,
-        decide: ApprovalDecider,
+        mut decide: ApprovalDecider,
     ) -> Result<ApprovalChanged, StoreError> {
         // Under the chain lock: the row read here is the row every other writer (any
         // replica) sees next, so votes and expiry take turns, and the events chain in the
@@ -1202,10 +1210,49 @@ where
             tx.rollback().await?;
             return Ok(ApprovalChanged::NotFound);
         };
-        let Some(update) = decide(&before) else {
+        let Some(mut update) = decide(&before, None) else {
             tx.rollback().await?;
             return Ok(ApprovalChanged::Unchanged(before));
         };
+        // A granted approval charges its action's counters here, under the same lock as
+        // every decision's charges; a charge that does not fit makes the decider answer
+        // again without charges (the grant becomes a deny naming the limit).
+        let mut counters = Vec::new();
+        if !update.charges.is_empty() {
+            let keys: Vec<_> = update
+                .charges
+                .iter()
+                .map(|c| crate::model::CounterKey::of(tenant, c))
+                .collect();
+            let rows = Self::counter_rows(&mut tx, &keys).await?;
+            let mut state = rows.into_iter().map(|c| (c.key.clone(), c)).collect();
+            let mut touched = std::collections::HashSet::new();
+            match append::charge(&mut state, &mut touched, tenant, &update.charges) {
+                Ok(()) => {
+                    counters = touched
+                        .into_iter()
+                        .filter_map(|key| state.remove(&key))
+                        .collect();
+                }
+                Err((i, current)) => {
+                    let over = OverLimit {
+                        charge: update.charges.swap_remove(i),
+                        current,
+                    };
+                    let Some(denied) = decide(&before, Some(&over)) else {
+                        tx.rollback().await?;
+                        return Ok(ApprovalChanged::Unchanged(before));
+                    };
+                    if !denied.charges.is_empty() {
+                        return Err(StoreError::InvalidEvent {
+                            id: before.id,
+                            reason: "an update over a limit must charge nothing".to_owned(),
+                        });
+                    }
+                    update = denied;
+                }
+            }
+        }
         let after = update.record;
         if after.id != before.id || after.tenant != before.tenant {
             return Err(StoreError::InvalidEvent {
@@ -1234,6 +1281,7 @@ where
             tx.rollback().await?;
             return Ok(ApprovalChanged::Unchanged(before));
         }
+        Self::upsert_counters(&mut tx, &counters).await?;
         if !update.events.is_empty() {
             let mut head = Self::head(&mut tx).await?;
             let mut links = Vec::with_capacity(update.events.len());

@@ -24,7 +24,8 @@ pub const RUN_GRACE: Duration = Duration::from_secs(3600);
 pub const RUN_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether a charge comes from a budget or a rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     /// A `budgets:` entry.
     Budget,
@@ -51,7 +52,8 @@ impl LimitKind {
 }
 
 /// What a counter counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Counter {
     /// `usage.tool_calls` (1 when the action does not say).
     ToolCalls,
@@ -123,7 +125,8 @@ impl Counter {
 const MICROS_PER_USD: f64 = 1_000_000.0;
 
 /// When a counter may be pruned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Expiry {
     /// At this time (unix ms), fixed when the counter is created.
     FromFirstUse(i64),
@@ -132,8 +135,9 @@ pub enum Expiry {
 }
 
 /// One counter an allowed action charges, with its ceiling. Amounts are integers in the
-/// counter's stored unit (see [`Counter`]).
-#[derive(Debug, Clone, PartialEq)]
+/// counter's stored unit (see [`Counter`]). It serializes so that an approval can hold the
+/// charges of the action it waits on until it is granted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Charge {
     /// Budget or rate limit.
     pub kind: LimitKind,
@@ -184,6 +188,33 @@ impl Charge {
     /// the run has lasted for `duration`, the stored sum otherwise.
     pub fn used(&self, current: Option<i64>) -> i64 {
         current.map_or(0, |v| self.counter.used(v, self.now_ms))
+    }
+
+    /// The same charge made at `now_ms` instead of at the decision: an approved action
+    /// charges its counters when the approval is granted, in the window and run that are
+    /// current then.
+    pub fn at(&self, now_ms: i64) -> Charge {
+        let mut charge = self.clone();
+        let shift = now_ms.saturating_sub(self.now_ms);
+        charge.now_ms = now_ms;
+        match (self.kind, self.resets_at_ms) {
+            (LimitKind::RateLimit, Some(end)) => {
+                let window = end.saturating_sub(self.window_start_ms).max(1);
+                let start = now_ms - now_ms.rem_euclid(window);
+                let end = start.saturating_add(window);
+                charge.window_start_ms = start;
+                charge.resets_at_ms = Some(end);
+                charge.expiry = Expiry::FromFirstUse(end);
+            }
+            _ => {
+                let moved = |at: i64| if at == i64::MAX { at } else { at.saturating_add(shift) };
+                charge.expiry = match self.expiry {
+                    Expiry::FromFirstUse(at) => Expiry::FromFirstUse(moved(at)),
+                    Expiry::FromLastUse(at) => Expiry::FromLastUse(moved(at)),
+                };
+            }
+        }
+        charge
     }
 
     /// The message of the deny when the counter at `current` could not take this charge.
@@ -432,6 +463,27 @@ rate_limits:
             c[0].expiry,
             Expiry::FromFirstUse(90_000 + 1_800_000 + 3_600_000)
         );
+    }
+
+    #[test]
+    fn a_charge_made_later_falls_in_the_window_and_run_of_that_time() {
+        let p = policy();
+        let a = action(
+            r#"{"type": "email.send", "agent": "bot", "run_id": "r1", "usage": {"cost_usd": 1}}"#,
+        );
+        let asked = p.charges(&a, &env(90_000));
+        // Granted 20 minutes later: what the action would be charged had it been asked then.
+        let granted: Vec<Charge> = asked.iter().map(|c| c.at(1_290_000)).collect();
+        assert_eq!(granted, p.charges(&a, &env(1_290_000)));
+        let rate = granted.last().unwrap();
+        assert_eq!(rate.window_start_ms, 1_260_000);
+        assert_eq!(rate.resets_at_ms, Some(1_320_000));
+        // An agent's budget never expires, however late it is charged.
+        let agent = granted.iter().find(|c| c.id == "agent-spend").unwrap();
+        assert_eq!(agent.expiry, Expiry::FromFirstUse(i64::MAX));
+        // What an approval stores reads back as the same charge.
+        let text = serde_json::to_string(&asked).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Charge>>(&text).unwrap(), asked);
     }
 
     #[test]

@@ -273,11 +273,11 @@ impl Checker {
             (None, _) => None,
         };
         let permit = match (&raw.permit, effect) {
-            (Some(p), Some(e)) if e != Effect::Allow => {
+            (Some(p), Some(e)) if !matches!(e, Effect::Allow | Effect::RequireApproval) => {
                 self.err(
                     p.span(),
                     format!(
-                        "`permit` is only allowed on allow rules, not {}",
+                        "`permit` is only allowed on allow and require_approval rules, not {}",
                         e.as_str()
                     ),
                 );

@@ -119,11 +119,17 @@ impl Policy {
             }
             merged.unwrap_or_default()
         });
-        // The strictest of the settings the allowing rules give; the defaults when none does.
-        let permit = (verdict == Verdict::Allow).then(|| {
+        // The strictest of the settings the deciding rules give; the defaults when none does.
+        // A require_approval's permit is the one issued once the approval is granted.
+        let permit = matches!(verdict, Verdict::Allow | Verdict::RequireApproval).then(|| {
+            let deciding = if verdict == Verdict::Allow {
+                Effect::Allow
+            } else {
+                Effect::RequireApproval
+            };
             matched
                 .iter()
-                .filter(|r| r.effect == Effect::Allow)
+                .filter(|r| r.effect == deciding)
                 .filter_map(|r| r.permit)
                 .reduce(|a, b| PermitSettings {
                     expires_in: a.expires_in.min(b.expires_in),

@@ -340,7 +340,8 @@ impl Rule {
 }
 
 /// Whose consumption a budget or rate limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Per {
     /// One agent run (`run_id`).
     Run,

@@ -213,7 +213,7 @@ rules:
 }
 
 #[test]
-fn permits_take_the_strictest_settings_of_the_allowing_rules() {
+fn permits_take_the_strictest_settings_of_the_deciding_rules() {
     let policy = r#"
 version: 1.0.0
 rules:
@@ -221,6 +221,8 @@ rules:
   - {id: b, actions: [x], effect: allow, permit: {expires_in: 30s}}
   - {id: c, actions: [y], effect: allow}
   - {id: d, actions: [z], effect: require_approval}
+  - {id: e, actions: [w], effect: require_approval, permit: {expires_in: 10m, max_uses: 2}}
+  - {id: f, actions: [w], effect: allow, permit: {expires_in: 1s}}
 "#;
     let permit = decide(policy, json!({"type": "x"})).permit.unwrap();
     assert_eq!(
@@ -232,7 +234,17 @@ rules:
         decide(policy, json!({"type": "y"})).permit,
         Some(PermitSettings::default())
     );
-    assert_eq!(decide(policy, json!({"type": "z"})).permit, None);
+    // A require_approval carries the permit its approval will issue: its own rules'
+    // settings, not those of an allow it overrides.
+    assert_eq!(
+        decide(policy, json!({"type": "z"})).permit,
+        Some(PermitSettings::default())
+    );
+    let held = decide(policy, json!({"type": "w"})).permit.unwrap();
+    assert_eq!(
+        (held.expires_in, held.max_uses),
+        (Duration::from_secs(600), 2)
+    );
     assert_eq!(decide(policy, json!({"type": "nothing"})).permit, None);
     let default = PermitSettings::default();
     assert_eq!(
@@ -291,7 +303,7 @@ fn policy_errors_carry_positions() {
         ),
         (
             "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: deny, permit: {max_uses: 2}}\n",
-            "3:49: `permit` is only allowed on allow rules, not deny",
+            "3:49: `permit` is only allowed on allow and require_approval rules, not deny",
         ),
         (
             "version: 1.0.0\nrules:\n  - {id: a, actions: [x], effect: allow, permit: {max_uses: 0}}\n",

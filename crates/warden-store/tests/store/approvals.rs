@@ -93,18 +93,18 @@ async fn an_approval_is_written_with_its_decision_and_changes_once() {
 
         // A decider that writes nothing changes nothing.
         let seen = store
-            .update_approval("acme", "a1", Box::new(|_| None))
+            .update_approval("acme", "a1", Box::new(|_, _| None))
             .await
             .unwrap();
         assert_eq!(seen, ApprovalChanged::Unchanged(approval("a1", "d-e1")));
         let missing = store
-            .update_approval("acme", "nope", Box::new(|_| None))
+            .update_approval("acme", "nope", Box::new(|_, _| None))
             .await
             .unwrap();
         assert_eq!(missing, ApprovalChanged::NotFound);
 
         let decide = |event_id: &'static str| {
-            Box::new(move |row: &ApprovalRecord| {
+            Box::new(move |row: &ApprovalRecord, _: Option<&warden_store::OverLimit>| {
                 let mut after = row.clone();
                 after.status = status::APPROVED.into();
                 after.decided_at_ms = Some(20);
@@ -119,7 +119,7 @@ async fn an_approval_is_written_with_its_decision_and_changes_once() {
                     record: after,
                     events: vec![outcome(event_id)],
                     decision_body: Some(json!({"effect": "allow"}).to_string()),
-                    outbox: vec![],
+                    ..ApprovalUpdate::default()
                 })
             }) as warden_store::ApprovalDecider
         };
@@ -159,6 +159,81 @@ async fn an_approval_is_written_with_its_decision_and_changes_once() {
             matches!(refused, Err(StoreError::InvalidEvent { .. })),
             "{refused:?}"
         );
+    })
+    .await;
+}
+
+/// The charges of an approved action by `support-bot` at `ms`, against a limit of one.
+fn one_a_minute(ms: i64) -> Vec<warden_store::Charge> {
+    let policy = warden_policy::Policy::parse(
+        "version: 1.0.0\nrate_limits:\n  - {id: once, actions: [\"*\"], per: agent, limit: 1, window: 1m}\n",
+    )
+    .unwrap();
+    let action = warden_policy::Action::from_json(
+        br#"{"type": "ticket.escalate", "agent": "support-bot"}"#,
+    )
+    .unwrap();
+    policy.charges(
+        &action,
+        &warden_policy::Env::new("acme", warden_policy::Timestamp::from_unix_millis(ms).unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn a_grant_charges_its_counters_in_its_transaction_or_is_asked_again_over_the_limit() {
+    each_backend(async |db| {
+        let store = &*db.store;
+        for (n, id) in ["a1", "a2"].into_iter().enumerate() {
+            let mut item = with_decision(event(&format!("e{n}"), "acme", 1), None);
+            let mut record = approval(id, &format!("d-e{n}"));
+            record.on_grant.charges = one_a_minute(10);
+            item.approval = Some(record);
+            store.append(vec![item]).await.unwrap();
+        }
+        // What was held reads back as it was made.
+        let held = store.approval("acme", "a1").await.unwrap().unwrap();
+        assert_eq!(held.on_grant.charges, one_a_minute(10));
+        let grant = || {
+            Box::new(move |row: &ApprovalRecord, over: Option<&warden_store::OverLimit>| {
+                let mut after = row.clone();
+                after.status = status::APPROVED.into();
+                after.decided_at_ms = Some(20);
+                let (body, charges) = match over {
+                    None => ("allow".to_owned(), row.on_grant.charges.clone()),
+                    Some(o) => (format!("deny {} {:?}", o.charge.id, o.current), vec![]),
+                };
+                Some(ApprovalUpdate {
+                    record: after,
+                    decision_body: Some(json!({"effect": body}).to_string()),
+                    charges,
+                    ..ApprovalUpdate::default()
+                })
+            }) as warden_store::ApprovalDecider
+        };
+        store.update_approval("acme", "a1", grant()).await.unwrap();
+        let first = store.decision("acme", "d-e0").await.unwrap().unwrap();
+        assert_eq!(first.body, json!({"effect": "allow"}));
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM budget_counters").await,
+            1,
+            "charged with the grant"
+        );
+        // The second grant in the same minute finds the counter full: asked again, it
+        // writes the deny, and the counter stays at one.
+        store.update_approval("acme", "a2", grant()).await.unwrap();
+        let second = store.decision("acme", "d-e1").await.unwrap().unwrap();
+        assert_eq!(second.body, json!({"effect": "deny once Some(1)"}));
+        let rows = store
+            .counters(&warden_store::CounterFilter {
+                tenant: "acme".into(),
+                agent: Some("support-bot".into()),
+                run_id: None,
+                now_ms: 20,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows[0].values["actions"].value, 1);
+        assert_eq!(store.verify().await.unwrap().first_broken, None);
     })
     .await;
 }

@@ -11,6 +11,7 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::permits::PermitKeys;
 use crate::state::{AppState, now_ms};
 use crate::wire::{ApprovalView, DecisionBody, rfc3339};
 use hmac::{Hmac, Mac};
@@ -23,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use warden_policy::{Action, Decision};
 use warden_store::{
     ApprovalChanged, ApprovalRecord, ApprovalSignal, ApprovalUpdate, NewEvent, OutboxMessage,
-    StoreError, Vote, approval_kind, kind, status,
+    OverLimit, StoreError, Vote, approval_kind, kind, status,
 };
 
 /// The environment variable holding the webhook signing secret.
@@ -319,14 +320,27 @@ pub enum Refusal {
     Invalid(String),
 }
 
+/// What granting an approval needs beyond its row: the keys its permit is signed with,
+/// and, when the store found one of its charges over a limit, that limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Granting<'a> {
+    /// Signs the permit of an approved action.
+    pub permits: &'a PermitKeys,
+    /// The limit a charge of the grant would pass: the grant is then a deny.
+    pub over: Option<&'a OverLimit>,
+}
+
 /// The change a vote makes to `record` at `now`, or why it makes none. Pure: the store
 /// runs it on the row as read under the chain lock. A vote on an approval whose time is
-/// up expires it instead (see [`plan_expiry`]).
+/// up expires it instead (see [`plan_expiry`]). The vote that grants an approval signs its
+/// permit and charges its action's counters (as made now), unless `granting.over` says a
+/// counter cannot take them: then the approved action is denied, naming the limit.
 pub fn plan_vote(
     record: &ApprovalRecord,
     act: &Act,
     original: Option<&Value>,
     webhooks: &crate::approvals::Webhooks,
+    granting: Granting<'_>,
     now: i64,
 ) -> Result<ApprovalUpdate, Refusal> {
     if !record.is_pending() {
@@ -446,18 +460,77 @@ pub fn plan_vote(
     if let Some(decided) = decided {
         after.status = decided.to_owned();
         after.decided_at_ms = Some(now);
+        let mut grant = Grant::default();
         match act.verdict {
             Verdict::Answer => after.answer = act.text.clone(),
             Verdict::Reject => after.reason = act.text.clone(),
-            Verdict::Approve => {}
+            Verdict::Approve => match granting.over {
+                Some(over) => {
+                    let message = over.charge.deny_message(over.current);
+                    after.reason = Some(format!("approved, but {message}"));
+                    grant.over = Some((over, message));
+                }
+                None => {
+                    update.charges = record.on_grant.charges.iter().map(|c| c.at(now)).collect();
+                    grant.permit = held_permit(record, granting.permits, now);
+                }
+            },
         }
-        events.push(outcome_event(&after, now));
-        update.decision_body = original.map(|body| final_body(body, &after));
+        let mut outcome = outcome_event(&after, now);
+        if let Some((over, message)) = &grant.over {
+            outcome.effect = Some("deny".to_owned());
+            outcome.reasons = vec![message.clone()];
+            if let Value::Object(detail) = &mut outcome.detail {
+                detail.insert(
+                    "limit".into(),
+                    json!({
+                        "kind": over.charge.kind.as_str(),
+                        "id": over.charge.id,
+                        "counter": over.charge.counter.as_str(),
+                    }),
+                );
+            }
+        }
+        events.push(outcome);
+        update.decision_body = original.map(|body| final_body(body, &after, &grant));
         update.outbox = webhooks.message(&format!("{}.decided", after.kind), &after, now);
     }
     update.record = after;
     update.events = events;
     Ok(update)
+}
+
+/// What a granted approval adds to its final decision: the permit, or the limit that
+/// turned the grant into a deny.
+#[derive(Debug, Default)]
+pub struct Grant<'a> {
+    /// The signed permit of the approved action.
+    pub permit: Option<crate::permits::Issued>,
+    /// The limit a charge would pass, and the deny's message.
+    pub over: Option<(&'a OverLimit, String)>,
+}
+
+/// The permit `record` holds for its action, signed at `now`. `None` for an approval made
+/// before approvals held permits; one that cannot be read is logged and issues none, so an
+/// executor that requires a permit refuses the action.
+fn held_permit(
+    record: &ApprovalRecord,
+    keys: &PermitKeys,
+    now: i64,
+) -> Option<crate::permits::Issued> {
+    let held = record.on_grant.permit.as_ref()?;
+    let held: crate::permits::Held = match serde_json::from_value(held.clone()) {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::error!(approval = %record.id, error = %e, "an approval's permit is unreadable");
+            return None;
+        }
+    };
+    let issued = keys.sign(&held.binding, held.settings(), now);
+    if issued.is_none() {
+        tracing::error!("no permit signing key");
+    }
+    issued
 }
 
 /// The change that expires `record` at `now`: `None` unless it is pending and due.
@@ -483,9 +556,10 @@ pub fn plan_expiry(
     });
     Some(ApprovalUpdate {
         events: vec![outcome_event(&after, now)],
-        decision_body: original.map(|body| final_body(body, &after)),
+        decision_body: original.map(|body| final_body(body, &after, &Grant::default())),
         outbox: webhooks.message(&format!("{}.expired", after.kind), &after, now),
         record: after,
+        charges: Vec::new(),
     })
 }
 
@@ -550,10 +624,15 @@ fn final_effect(status: &str) -> &'static str {
 }
 
 /// The final decision once its approval is decided: the recorded body with the effect,
-/// the approval's state and, first among the reasons, why.
-pub fn final_body(original: &Value, after: &ApprovalRecord) -> String {
+/// the approval's state, the permit of a granted one and, first among the reasons, why (a
+/// limit that denied a granted one comes before the grant).
+pub fn final_body(original: &Value, after: &ApprovalRecord, grant: &Grant<'_>) -> String {
     let mut body = original.clone();
-    let effect = final_effect(&after.status);
+    let effect = if grant.over.is_some() {
+        "deny"
+    } else {
+        final_effect(&after.status)
+    };
     let users: Vec<&str> = after
         .votes
         .iter()
@@ -577,14 +656,32 @@ pub fn final_body(original: &Value, after: &ApprovalRecord) -> String {
     };
     if let Value::Object(fields) = &mut body {
         fields.insert("effect".into(), Value::from(effect));
-        let reason =
-            json!({"rule": after.rule_id, "effect": effect, "code": code, "message": message});
+        let granted = final_effect(&after.status);
+        let mut first = vec![
+            json!({"rule": after.rule_id, "effect": granted, "code": code, "message": message}),
+        ];
+        if let Some((over, message)) = &grant.over {
+            let limit =
+                crate::wire::ReasonBody::over_limit(&over.charge, over.current, message.clone());
+            first.insert(0, serde_json::to_value(limit).unwrap_or(Value::Null));
+            fields.insert("obligations".into(), json!({}));
+        }
         match fields.get_mut("reasons") {
-            Some(Value::Array(reasons)) => reasons.insert(0, reason),
+            Some(Value::Array(reasons)) => {
+                reasons.splice(0..0, first);
+            }
             _ => {
-                fields.insert("reasons".into(), Value::Array(vec![reason]));
+                fields.insert("reasons".into(), Value::Array(first));
             }
         }
+        let permit = grant.permit.as_ref().map_or(Value::Null, |p| {
+            json!({
+                "token": p.token,
+                "expires_at": rfc3339(p.expires_at_ms),
+                "max_uses": p.max_uses,
+            })
+        });
+        fields.insert("permit".into(), permit);
         if let Some(Value::Object(approval)) = fields.get_mut("approval") {
             approval.insert("status".into(), Value::from(after.status.clone()));
             approval.insert(
@@ -660,7 +757,7 @@ async fn expire_changed(
         .update_approval(
             &record.tenant,
             &record.id,
-            Box::new(move |row| plan_expiry(row, original.as_ref(), &webhooks, now)),
+            Box::new(move |row, _| plan_expiry(row, original.as_ref(), &webhooks, now)),
         )
         .await
         .map_err(store_error)
@@ -685,19 +782,29 @@ pub async fn vote(
     let original = original_body(state, &record).await?;
     let webhooks = state.webhooks().clone();
     let now = now_ms();
-    let (decide_act, decide_original, decide_webhooks) =
-        (act.clone(), original.clone(), webhooks.clone());
+    let permits = state.permits().current();
+    let (decide_act, decide_original, decide_webhooks, decide_permits) = (
+        act.clone(),
+        original.clone(),
+        webhooks.clone(),
+        permits.clone(),
+    );
     let changed = state
         .store()
         .update_approval(
             tenant,
             id,
-            Box::new(move |row| {
+            Box::new(move |row, over| {
+                let granting = Granting {
+                    permits: &decide_permits,
+                    over,
+                };
                 plan_vote(
                     row,
                     &decide_act,
                     decide_original.as_ref(),
                     &decide_webhooks,
+                    granting,
                     now,
                 )
                 .ok()
@@ -714,7 +821,11 @@ pub async fn vote(
         ApprovalChanged::Written { after, .. } => Ok(ApprovalView::of(&after)),
         ApprovalChanged::Unchanged(row) => {
             // The same pure function on the same row says why nothing was written.
-            match plan_vote(&row, &act, original.as_ref(), &webhooks, now) {
+            let granting = Granting {
+                permits: &permits,
+                over: None,
+            };
+            match plan_vote(&row, &act, original.as_ref(), &webhooks, granting, now) {
                 Err(Refusal::Forbidden(detail)) => Err(ApiError::forbidden(detail)),
                 Err(Refusal::Invalid(detail)) => Err(ApiError::bad_request("invalid_body", detail)),
                 Err(Refusal::Conflict(detail)) => Err(conflict(&row, detail)),

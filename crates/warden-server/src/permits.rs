@@ -238,24 +238,26 @@ impl PermitKeys {
     /// Signs a permit for an allowed action. `None` only when the set has no current key,
     /// which loading refuses.
     pub fn issue(&self, grant: &Grant<'_>) -> Option<Issued> {
+        self.sign(&Binding::of(grant), grant.settings, grant.now_ms)
+    }
+
+    /// Signs a permit binding `binding`, issued at `now_ms` with `settings`: for a direct
+    /// allow at its decision, for an approved action when the approval is granted.
+    pub fn sign(&self, binding: &Binding, settings: PermitSettings, now_ms: i64) -> Option<Issued> {
         let key = self.signer()?;
-        let iat = grant.now_ms.div_euclid(1000);
-        let exp = iat.saturating_add(i64::try_from(grant.settings.expires_in.as_secs()).ok()?);
-        let target = grant.action.target.as_ref();
+        let iat = now_ms.div_euclid(1000);
+        let exp = iat.saturating_add(i64::try_from(settings.expires_in.as_secs()).ok()?);
         let claims = Claims {
             v: 1,
-            decision_id: grant.decision_id.to_owned(),
-            tenant: grant.tenant.to_owned(),
-            action_type: grant.action.kind.as_str().to_owned(),
-            target: target.map(|t| ClaimTarget {
-                kind: t.kind.clone(),
-                id: t.id.clone(),
-            }),
-            agent: grant.action.agent.clone(),
-            payload_sha256: jcs::payload_sha256(&grant.action.payload),
+            decision_id: binding.decision_id.clone(),
+            tenant: binding.tenant.clone(),
+            action_type: binding.action_type.clone(),
+            target: binding.target.clone(),
+            agent: binding.agent.clone(),
+            payload_sha256: binding.payload_sha256.clone(),
             iat,
             exp,
-            max_uses: grant.settings.max_uses,
+            max_uses: settings.max_uses,
         };
         let header = Header {
             alg: "EdDSA".into(),
@@ -327,6 +329,73 @@ pub struct Grant<'a> {
     pub settings: PermitSettings,
     /// Now, unix ms.
     pub now_ms: i64,
+}
+
+/// What a permit binds, fixed at the decision: everything but its times and uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// The decision.
+    pub decision_id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// The action type.
+    pub action_type: String,
+    /// The target, as the action named it.
+    pub target: Option<ClaimTarget>,
+    /// The agent, as resolved.
+    pub agent: Option<String>,
+    /// Lowercase hex SHA-256 of the payload's RFC 8785 form.
+    pub payload_sha256: String,
+}
+
+impl Binding {
+    /// What `grant`'s permit binds.
+    pub fn of(grant: &Grant<'_>) -> Self {
+        let action = grant.action;
+        Self {
+            decision_id: grant.decision_id.to_owned(),
+            tenant: grant.tenant.to_owned(),
+            action_type: action.kind.as_str().to_owned(),
+            target: action.target.as_ref().map(|t| ClaimTarget {
+                kind: t.kind.clone(),
+                id: t.id.clone(),
+            }),
+            agent: action.agent.clone(),
+            payload_sha256: jcs::payload_sha256(&action.payload),
+        }
+    }
+}
+
+/// The permit an approval holds until it is granted: what it binds and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    /// What it binds.
+    pub binding: Binding,
+    /// Seconds from the grant to its expiry.
+    pub expires_in_s: u64,
+    /// Verifications it allows.
+    pub max_uses: u32,
+}
+
+impl Held {
+    /// The permit `grant` will carry once its approval is granted.
+    pub fn of(grant: &Grant<'_>) -> Self {
+        Self {
+            binding: Binding::of(grant),
+            expires_in_s: grant.settings.expires_in.as_secs(),
+            max_uses: grant.settings.max_uses,
+        }
+    }
+
+    /// The settings to sign it with.
+    pub fn settings(&self) -> PermitSettings {
+        PermitSettings {
+            expires_in: std::time::Duration::from_secs(self.expires_in_s),
+            max_uses: self.max_uses,
+        }
+    }
 }
 
 /// A signed permit.

@@ -36,6 +36,13 @@ rules:
     actions: [ticket.close]
     effect: require_approval
     approval: {approvers: [legal], expires_in: 1s}
+  - id: vendor-payment
+    actions: [vendor.pay]
+    effect: require_approval
+    approval: {approvers: [finance]}
+    permit: {expires_in: 10m, max_uses: 2}
+budgets:
+  - {id: vendor-payments, per: tenant, count: {actions: [vendor.pay], limit: 1}}
 "#;
 
 /// Where a test database lives, so that a second replica can open it.
@@ -913,5 +920,272 @@ async fn a_waiter_survives_the_listener_losing_its_connection() {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["status"], "approved", "{body}");
         assert_eq!(body["timed_out"], false, "{body}");
+    }
+}
+
+/// The tenant's `vendor-payments` counter, if any action was charged to it.
+async fn vendor_payments(s: &Server) -> Option<i64> {
+    let rows = s
+        .store
+        .counters(&warden_store::CounterFilter {
+            tenant: "acme".into(),
+            agent: None,
+            run_id: None,
+            now_ms: warden_server::state::now_ms(),
+        })
+        .await
+        .unwrap();
+    rows.iter()
+        .filter(|r| r.key.limit_id == "vendor-payments")
+        .find_map(|r| r.values.get("actions"))
+        .map(|v| v.value)
+}
+
+#[tokio::test]
+async fn an_approved_action_gets_a_permit_for_its_payload_and_is_charged_when_granted() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let fred = s.approver("fred", "finance").await;
+        let pay = |n: u32| json!({"type": "vendor.pay", "target": {"type": "invoice", "id": format!("INV-{n}")}, "payload": {"amount": 120.5, "currency": "EUR", "n": n}});
+        let first = pending(&s, &controller, pay(1)).await;
+        let second = pending(&s, &controller, pay(2)).await;
+        assert_eq!(vendor_payments(&s).await, None, "asking charges nothing");
+
+        let approve = |id: String| {
+            let (s, fred) = (&s, &fred);
+            async move {
+                s.call(
+                    Method::POST,
+                    &format!("/v1/approvals/{id}/approve"),
+                    fred,
+                    json!({}),
+                )
+                .await
+            }
+        };
+        let (status, view) = approve(approval_id(&first)).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(vendor_payments(&s).await, Some(1), "charged by the grant");
+        let decision = |d: &Value| {
+            let path = format!("/v1/decisions/{}", d["decision_id"].as_str().unwrap());
+            let (s, controller) = (&s, &controller);
+            async move { s.call(Method::GET, &path, controller, Value::Null).await.1 }
+        };
+        let granted = decision(&first).await;
+        assert_eq!(granted["effect"], "allow", "{granted}");
+        let permit = &granted["permit"];
+        assert_eq!(
+            permit["max_uses"], 2,
+            "the rule's permit settings: {granted}"
+        );
+        let token = permit["token"].as_str().unwrap().to_owned();
+
+        // The permit is the approved action's: its payload verifies, another does not.
+        let verify = |payload: Value| {
+            let (s, controller, token) = (&s, &controller, token.clone());
+            async move {
+                s.call(
+                    Method::POST,
+                    "/v1/permits/verify",
+                    controller,
+                    json!({"permit": token, "payload": payload}),
+                )
+                .await
+                .1
+            }
+        };
+        let other = verify(json!({"amount": 99999, "currency": "EUR", "n": 1})).await;
+        assert_eq!(
+            (other["valid"].clone(), other["reason"].clone()),
+            (json!(false), json!("payload_mismatch"))
+        );
+        let ok = verify(pay(1)["payload"].clone()).await;
+        assert_eq!(ok["valid"], true, "{ok}");
+
+        // The second grant finds the budget used up: approved by a human, denied by the
+        // limit, with no permit, and the counter stays at its ceiling.
+        let (status, view) = approve(approval_id(&second)).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(view["status"], "approved");
+        assert!(
+            view["reason"].as_str().unwrap().contains("vendor-payments"),
+            "{view}"
+        );
+        let denied = decision(&second).await;
+        assert_eq!(denied["effect"], "deny", "{denied}");
+        assert_eq!(denied["permit"], Value::Null);
+        assert_eq!(denied["reasons"][0]["code"], "budget_exceeded");
+        assert_eq!(denied["reasons"][0]["limit"]["id"], "vendor-payments");
+        assert_eq!(denied["reasons"][1]["code"], "approval_granted");
+        assert_eq!(vendor_payments(&s).await, Some(1));
+        let outcomes = s.events(kind::APPROVAL_OUTCOME).await;
+        let effects: Vec<_> = outcomes
+            .iter()
+            .map(|e| {
+                (
+                    e.event.decision_id.clone().unwrap(),
+                    e.event.effect.clone().unwrap(),
+                )
+            })
+            .collect();
+        assert!(effects.contains(&(
+            first["decision_id"].as_str().unwrap().into(),
+            "allow".into()
+        )));
+        assert!(effects.contains(&(
+            second["decision_id"].as_str().unwrap().into(),
+            "deny".into()
+        )));
+        let limited = outcomes
+            .iter()
+            .find(|e| e.event.effect.as_deref() == Some("deny"))
+            .unwrap();
+        assert_eq!(limited.event.detail["limit"]["id"], "vendor-payments");
+        assert_eq!(s.store.verify().await.unwrap().first_broken, None);
+    }
+}
+
+/// The id of an issued key, from its token (`wdn_<id>_<secret>`).
+fn key_id(token: &str) -> String {
+    token.split('_').nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn simultaneous_votes_on_two_replicas_decide_an_approval_once() {
+    for place in places().await {
+        let (a, b) = (
+            server(&place, limits()).await,
+            server(&place, limits()).await,
+        );
+        let controller = a.key("acme", vec![Role::Controller], None, &[]).await;
+        // Quorum 1: of eight approvers voting at once, across both replicas, one decides.
+        let decision = pending(&a, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        let mut approvers = Vec::new();
+        for n in 0..8 {
+            approvers.push(a.approver(&format!("user-{n}"), "legal").await);
+        }
+        let mut votes = Vec::new();
+        for (n, key) in approvers.iter().enumerate() {
+            let app = if n % 2 == 0 {
+                a.app.clone()
+            } else {
+                b.app.clone()
+            };
+            let (verdict, body) = if n % 3 == 0 {
+                ("reject", json!({"reason": "no"}))
+            } else {
+                ("approve", json!({}))
+            };
+            let (path, key) = (format!("/v1/approvals/{id}/{verdict}"), key.clone());
+            votes.push(tokio::spawn(async move {
+                call(&app, Method::POST, &path, &key, body).await
+            }));
+        }
+        let mut answers = Vec::new();
+        for vote in votes {
+            answers.push(vote.await.unwrap());
+        }
+        let won: Vec<_> = answers
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .collect();
+        assert_eq!(won.len(), 1, "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|(status, body)| *status == StatusCode::OK
+                    || (*status == StatusCode::CONFLICT && body["error"] == "already_decided")),
+            "{answers:?}"
+        );
+        let votes = a.events(kind::APPROVAL_VOTE).await;
+        let outcomes = a.events(kind::APPROVAL_OUTCOME).await;
+        assert_eq!((votes.len(), outcomes.len()), (1, 1));
+        let (_, final_view) = a
+            .call(
+                Method::GET,
+                &format!("/v1/approvals/{id}"),
+                &approvers[0],
+                Value::Null,
+            )
+            .await;
+        assert_eq!(final_view["status"], won[0].1["status"]);
+
+        // Quorum 2: two different people approving at once both count, and it is approved
+        // once.
+        let decision = pending(&a, &controller, json!({"type": "payment.refund"})).await;
+        let path = format!("/v1/approvals/{}/approve", approval_id(&decision));
+        let (fin1, fin2) = (
+            a.approver("f1", "finance").await,
+            a.approver("f2", "finance").await,
+        );
+        let (one, two) = tokio::join!(
+            a.call(Method::POST, &path, &fin1, json!({})),
+            b.call(Method::POST, &path, &fin2, json!({}))
+        );
+        assert_eq!(
+            (one.0, two.0),
+            (StatusCode::OK, StatusCode::OK),
+            "{one:?} {two:?}"
+        );
+        let statuses = [one.1["status"].clone(), two.1["status"].clone()];
+        assert!(statuses.contains(&json!("approved")), "{statuses:?}");
+        assert!(statuses.contains(&json!("pending")), "{statuses:?}");
+        assert_eq!(a.events(kind::APPROVAL_OUTCOME).await.len(), 2);
+        assert_eq!(a.store.verify().await.unwrap().first_broken, None);
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_approver_key_decides_nothing() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = s.approver("alice", "legal").await;
+        let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        let id = approval_id(&decision);
+        assert!(s.store.revoke_key(&key_id(&alice), 1).await.unwrap());
+        let (status, body) = s
+            .call(
+                Method::POST,
+                &format!("/v1/approvals/{id}/approve"),
+                &alice,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(s.events(kind::APPROVAL_VOTE).await.is_empty());
+        let (_, list) = s
+            .call(Method::GET, "/v1/approvals", &alice, Value::Null)
+            .await;
+        assert_eq!(list["error"], "unauthorized", "{list}");
+        let view = s.store.approval("acme", &id).await.unwrap().unwrap();
+        assert_eq!(view.status, "pending");
+    }
+}
+
+#[tokio::test]
+async fn an_approvers_listing_limit_counts_only_what_it_may_see() {
+    for place in places().await {
+        let s = server(&place, limits()).await;
+        let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
+        let alice = s.approver("alice", "legal").await;
+        let legal = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
+        // Newer approvals for another group come first in the table, not in alice's page.
+        for _ in 0..3 {
+            pending(&s, &controller, json!({"type": "payment.refund"})).await;
+        }
+        let (status, list) = s
+            .call(
+                Method::GET,
+                "/v1/approvals?status=pending&limit=1",
+                &alice,
+                Value::Null,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["approvals"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(list["approvals"][0]["id"], approval_id(&legal).as_str());
     }
 }

@@ -11,9 +11,8 @@ use crate::approval::{ApprovalRecord, OutboxMessage, status};
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{
-    Charge,
-    Append, Appended, CounterKey, CounterRow, CounterValue, NewDecision, NewEvent, PermitConsumed,
-    PermitUse, StoredDecision, kind,
+    Append, Appended, Charge, CounterKey, CounterRow, CounterValue, NewDecision, NewEvent,
+    PermitConsumed, PermitUse, StoredDecision, kind,
 };
 
 /// The last event of the chain, which the next one links to.
@@ -173,7 +172,8 @@ pub(crate) fn plan(
                 continue;
             }
         }
-        if let Err((i, current)) = charge(&mut state, &mut touched, &item.event.tenant, &item.charges)
+        if let Err((i, current)) =
+            charge(&mut state, &mut touched, &item.event.tenant, &item.charges)
         {
             let mut charges = item.charges;
             results.push(Appended::OverLimit {

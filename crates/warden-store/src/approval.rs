@@ -213,6 +213,8 @@ pub struct ApprovalFilter {
     pub kind: Option<String>,
     /// At most this many (capped at 1000; 0 means 100).
     pub limit: u32,
+    /// Only those listed after this one: its `(created_at_ms, id)`, for paging.
+    pub before: Option<(i64, String)>,
 }
 
 /// A signal that approvals may have changed, for waiters.

@@ -1155,12 +1155,20 @@ where
             "SELECT {} FROM approvals WHERE tenant = $1",
             approval_columns()
         );
-        let mut binds = vec![filter.tenant.clone()];
+        let mut binds = vec![Arg::Text(filter.tenant.clone())];
         for (column, value) in [("status", &filter.status), ("kind", &filter.kind)] {
             if let Some(value) = value {
-                binds.push(value.clone());
+                binds.push(Arg::Text(value.clone()));
                 sql.push_str(&format!(" AND {column} = ${}", binds.len()));
             }
+        }
+        if let Some((at, id)) = &filter.before {
+            binds.push(Arg::Int(*at));
+            binds.push(Arg::Text(id.clone()));
+            let (a, i) = (binds.len() - 1, binds.len());
+            sql.push_str(&format!(
+                " AND (created_at_ms < ${a} OR (created_at_ms = ${a} AND id < ${i}))"
+            ));
         }
         let limit = match filter.limit {
             0 => 100,
@@ -1170,8 +1178,11 @@ where
             " ORDER BY created_at_ms DESC, id DESC LIMIT {limit}"
         ));
         let mut query = sqlx::query(&sql);
-        for value in binds {
-            query = query.bind(value);
+        for arg in binds {
+            query = match arg {
+                Arg::Text(value) => query.bind(value),
+                Arg::Int(value) => query.bind(value),
+            };
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(Self::approval_from_row).collect()

@@ -207,7 +207,13 @@ impl Charge {
                 charge.expiry = Expiry::FromFirstUse(end);
             }
             _ => {
-                let moved = |at: i64| if at == i64::MAX { at } else { at.saturating_add(shift) };
+                let moved = |at: i64| {
+                    if at == i64::MAX {
+                        at
+                    } else {
+                        at.saturating_add(shift)
+                    }
+                };
                 charge.expiry = match self.expiry {
                     Expiry::FromFirstUse(at) => Expiry::FromFirstUse(moved(at)),
                     Expiry::FromLastUse(at) => Expiry::FromLastUse(moved(at)),

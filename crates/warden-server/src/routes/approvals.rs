@@ -152,6 +152,9 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<Approval
     Ok(record)
 }
 
+/// How many pages of 1000 rows a listing reads at most to fill an approver's page.
+const MAX_LIST_PAGES: usize = 10;
+
 /// Pending (or filtered) approvals and questions: an approver's of its groups, an
 /// admin's of the whole tenant. Newest first.
 #[utoipa::path(
@@ -176,27 +179,36 @@ pub async fn list(
     let q = ListQuery::parse(uri.query())?;
     // Expired approvals are expired before they are listed, so none reads as pending.
     approvals::sweep_once(&state).await;
-    let found = state
-        .store()
-        .approvals(&ApprovalFilter {
-            tenant: caller.tenant.clone(),
-            status: q.status,
-            kind: q.kind,
-            limit: q.limit.unwrap_or(100),
-        })
-        .await
-        .map_err(|e| {
+    let admin = caller.roles.contains(&Role::Admin);
+    let limit = q.limit.unwrap_or(100) as usize;
+    let mut filter = ApprovalFilter {
+        tenant: caller.tenant.clone(),
+        status: q.status,
+        kind: q.kind,
+        limit: 1000,
+        before: None,
+    };
+    // The limit counts what the caller may see: an approver's page is filled from further
+    // pages when other groups' approvals are newer, up to a bounded scan.
+    let mut approvals = Vec::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let page = state.store().approvals(&filter).await.map_err(|e| {
             tracing::error!(error = %e, "approval listing failed");
             ApiError::store_unavailable()
         })?;
-    let admin = caller.roles.contains(&Role::Admin);
-    Ok(Json(ApprovalsBody {
-        approvals: found
-            .iter()
-            .filter(|a| admin || in_groups(&caller, a))
-            .map(ApprovalView::of)
-            .collect(),
-    }))
+        let full = page.len() == filter.limit as usize;
+        filter.before = page.last().map(|a| (a.created_at_ms, a.id.clone()));
+        approvals.extend(
+            page.iter()
+                .filter(|a| admin || in_groups(&caller, a))
+                .take(limit - approvals.len())
+                .map(ApprovalView::of),
+        );
+        if approvals.len() == limit || !full {
+            break;
+        }
+    }
+    Ok(Json(ApprovalsBody { approvals }))
 }
 
 /// One approval or question.

@@ -20,7 +20,7 @@ use std::time::Instant;
 use warden_policy::{
     Action, ActionError, ActionField, AuditView, Charge, Decision, Env, Timestamp, Verdict,
 };
-use warden_store::{Append, Appended, NewDecision, NewEvent, kind};
+use warden_store::{Append, Appended, NewDecision, NewEvent, OnGrant, kind};
 
 /// Bodies larger than this are parsed and evaluated off the async executor.
 const INLINE_BYTES: usize = 64 * 1024;
@@ -259,9 +259,11 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             );
             let t0 = Instant::now();
             let decision = loaded.policy.evaluate(&action, &env);
-            // Only an allow spends: a denied action, or one waiting for a human, consumes
-            // nothing. The store checks and charges these under the chain lock.
-            if decision.verdict == Verdict::Allow {
+            // Only an allow spends: a denied action consumes nothing, and one waiting for a
+            // human is charged when its approval is granted, in that transaction (its
+            // approval holds the charges). The store checks and charges these under the
+            // chain lock.
+            if matches!(decision.verdict, Verdict::Allow | Verdict::RequireApproval) {
                 charges = loaded.policy.charges(&action, &env);
             }
             let eval_ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -358,10 +360,25 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         now,
     );
     let (approval, outbox) = match opened {
-        Some((approval, outbox)) => {
+        Some((mut approval, outbox)) => {
             if event.detail.is_null() {
                 event.detail = json!({"approval_id": approval.id});
             }
+            // What the approval grants once approved: the permit, signed then, and the
+            // counters, charged then.
+            let permit = decision.as_ref().and_then(|d| d.permit).map(|settings| {
+                crate::permits::Held::of(&crate::permits::Grant {
+                    decision_id: &decision_id,
+                    tenant: &caller.tenant,
+                    action: &action,
+                    settings,
+                    now_ms: now,
+                })
+            });
+            approval.on_grant = OnGrant {
+                permit: permit.and_then(|p| serde_json::to_value(p).ok()),
+                charges: std::mem::take(&mut charges),
+            };
             (Some(approval), outbox)
         }
         None => (None, Vec::new()),
@@ -400,7 +417,12 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
                 body: stored,
                 created_at_ms: now,
             }),
-            charges,
+            // Only a direct allow is charged with its decision.
+            charges: if body.effect == "allow" {
+                charges
+            } else {
+                Vec::new()
+            },
             approval,
             outbox,
         },

@@ -104,24 +104,26 @@ async fn an_approval_is_written_with_its_decision_and_changes_once() {
         assert_eq!(missing, ApprovalChanged::NotFound);
 
         let decide = |event_id: &'static str| {
-            Box::new(move |row: &ApprovalRecord, _: Option<&warden_store::OverLimit>| {
-                let mut after = row.clone();
-                after.status = status::APPROVED.into();
-                after.decided_at_ms = Some(20);
-                after.votes.push(Vote {
-                    user: "alice".into(),
-                    key_id: "k2".into(),
-                    verdict: "approve".into(),
-                    reason: None,
-                    at_ms: 20,
-                });
-                Some(ApprovalUpdate {
-                    record: after,
-                    events: vec![outcome(event_id)],
-                    decision_body: Some(json!({"effect": "allow"}).to_string()),
-                    ..ApprovalUpdate::default()
-                })
-            }) as warden_store::ApprovalDecider
+            Box::new(
+                move |row: &ApprovalRecord, _: Option<&warden_store::OverLimit>| {
+                    let mut after = row.clone();
+                    after.status = status::APPROVED.into();
+                    after.decided_at_ms = Some(20);
+                    after.votes.push(Vote {
+                        user: "alice".into(),
+                        key_id: "k2".into(),
+                        verdict: "approve".into(),
+                        reason: None,
+                        at_ms: 20,
+                    });
+                    Some(ApprovalUpdate {
+                        record: after,
+                        events: vec![outcome(event_id)],
+                        decision_body: Some(json!({"effect": "allow"}).to_string()),
+                        ..ApprovalUpdate::default()
+                    })
+                },
+            ) as warden_store::ApprovalDecider
         };
         let ApprovalChanged::Written { after } = store
             .update_approval("acme", "a1", decide("e3"))
@@ -169,13 +171,15 @@ fn one_a_minute(ms: i64) -> Vec<warden_store::Charge> {
         "version: 1.0.0\nrate_limits:\n  - {id: once, actions: [\"*\"], per: agent, limit: 1, window: 1m}\n",
     )
     .unwrap();
-    let action = warden_policy::Action::from_json(
-        br#"{"type": "ticket.escalate", "agent": "support-bot"}"#,
-    )
-    .unwrap();
+    let action =
+        warden_policy::Action::from_json(br#"{"type": "ticket.escalate", "agent": "support-bot"}"#)
+            .unwrap();
     policy.charges(
         &action,
-        &warden_policy::Env::new("acme", warden_policy::Timestamp::from_unix_millis(ms).unwrap()),
+        &warden_policy::Env::new(
+            "acme",
+            warden_policy::Timestamp::from_unix_millis(ms).unwrap(),
+        ),
     )
 }
 
@@ -194,21 +198,23 @@ async fn a_grant_charges_its_counters_in_its_transaction_or_is_asked_again_over_
         let held = store.approval("acme", "a1").await.unwrap().unwrap();
         assert_eq!(held.on_grant.charges, one_a_minute(10));
         let grant = || {
-            Box::new(move |row: &ApprovalRecord, over: Option<&warden_store::OverLimit>| {
-                let mut after = row.clone();
-                after.status = status::APPROVED.into();
-                after.decided_at_ms = Some(20);
-                let (body, charges) = match over {
-                    None => ("allow".to_owned(), row.on_grant.charges.clone()),
-                    Some(o) => (format!("deny {} {:?}", o.charge.id, o.current), vec![]),
-                };
-                Some(ApprovalUpdate {
-                    record: after,
-                    decision_body: Some(json!({"effect": body}).to_string()),
-                    charges,
-                    ..ApprovalUpdate::default()
-                })
-            }) as warden_store::ApprovalDecider
+            Box::new(
+                move |row: &ApprovalRecord, over: Option<&warden_store::OverLimit>| {
+                    let mut after = row.clone();
+                    after.status = status::APPROVED.into();
+                    after.decided_at_ms = Some(20);
+                    let (body, charges) = match over {
+                        None => ("allow".to_owned(), row.on_grant.charges.clone()),
+                        Some(o) => (format!("deny {} {:?}", o.charge.id, o.current), vec![]),
+                    };
+                    Some(ApprovalUpdate {
+                        record: after,
+                        decision_body: Some(json!({"effect": body}).to_string()),
+                        charges,
+                        ..ApprovalUpdate::default()
+                    })
+                },
+            ) as warden_store::ApprovalDecider
         };
         store.update_approval("acme", "a1", grant()).await.unwrap();
         let first = store.decision("acme", "d-e0").await.unwrap().unwrap();

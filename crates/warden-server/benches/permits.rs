@@ -64,6 +64,42 @@ fn main() {
         keys.check(black_box(&token), "acme", now_ms + 1000)
             .unwrap();
     });
+    // An executor draining a queue checks its permits together: one batch verification.
+    let batched = |size: usize| {
+        let payloads: Vec<Value> = (0..size)
+            .map(|n| {
+                let mut p = payload.clone();
+                p["n"] = json!(n);
+                p
+            })
+            .collect();
+        let tokens: Vec<String> = payloads
+            .iter()
+            .map(|p| {
+                let mut a = action.clone();
+                a.payload = p.clone();
+                keys.issue(&Grant {
+                    action: &a,
+                    ..grant
+                })
+                .unwrap()
+                .token
+            })
+            .collect();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        size as f64
+            * rate(|| {
+                let checked = keys.check_many(black_box(&refs), "acme", now_ms + 1000);
+                for (c, p) in checked.iter().zip(&payloads) {
+                    assert_eq!(
+                        jcs::payload_sha256(black_box(p)),
+                        c.as_ref().unwrap().claims.payload_sha256
+                    );
+                }
+            })
+    };
+    let batch8 = batched(8);
+    let batch64 = batched(64);
     let issue = rate(|| {
         black_box(keys.issue(black_box(&grant)).unwrap());
     });
@@ -74,6 +110,14 @@ fn main() {
     println!(
         "  of which token + signature + expiry:                        {signature_only:>9.0} /s, {:>6.1} µs each",
         1e6 / signature_only
+    );
+    println!(
+        "offline verify, 8 at once (check_many) + payload digests:    {batch8:>9.0} /s, {:>6.1} µs each",
+        1e6 / batch8
+    );
+    println!(
+        "offline verify, 64 at once (check_many) + payload digests:   {batch64:>9.0} /s, {:>6.1} µs each",
+        1e6 / batch64
     );
     println!(
         "issue (sign) a permit:                                        {issue:>9.0} /s, {:>6.1} µs each",

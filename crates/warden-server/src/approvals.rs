@@ -318,6 +318,8 @@ pub enum Refusal {
     Conflict(String),
     /// A question's answer that is not one of its options (400).
     Invalid(String),
+    /// A vote on a question, or an answer to an approval (409 `wrong_kind`).
+    WrongKind(String),
 }
 
 /// What granting an approval needs beyond its row: the keys its permit is signed with,
@@ -357,13 +359,14 @@ pub fn plan_vote(
     match (question, act.verdict) {
         (true, Verdict::Answer) | (false, Verdict::Approve | Verdict::Reject) => {}
         (true, _) => {
-            return Err(Refusal::Invalid(
-                "a question is answered with `POST /v1/questions/{id}/answer`".into(),
+            return Err(Refusal::WrongKind(
+                "this is a question: answer it with `POST /v1/questions/{id}/answer`".into(),
             ));
         }
         (false, _) => {
-            return Err(Refusal::Invalid(
-                "an approval is decided with `approve` or `reject`".into(),
+            return Err(Refusal::WrongKind(
+                "this is an approval: decide it with `POST /v1/approvals/{id}/approve` or `reject`"
+                    .into(),
             ));
         }
     }
@@ -828,6 +831,11 @@ pub async fn vote(
             match plan_vote(&row, &act, original.as_ref(), &webhooks, granting, now) {
                 Err(Refusal::Forbidden(detail)) => Err(ApiError::forbidden(detail)),
                 Err(Refusal::Invalid(detail)) => Err(ApiError::bad_request("invalid_body", detail)),
+                Err(Refusal::WrongKind(detail)) => Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "wrong_kind",
+                    detail,
+                )),
                 Err(Refusal::Conflict(detail)) => Err(conflict(&row, detail)),
                 Ok(_) => Err(conflict(
                     &row,

@@ -748,6 +748,22 @@ async fn a_question_with_options_is_answered_waited_on_and_audited() {
             .await;
         assert_eq!(listed["approvals"][0]["id"], id.as_str());
 
+        // A question is not approved or rejected (found by schemathesis: this was a 400 to
+        // a schema-valid body); nothing is written.
+        for verdict in ["approve", "reject"] {
+            let (status, body) = s
+                .call(
+                    Method::POST,
+                    &format!("/v1/approvals/{id}/{verdict}"),
+                    &alice,
+                    json!({"reason": "fine"}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(body["error"], "wrong_kind", "{body}");
+        }
+        assert!(s.events(kind::QUESTION_OUTCOME).await.is_empty());
+
         let app = s.app.clone();
         let token = agent.clone();
         let path = format!("/v1/questions/{id}/wait?timeout=20");

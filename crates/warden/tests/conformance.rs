@@ -255,20 +255,36 @@ fn ocsf_export_validates_against_the_official_schema() {
 // ---------------------------------------------------------------------------------------
 
 /// DESIGN §8: `/openapi.json` is the API. schemathesis generates requests from it, for a
-/// controller key and an operator key in turn, and checks every answer against it (status
+/// controller key, an operator key and an approver key in turn, and checks every answer against it (status
 /// codes, content types, bodies, auth, and that valid inputs are accepted and invalid ones
 /// refused). Zero failing checks.
 #[test]
-fn schemathesis_finds_no_failing_check_with_either_key() {
+fn schemathesis_finds_no_failing_check_with_any_key() {
     if !tool_available("schemathesis", &["-m", "schemathesis.cli", "--version"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_, controller, operator) = setup(dir.path());
+    let (db, controller, operator) = setup(dir.path());
+    let approver = assert_success(&warden(
+        dir.path(),
+        &[
+            "keys", "create", "--tenant", "default", "--db", &db, "--role", "approver", "--user",
+            "alice", "--group", "legal",
+        ],
+    ))
+    .lines()
+    .next()
+    .unwrap()
+    .trim()
+    .to_owned();
     let server = Server::start(dir.path());
     let schema = server.url("/openapi.json");
     let mut failed = Vec::new();
-    for (role, key) in [("controller", &controller), ("operator", &operator)] {
+    for (role, key) in [
+        ("controller", &controller),
+        ("operator", &operator),
+        ("approver", &approver),
+    ] {
         let started = Instant::now();
         let out = run_with_timeout(
             Command::new(python())

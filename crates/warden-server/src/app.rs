@@ -387,10 +387,19 @@ async fn reload_on_hangup(state: AppState) {
     };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading policies and permit keys");
-        // A rotated key file (`warden keys rotate-permit`) is picked up here; a broken one
-        // leaves the keys in use.
-        if let Err(e) = state.permits().reload() {
-            tracing::error!(error = %e, "cannot reload the permit keys; keeping the current ones");
+        // A rotated key file (`warden keys rotate-permit`) is picked up here, and audited
+        // when it changed what signs or verifies; a broken one leaves the keys in use.
+        let before = state.permits().current().states();
+        match state.permits().reload() {
+            Ok(()) => {
+                let after = state.permits().current().states();
+                if after != before {
+                    audit_permit_keys(&state, &before, &after).await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the permit keys; keeping the current ones");
+            }
         }
         // Failures are logged by the reload itself.
         let _ = admin::reload_policies(&state, warden_store::SYSTEM_TENANT, "sighup").await;
@@ -399,3 +408,31 @@ async fn reload_on_hangup(state: AppState) {
 
 #[cfg(not(unix))]
 async fn reload_on_hangup(_state: AppState) {}
+
+/// Records that this server now signs and verifies with another key set: the key ids and
+/// their states before and after (never a key).
+#[cfg_attr(not(unix), allow(dead_code))]
+async fn audit_permit_keys(
+    state: &AppState,
+    before: &[(String, &'static str)],
+    after: &[(String, &'static str)],
+) {
+    let states = |keys: &[(String, &'static str)]| {
+        keys.iter()
+            .map(|(kid, state)| serde_json::json!({"kid": kid, "state": state}))
+            .collect::<Vec<_>>()
+    };
+    let now = crate::state::now_ms();
+    let event = warden_store::NewEvent {
+        id: crate::ids::ulid(now),
+        time_ms: now,
+        tenant: warden_store::SYSTEM_TENANT.to_owned(),
+        kind: warden_store::kind::PERMIT_KEYS_CHANGED.to_owned(),
+        detail: serde_json::json!({"by": "sighup", "before": states(before), "after": states(after)}),
+        ..warden_store::NewEvent::default()
+    };
+    tracing::info!("permit keys changed");
+    if state.audit().record(event).await.is_err() {
+        tracing::error!("a permit key change could not be audited");
+    }
+}

@@ -80,7 +80,7 @@ fn activity(event_kind: &str) -> (u8, &str) {
     match event_kind {
         kind::KEY_CREATED => (1, "Create"),
         // A revoked key is kept, marked revoked; a reloaded policy replaces the old one.
-        kind::KEY_REVOKED | kind::POLICY_RELOADED => (3, "Update"),
+        kind::KEY_REVOKED | kind::POLICY_RELOADED | kind::PERMIT_KEYS_CHANGED => (3, "Update"),
         // A checkpoint records that the oldest events were deleted.
         kind::CHECKPOINT => (4, "Delete"),
         other => (99, other),
@@ -371,6 +371,7 @@ mod tests {
             (kind::KEY_CREATED, 1, "Create"),
             (kind::KEY_REVOKED, 3, "Update"),
             (kind::POLICY_RELOADED, 3, "Update"),
+            (kind::PERMIT_KEYS_CHANGED, 3, "Update"),
             (kind::CHECKPOINT, 4, "Delete"),
             (kind::OUTCOME, 99, "outcome"),
             (kind::AUTH_FAILURE, 99, "auth_failure"),

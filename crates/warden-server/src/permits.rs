@@ -212,6 +212,25 @@ impl PermitKeys {
             .find(|k| k.not_after_ms.is_none() && !k.revoked)
     }
 
+    /// Every key of the set and its state: `signing`, `verifying` (retired: it verifies
+    /// its permits until `not_after`) or `revoked`. What an audit event records of a change.
+    pub fn states(&self) -> Vec<(String, &'static str)> {
+        let signer = self.current_kid().map(str::to_owned);
+        self.0
+            .iter()
+            .map(|k| {
+                let state = if k.revoked {
+                    "revoked"
+                } else if Some(&k.kid) == signer.as_ref() {
+                    "signing"
+                } else {
+                    "verifying"
+                };
+                (k.kid.clone(), state)
+            })
+            .collect()
+    }
+
     /// The id of the key new permits are signed with.
     pub fn current_kid(&self) -> Option<&str> {
         self.signer().map(|k| k.kid.as_str())

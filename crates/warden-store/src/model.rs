@@ -34,9 +34,11 @@ pub mod kind {
     pub const QUESTION_ASKED: &str = "question_asked";
     /// A question was answered or expired (`detail.status`).
     pub const QUESTION_OUTCOME: &str = "question_outcome";
+    /// A server loaded a changed permit key set (a rotation or revocation).
+    pub const PERMIT_KEYS_CHANGED: &str = "permit_keys_changed";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -50,6 +52,7 @@ pub mod kind {
         APPROVAL_OUTCOME,
         QUESTION_ASKED,
         QUESTION_OUTCOME,
+        PERMIT_KEYS_CHANGED,
     ];
 }
 

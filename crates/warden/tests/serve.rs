@@ -1086,6 +1086,50 @@ fn sighup_reloads_good_policies_and_keeps_the_old_one_on_a_bad_edit() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(version(), "1.1.0", "the old policy stays in force");
+
+    // A rotated permit key is picked up by SIGHUP and audited with the key ids it changed.
+    let rotated = warden(dir.path(), &["keys", "rotate-permit", "--data-dir", "."]);
+    let kid = String::from_utf8_lossy(&rotated.stdout).trim().to_owned();
+    assert!(rotated.status.success() && !kid.is_empty(), "{rotated:?}");
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let out = warden(
+            dir.path(),
+            &[
+                "audit",
+                "query",
+                "--json",
+                "--kind",
+                "permit_keys_changed",
+                "--db",
+                &db,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no permit_keys_changed event: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after = &event["detail"]["after"];
+    assert_eq!(after.as_array().unwrap().len(), 2, "{event}");
+    assert!(
+        after
+            .as_array()
+            .unwrap()
+            .contains(&json!({"kid": kid, "state": "signing"})),
+        "{event}"
+    );
+    assert_eq!(
+        event["detail"]["before"].as_array().unwrap().len(),
+        1,
+        "{event}"
+    );
 }
 
 /// A running `warden serve`, killed when dropped however the test ends.

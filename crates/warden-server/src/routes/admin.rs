@@ -229,6 +229,8 @@ pub enum EventKind {
     QuestionAsked,
     /// How a question ended: answered or expired.
     QuestionOutcome,
+    /// A server loaded a changed permit key set.
+    PermitKeysChanged,
 }
 
 /// A decision's effect.
@@ -485,6 +487,7 @@ mod tests {
             EventKind::ApprovalOutcome,
             EventKind::QuestionAsked,
             EventKind::QuestionOutcome,
+            EventKind::PermitKeysChanged,
         ]
         .iter()
         .map(|k| {

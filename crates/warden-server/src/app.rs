@@ -4,7 +4,7 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, approvals, budgets, decisions, health, permits};
+use crate::routes::{admin, approvals, budgets, decisions, health, permits, policy};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -52,6 +52,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         approvals::answer,
         approvals::wait_question,
         admin::reload,
+        policy::digest,
         admin::query,
         admin::verify,
         budgets::show,
@@ -140,6 +141,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/questions", post(approvals::ask))
         .route("/v1/questions/{id}/answer", post(approvals::answer))
         .route("/v1/policy/reload", post(admin::reload))
+        .route("/v1/policy/digest", get(policy::digest))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))
         .route("/v1/budgets", get(budgets::show))

@@ -2554,3 +2554,95 @@ async fn budget_usage_needs_a_controller_or_admin_and_a_strict_query() {
     let (status, body) = get(s.support.clone(), "?agent=support-1").await;
     assert_eq!((status, body["usage"].clone()), (StatusCode::OK, json!([])));
 }
+
+/// `GET /v1/policy/digest` as `token`, with `If-None-Match: etag` when given: status,
+/// content type, ETag and body text.
+async fn digest(
+    s: &Server,
+    query: &str,
+    token: &str,
+    etag: Option<&str>,
+) -> (StatusCode, String, String, String) {
+    let mut request = Request::builder()
+        .uri(format!("/v1/policy/digest{query}"))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(etag) = etag {
+        request = request.header("if-none-match", etag);
+    }
+    let response = s
+        .app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (content_type, tag) = (header("content-type"), header("etag"));
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        tag,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_agent_reads_its_own_policy_digest_and_no_one_elses() {
+    let db = stores().await.remove(0);
+    let s = server(db.store).await;
+    let agent = s.key("acme", vec![Role::Agent], Some("support-bot")).await;
+    let (status, content_type, etag, text) = digest(&s, "", &agent, None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(content_type, "text/markdown; charset=utf-8");
+    assert!(
+        text.starts_with("# What `support-bot` may do (policy 1.0.0)"),
+        "{text}"
+    );
+    assert!(text.contains("Autonomy tier: **sandbox**."), "{text}");
+    assert!(text.contains("(rule `low-confidence-resolve`)"), "{text}");
+    // Its own id named explicitly is the same digest, and the ETag holds.
+    let (status, _, same_etag, same) = digest(&s, "?agent=support-bot", &agent, None).await;
+    assert_eq!((status, &same_etag, &same), (StatusCode::OK, &etag, &text));
+    let (status, _, _, body) = digest(&s, "", &agent, Some(&etag)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+
+    // Another agent's digest: never through an agent key, nor a controller limited to
+    // other agents.
+    let (status, _, _, body) = digest(&s, "?agent=billing-bot", &agent, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, _, _) = digest(&s, "?agent=billing-bot", &s.support, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _, body) = digest(&s, "?agent=support-x", &s.support, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // An admin reads any agent's, but must name one; bad queries are refused.
+    let (status, _, _, body) = digest(&s, "?agent=billing-bot", &s.admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("No autonomy tier is bound to this agent."),
+        "{body}"
+    );
+    for (query, code) in [
+        ("", "agent_required"),
+        ("?agent=a&agent=b", "invalid_query"),
+        ("?who=a", "invalid_query"),
+        ("?agent=", "invalid_query"),
+        ("?agent=%00x", "invalid_query"),
+    ] {
+        let (status, _, _, body) = digest(&s, query, &s.admin, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body.contains(code), "{query}: {body}");
+    }
+    let (status, _, _, _) = digest(&s, "?agent=support-bot", &s.operator, None).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an operator is not of the tenant"
+    );
+}

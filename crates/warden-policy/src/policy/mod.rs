@@ -13,6 +13,7 @@
 mod agents;
 mod charges;
 mod compile;
+mod digest;
 mod evaluate;
 mod index;
 mod model;

@@ -10,7 +10,7 @@ use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, parse_json};
 use crate::keys::Role;
-use crate::routes::admin::decode;
+use crate::routes::query_pairs;
 use crate::state::{AppState, now_ms};
 use crate::wire::{
     AnswerRequest, ApprovalView, ApprovalsBody, QuestionRequest, RejectRequest, VoteRequest,
@@ -48,33 +48,6 @@ pub struct WaitQuery {
     /// Seconds to wait, 1 to 300 (default 30).
     #[param(minimum = 1, maximum = 300)]
     pub timeout: Option<u64>,
-}
-
-/// Parses `query` strictly: only `allowed` names, each at most once.
-fn query_pairs(query: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
-    let bad = |detail: String| ApiError::bad_request("invalid_query", detail);
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = decode(raw).ok_or_else(|| {
-            bad(format!(
-                "`{}` is not valid percent-encoded UTF-8",
-                name.escape_debug()
-            ))
-        })?;
-        if !allowed.contains(&name) {
-            return Err(bad(format!(
-                "unknown parameter `{}`; the parameters are {}",
-                name.escape_debug(),
-                allowed.join(", ")
-            )));
-        }
-        if pairs.iter().any(|(n, _)| n == name) {
-            return Err(bad(format!("`{name}` is given more than once")));
-        }
-        pairs.push((name.to_owned(), value));
-    }
-    Ok(pairs)
 }
 
 impl ListQuery {

@@ -6,6 +6,7 @@ pub mod budgets;
 pub mod decisions;
 pub mod health;
 pub mod permits;
+pub mod policy;
 
 use crate::error::ApiError;
 use axum::extract::Path;
@@ -28,4 +29,34 @@ pub(crate) fn path_id(
         return Err(invalid());
     }
     Ok(id)
+}
+
+/// Parses `query` strictly: only `allowed` names, each at most once.
+pub(crate) fn query_pairs(
+    query: Option<&str>,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = |detail: String| ApiError::bad_request("invalid_query", detail);
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = admin::decode(raw).ok_or_else(|| {
+            bad(format!(
+                "`{}` is not valid percent-encoded UTF-8",
+                name.escape_debug()
+            ))
+        })?;
+        if !allowed.contains(&name) {
+            return Err(bad(format!(
+                "unknown parameter `{}`; the parameters are {}",
+                name.escape_debug(),
+                allowed.join(", ")
+            )));
+        }
+        if pairs.iter().any(|(n, _)| n == name) {
+            return Err(bad(format!("`{name}` is given more than once")));
+        }
+        pairs.push((name.to_owned(), value));
+    }
+    Ok(pairs)
 }

@@ -4,7 +4,7 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, approvals, budgets, decisions, health, permits, policy};
+use crate::routes::{admin, approvals, budgets, decisions, denials, health, permits, policy};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -41,6 +41,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         decisions::create,
         decisions::show,
         decisions::outcome,
+        denials::recent,
         permits::verify,
         permits::keys,
         approvals::list,
@@ -142,6 +143,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/questions/{id}/answer", post(approvals::answer))
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/policy/digest", get(policy::digest))
+        .route("/v1/denials", get(denials::recent))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))
         .route("/v1/budgets", get(budgets::show))

@@ -206,6 +206,37 @@ impl DecisionBody {
     }
 }
 
+/// What an agent denied with proposals enabled can do next, each step a request it can
+/// make now: read its recent denials, and read what it may do.
+pub fn next_steps(agent: Option<&str>) -> Vec<Value> {
+    let mut steps = vec![serde_json::json!({
+        "action": "inspect_recent_denials",
+        "method": "GET",
+        "url": "/v1/denials?last=10",
+    })];
+    if let Some(agent) = agent {
+        steps.push(serde_json::json!({
+            "action": "read_policy_digest",
+            "method": "GET",
+            "url": format!("/v1/policy/digest?agent={}", percent_encode(agent)),
+        }));
+    }
+    steps
+}
+
+/// `text` with everything but RFC 3986's unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl DecisionBody {
     /// A deny that no rule made: no policy for the tenant, or the audit log unavailable.
     pub fn refusal(code: &'static str, message: &str, policy_version: &str) -> Self {

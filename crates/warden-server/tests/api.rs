@@ -2621,15 +2621,24 @@ async fn an_agent_reads_its_own_policy_digest_and_no_one_elses() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, _, body) = digest(&s, "?agent=support-x", &s.support, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // An admin reads any agent's, but must name one; bad queries are refused.
+    // An admin reads any agent's (or, naming none, what an action without one may do);
+    // bad queries are refused.
     let (status, _, _, body) = digest(&s, "?agent=billing-bot", &s.admin, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         body.contains("No autonomy tier is bound to this agent."),
         "{body}"
     );
+    let (status, _, _, body) = digest(&s, "", &s.admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.starts_with("# What an action that names no agent may do"),
+        "{body}"
+    );
+    let (status, _, _, body) = digest(&s, "", &s.support, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("agent_required"), "{body}");
     for (query, code) in [
-        ("", "agent_required"),
         ("?agent=a&agent=b", "invalid_query"),
         ("?who=a", "invalid_query"),
         ("?agent=", "invalid_query"),
@@ -2644,5 +2653,99 @@ async fn an_agent_reads_its_own_policy_digest_and_no_one_elses() {
         status,
         StatusCode::FORBIDDEN,
         "an operator is not of the tenant"
+    );
+}
+
+#[tokio::test]
+async fn a_deny_by_default_names_the_missing_rule_and_the_agent_reads_its_denials() {
+    let policy = format!("{POLICY}proposals: on\n");
+    for db in stores().await {
+        let s = server_with(
+            db.store,
+            &policy,
+            Limits {
+                key_cache_ttl: Duration::ZERO,
+                ..Limits::default()
+            },
+        )
+        .await;
+        let agent = s.key("acme", vec![Role::Agent], Some("support-bot")).await;
+        let asked = json!({"type": "crm.export", "agent": "support-bot", "target": {"type": "account", "id": "A-7"}});
+        let (status, body) = s.decide_as(&s.support, asked).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["effect"], "deny");
+        let missing = &body["rule_missing"];
+        assert_eq!(missing["id"], "allow-crm-export-support-bot", "{body}");
+        assert_eq!(missing["actions"], json!(["crm.export"]));
+        assert_eq!(missing["agents"], json!(["support-bot"]));
+        assert_eq!(
+            missing["when"],
+            r#"action.target.type == "account" && action.target.id == "A-7""#
+        );
+        let steps: Vec<&str> = body["next_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["url"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            ["/v1/denials?last=10", "/v1/policy/digest?agent=support-bot"]
+        );
+        // A rule's own deny misses no rule; it still says where to look.
+        let (_, by_rule) = s
+            .decide_as(
+                &s.support,
+                json!({"type": "ticket.resolve", "agent": "support-bot", "confidence": 0.2}),
+            )
+            .await;
+        assert_eq!(by_rule["effect"], "deny");
+        assert_eq!(by_rule["rule_missing"], Value::Null);
+        assert_eq!(by_rule["next_steps"].as_array().unwrap().len(), 2);
+
+        let (status, list) = s
+            .call(Method::GET, "/v1/denials?last=5", Some(&agent), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let denials = list["denials"].as_array().unwrap();
+        assert_eq!(denials.len(), 2, "{list}");
+        assert_eq!(denials[0]["action_type"], "ticket.resolve", "newest first");
+        assert_eq!(
+            denials[0]["rules"],
+            json!(["low-confidence-resolve", "support-may-act"])
+        );
+        assert_eq!(denials[1]["rule_missing"], *missing);
+        assert_eq!(denials[1]["decision_id"], body["decision_id"]);
+        // Only the agent's own, only through an agent key, strictly parsed.
+        let other = s.key("acme", vec![Role::Agent], Some("billing-bot")).await;
+        let (_, none) = s.call(Method::GET, "/v1/denials", Some(&other), "").await;
+        assert_eq!(none["denials"], json!([]), "{none}");
+        let (status, _) = s
+            .call(Method::GET, "/v1/denials", Some(&s.controller), "")
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        for query in ["?last=x", "?last=1&last=2", "?n=1"] {
+            let (status, body) = s
+                .call(
+                    Method::GET,
+                    &format!("/v1/denials{query}"),
+                    Some(&agent),
+                    "",
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        }
+        let (_, clamped) = s
+            .call(Method::GET, "/v1/denials?last=0", Some(&agent), "")
+            .await;
+        assert_eq!(clamped["denials"].as_array().unwrap().len(), 1);
+    }
+    // With proposals off (the default), a deny carries neither.
+    let db = stores().await.remove(0);
+    let s = server(db.store).await;
+    let (_, body) = s.decide(json!({"type": "crm.export"})).await;
+    assert_eq!(
+        (body["rule_missing"].clone(), body["next_steps"].clone()),
+        (Value::Null, json!([]))
     );
 }

@@ -587,8 +587,10 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
     }
 
     let proposals = match raw.proposals.as_ref().map(|p| p.as_str()) {
-        None | Some("on" | "true") => true,
-        Some("off" | "false") => false,
+        // Off unless the policy opts in: an agent-controlled path to policy changes is
+        // something a team chooses.
+        Some("on" | "true") => true,
+        None | Some("off" | "false") => false,
         Some(other) => {
             if let Some(p) = &raw.proposals {
                 c.err(
@@ -596,7 +598,7 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
                     format!("proposals must be `on` or `off`, not `{other}`"),
                 );
             }
-            true
+            false
         }
     };
 

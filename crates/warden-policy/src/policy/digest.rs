@@ -16,24 +16,31 @@ use super::model::{Effect, Limits, Per, Rule};
 use crate::decision::Verdict;
 
 impl Policy {
-    /// The digest of this policy for `agent`, as Markdown.
-    pub fn digest(&self, agent: &str) -> String {
-        let tier = self.tier_of(agent);
+    /// The digest of this policy for `agent`, as Markdown; for `None`, what an action that
+    /// names no agent may do (only rules without `agents` or `tiers` apply to it).
+    pub fn digest(&self, agent: Option<&str>) -> String {
+        let tier = agent.and_then(|a| self.tier_of(a));
         let applies = |rule: &Rule| {
-            (rule.agents().is_empty() || rule.agents().iter().any(|g| g.matches(agent)))
+            (rule.agents().is_empty()
+                || agent.is_some_and(|a| rule.agents().iter().any(|g| g.matches(a))))
                 && (rule.tiers().is_empty() || tier.is_some_and(|t| rule.tiers().contains(&t)))
         };
         let mut out = String::new();
+        let who = match agent {
+            Some(agent) => format!("`{agent}`"),
+            None => "an action that names no agent".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "# What `{agent}` may do (policy {})\n",
+            "# What {who} may do (policy {})\n",
             self.version().as_str()
         );
-        match tier {
-            Some(t) => {
+        match (agent, tier) {
+            (_, Some(t)) => {
                 let _ = writeln!(out, "Autonomy tier: **{}**.", t.as_str());
             }
-            None => out.push_str("No autonomy tier is bound to this agent.\n"),
+            (Some(_), None) => out.push_str("No autonomy tier is bound to this agent.\n"),
+            (None, None) => out.push_str("No agent, so no agent's rules or tier apply.\n"),
         }
         let _ = writeln!(
             out,
@@ -85,7 +92,7 @@ impl Policy {
         out
     }
 
-    fn limit_lines(&self, agent: &str) -> Vec<String> {
+    fn limit_lines(&self, agent: Option<&str>) -> Vec<String> {
         let mut lines = Vec::new();
         for b in self.budgets() {
             let mut parts = limit_parts(&b.limits);
@@ -180,11 +187,12 @@ fn globs(globs: &[crate::glob::Glob]) -> String {
         .join(", ")
 }
 
-fn per(per: Per, agent: &str) -> String {
-    match per {
-        Per::Run => "per run (`run_id`)".to_owned(),
-        Per::Agent => format!("for `{agent}`"),
-        Per::Tenant => "shared by every agent of the tenant".to_owned(),
+fn per(per: Per, agent: Option<&str>) -> String {
+    match (per, agent) {
+        (Per::Run, _) => "per run (`run_id`)".to_owned(),
+        (Per::Agent, Some(agent)) => format!("for `{agent}`"),
+        (Per::Agent, None) => "per agent".to_owned(),
+        (Per::Tenant, _) => "shared by every agent of the tenant".to_owned(),
     }
 }
 
@@ -233,7 +241,7 @@ mod tests {
     #[test]
     fn the_digest_says_what_this_agent_may_do_and_nothing_of_other_agents_rules() {
         let policy = Policy::parse(NEXUS).unwrap();
-        let digest = policy.digest("support-bot");
+        let digest = policy.digest(Some("support-bot"));
         assert!(digest.starts_with("# What `support-bot` may do (policy 1.0.0)\n"));
         assert!(digest.contains("Autonomy tier: **draft**."));
         assert!(digest.contains("is **denied**"));
@@ -261,15 +269,22 @@ mod tests {
             "{} lines:\n{digest}",
             digest.lines().count()
         );
-        assert_eq!(policy.digest("support-bot"), digest);
+        assert_eq!(policy.digest(Some("support-bot")), digest);
 
-        let triage = policy.digest("triage-bot");
+        let triage = policy.digest(Some("triage-bot"));
         assert!(triage.contains("Autonomy tier: **observe**."));
         assert!(triage.contains("(rule `triage-reads`)"));
         assert!(!triage.contains("support-may-act"));
-        let stranger = policy.digest("unknown-bot");
+        let stranger = policy.digest(Some("unknown-bot"));
         assert!(stranger.contains("No autonomy tier is bound to this agent."));
         assert!(!stranger.contains("## You may\n"), "{stranger}");
+        let nobody = policy.digest(None);
+        assert!(nobody.starts_with("# What an action that names no agent may do"));
+        assert!(!nobody.contains("support-may-act") && !nobody.contains("tier-draft"));
+        assert!(
+            nobody.contains("(rule `low-confidence-resolve`)"),
+            "{nobody}"
+        );
     }
 
     #[test]

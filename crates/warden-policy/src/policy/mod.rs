@@ -16,6 +16,7 @@ mod compile;
 mod digest;
 mod evaluate;
 mod index;
+mod missing;
 mod model;
 mod presets;
 
@@ -24,6 +25,7 @@ mod tests;
 
 pub use crate::audit::AuditSpec;
 pub use charges::{Charge, Counter, Expiry, LimitKind};
+pub use missing::MissingRule;
 pub use model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, LIMIT_NAMES, Limits, Per,
     PermitSettings, RateLimit, Rule, RuleId, Scope, Tier, Version,

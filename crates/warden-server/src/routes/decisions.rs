@@ -277,11 +277,15 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
                 );
             }
             let view = loaded.policy.audit().view(&action);
-            (
-                DecisionBody::from_decision(&decision, eval_ns),
-                Some(decision),
-                view,
-            )
+            let mut body = DecisionBody::from_decision(&decision, eval_ns);
+            if body.effect == "deny" && loaded.policy.proposals_enabled() {
+                body.rule_missing = loaded
+                    .policy
+                    .rule_missing(&action, &decision)
+                    .and_then(|rule| serde_json::to_value(rule).ok());
+                body.next_steps = crate::wire::next_steps(action.agent.as_deref());
+            }
+            (body, Some(decision), view)
         }
         None => (
             DecisionBody::refusal(
@@ -343,6 +347,12 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         let mut copy = body.clone();
         for reason in &mut copy.reasons {
             reason.message = view.mask(&reason.message);
+        }
+        // The missing rule names the target, which may be a redacted value.
+        if let Some(Value::Object(rule)) = &mut copy.rule_missing
+            && let Some(Value::String(when)) = rule.get_mut("when")
+        {
+            *when = view.mask(when);
         }
         masked = copy;
         &masked

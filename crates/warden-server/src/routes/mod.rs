@@ -4,6 +4,7 @@ pub mod admin;
 pub mod approvals;
 pub mod budgets;
 pub mod decisions;
+pub mod denials;
 pub mod health;
 pub mod permits;
 pub mod policy;

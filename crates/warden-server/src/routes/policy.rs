@@ -18,7 +18,8 @@ use crate::state::AppState;
 #[into_params(parameter_in = Query)]
 pub struct DigestQuery {
     /// The agent. An agent key may name only itself (and may leave it out); a controller
-    /// key only an agent it may act for; an admin key any.
+    /// key only an agent it may act for (one limited to some agents must name one); an
+    /// admin key any. Without it: what an action naming no agent may do.
     #[param(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")]
     pub agent: Option<String>,
 }
@@ -36,7 +37,7 @@ pub struct DigestQuery {
     responses(
         (status = 200, description = "The digest (`text/markdown`), with an `ETag`", content_type = "text/markdown", body = String),
         (status = 304, description = "`If-None-Match` names the current `ETag`"),
-        (status = 400, description = "An unknown, repeated or invalid parameter (`invalid_query`), or no agent named (`agent_required`)", body = ErrorBody),
+        (status = 400, description = "An unknown, repeated or invalid parameter (`invalid_query`); a key limited to some agents must name one (`agent_required`)", body = ErrorBody),
         (status = 401, description = "No valid key", body = ErrorBody),
         (status = 403, description = "Not an agent, controller or admin key, or an agent this key may not act for", body = ErrorBody),
         (status = 404, description = "No policy is loaded for the tenant (`no_policy`)", body = ErrorBody),
@@ -68,12 +69,6 @@ pub async fn digest(
     } else {
         caller.agent_for(named.as_deref())?
     };
-    let Some(agent) = agent else {
-        return Err(ApiError::bad_request(
-            "agent_required",
-            "name the agent: `GET /v1/policy/digest?agent=ID`",
-        ));
-    };
     let policies = state.policies().current();
     let Some(loaded) = policies.for_tenant(&caller.tenant) else {
         return Err(ApiError::new(
@@ -82,7 +77,7 @@ pub async fn digest(
             "no policy is loaded for this tenant",
         ));
     };
-    let text = loaded.policy.digest(&agent);
+    let text = loaded.policy.digest(agent.as_deref());
     let etag = format!(
         "\"{}\"",
         &hex::encode(Sha256::digest(text.as_bytes()))[..32]

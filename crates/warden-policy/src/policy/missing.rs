@@ -205,6 +205,12 @@ rules:
             None,
             "a glob agent"
         );
+        // Off unless the policy opts in.
+        assert!(
+            !Policy::parse("version: 1.0.0\n")
+                .unwrap()
+                .proposals_enabled()
+        );
         let off = Policy::parse(&POLICY.replace("proposals: on", "proposals: off")).unwrap();
         let (action, decision) = decide(&off, r#"{"type": "ticket.close"}"#);
         assert_eq!(off.rule_missing(&action, &decision), None);

@@ -463,7 +463,7 @@ pub fn plan_vote(
     if let Some(decided) = decided {
         after.status = decided.to_owned();
         after.decided_at_ms = Some(now);
-        let mut grant = Grant::default();
+        let mut grant = Granted::default();
         match act.verdict {
             Verdict::Answer => after.answer = act.text.clone(),
             Verdict::Reject => after.reason = act.text.clone(),
@@ -506,7 +506,7 @@ pub fn plan_vote(
 /// What a granted approval adds to its final decision: the permit, or the limit that
 /// turned the grant into a deny.
 #[derive(Debug, Default)]
-pub struct Grant<'a> {
+pub struct Granted<'a> {
     /// The signed permit of the approved action.
     pub permit: Option<crate::permits::Issued>,
     /// The limit a charge would pass, and the deny's message.
@@ -559,7 +559,7 @@ pub fn plan_expiry(
     });
     Some(ApprovalUpdate {
         events: vec![outcome_event(&after, now)],
-        decision_body: original.map(|body| final_body(body, &after, &Grant::default())),
+        decision_body: original.map(|body| final_body(body, &after, &Granted::default())),
         outbox: webhooks.message(&format!("{}.expired", after.kind), &after, now),
         record: after,
         charges: Vec::new(),
@@ -629,7 +629,7 @@ fn final_effect(status: &str) -> &'static str {
 /// The final decision once its approval is decided: the recorded body with the effect,
 /// the approval's state, the permit of a granted one and, first among the reasons, why (a
 /// limit that denied a granted one comes before the grant).
-pub fn final_body(original: &Value, after: &ApprovalRecord, grant: &Grant<'_>) -> String {
+pub fn final_body(original: &Value, after: &ApprovalRecord, grant: &Granted<'_>) -> String {
     let mut body = original.clone();
     let effect = if grant.over.is_some() {
         "deny"

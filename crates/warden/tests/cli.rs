@@ -93,6 +93,37 @@ fn eval_prints_the_decision_body() {
 }
 
 #[test]
+fn eval_shows_the_missing_rule_of_a_deny_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let action = dir.path().join("export.json");
+    std::fs::write(
+        &action,
+        r#"{"type": "crm.export", "agent": "support-bot", "target": {"type": "account", "id": "A-7"}}"#,
+    )
+    .unwrap();
+    let action = action.display().to_string();
+    let out = warden(&[
+        "eval",
+        "--policy",
+        "examples/nexus/nexus.yaml",
+        "--action",
+        &action,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["effect"], "deny");
+    assert_eq!(
+        body["rule_missing"]["id"], "allow-crm-export-support-bot",
+        "{body}"
+    );
+    assert_eq!(
+        body["rule_missing"]["agents"],
+        serde_json::json!(["support-bot"])
+    );
+    assert_eq!(body["next_steps"], serde_json::json!([]));
+}
+
+#[test]
 fn eval_reads_stdin_and_shows_approvals() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args([

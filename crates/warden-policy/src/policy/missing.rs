@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use super::Policy;
+use super::model::Effect;
 use crate::action::Action;
 use crate::decision::{Decision, ReasonCode, Verdict};
 
@@ -36,12 +37,18 @@ impl Policy {
     /// The narrowest allow rule for `action`, when `decision` denied it only because no
     /// rule allowed it, and the policy lets agents propose changes (`proposals: on`).
     pub fn rule_missing(&self, action: &Action, decision: &Decision) -> Option<MissingRule> {
+        // Denied by the default, and by no rule (a matching modify rule only adds its
+        // reason; a rule's deny would win over any allow).
         let by_default = decision.verdict == Verdict::Deny
             && decision.failure.is_none()
             && decision
                 .reasons
                 .iter()
-                .all(|r| r.code == ReasonCode::DefaultEffect || r.rule.is_none());
+                .any(|r| r.code == ReasonCode::DefaultEffect)
+            && !decision
+                .reasons
+                .iter()
+                .any(|r| r.rule.is_some() && r.effect == Effect::Deny);
         if !self.proposals_enabled() || !by_default {
             return None;
         }
@@ -142,6 +149,10 @@ rules:
   - id: reads
     actions: [ticket.get]
     effect: allow
+  - id: drafts
+    actions: ["*"]
+    effect: modify
+    set: {mode: draft}
 "#;
 
     fn decide(policy: &Policy, json: &str) -> (Action, Decision) {

@@ -66,7 +66,13 @@ pub fn run(args: Args, _json: bool) -> Result<Outcome> {
             failure.rule, failure.detail
         );
     }
-    let body = DecisionBody::from_decision(&decision, eval_ns);
+    let mut body = DecisionBody::from_decision(&decision, eval_ns);
+    // What a policy author is shown of a deny by default, as the server shows the agent;
+    // `next_steps` are requests to a server, so there are none offline.
+    body.rule_missing = policy
+        .rule_missing(&action, &decision)
+        .map(serde_json::to_value)
+        .transpose()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
     Ok(Outcome::Ok)

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use warden_policy::Expiry;
 
-use crate::approval::{ApprovalRecord, OutboxMessage, status};
+use crate::approval::{ApprovalRecord, OutboxMessage, OverLimit, status};
 use crate::chain::{self, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{
@@ -87,21 +87,24 @@ pub(crate) fn counter_keys(batch: &[Append]) -> Vec<CounterKey> {
 /// Charges `tenant`'s `charges` to `state` (the counter rows read under the chain lock, as
 /// earlier charges of the same transaction left them), marking the rows it changes in
 /// `touched`. All or nothing: when a charge does not fit, nothing moves and the answer is
-/// that charge's index and its counter's value.
+/// that charge and its counter's value.
 pub(crate) fn charge(
     state: &mut HashMap<CounterKey, CounterRow>,
     touched: &mut HashSet<CounterKey>,
     tenant: &str,
     charges: &[Charge],
-) -> Result<(), (usize, Option<i64>)> {
+) -> Result<(), Box<OverLimit>> {
     let mut keys = Vec::with_capacity(charges.len());
-    for (i, charge) in charges.iter().enumerate() {
+    for charge in charges {
         let key = CounterKey::of(tenant, charge);
         let current = live(state, &key, charge.now_ms)
             .and_then(|row| row.values.get(charge.counter.as_str()))
             .map(|c| c.value);
         if !charge.fits(current) {
-            return Err((i, current));
+            return Err(Box::new(OverLimit {
+                charge: charge.clone(),
+                current,
+            }));
         }
         keys.push(key);
     }
@@ -172,14 +175,9 @@ pub(crate) fn plan(
                 continue;
             }
         }
-        if let Err((i, current)) =
-            charge(&mut state, &mut touched, &item.event.tenant, &item.charges)
-        {
-            let mut charges = item.charges;
-            results.push(Appended::OverLimit {
-                charge: charges.swap_remove(i),
-                current,
-            });
+        if let Err(over) = charge(&mut state, &mut touched, &item.event.tenant, &item.charges) {
+            let OverLimit { charge, current } = *over;
+            results.push(Appended::OverLimit { charge, current });
             continue;
         }
         let seq = head.seq + 1;

@@ -14,7 +14,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use crate::append::{self, Cell, Head, Link, Plan};
 use crate::approval::{
     ApprovalChanged, ApprovalDecider, ApprovalFilter, ApprovalRecord, ApprovalSignal, OnGrant,
-    OutboxEntry, OutboxMessage, OverLimit, Vote, status,
+    OutboxEntry, OutboxMessage, Vote, status,
 };
 use crate::chain::{self, ChainWalk, UnreadableRow};
 use crate::error::{StoreError, is_unique_violation};
@@ -1245,11 +1245,7 @@ where
                         .filter_map(|key| state.remove(&key))
                         .collect();
                 }
-                Err((i, current)) => {
-                    let over = OverLimit {
-                        charge: update.charges.swap_remove(i),
-                        current,
-                    };
+                Err(over) => {
                     let Some(denied) = decide(&before, Some(&over)) else {
                         tx.rollback().await?;
                         return Ok(ApprovalChanged::Unchanged(before));

@@ -51,15 +51,7 @@ impl BudgetQuery {
             }
             let value = super::admin::decode(raw)
                 .ok_or_else(|| bad(format!("`{name}` is not valid percent-encoded UTF-8")))?;
-            if value.is_empty()
-                || value.chars().count() > 200
-                || !value.chars().all(warden_policy::action::printable)
-            {
-                return Err(bad(format!(
-                    "`{name}` must be 1 to 200 printable characters"
-                )));
-            }
-            *slot = Some(value);
+            *slot = Some(super::identifier_param(name, value)?);
         }
         Ok(q)
     }

@@ -32,6 +32,23 @@ pub(crate) fn path_id(
     Ok(id)
 }
 
+/// The value of query parameter `name` if it is an identifier: 1 to
+/// [`warden_policy::action::MAX_IDENTIFIER`] printable characters (counted as JSON Schema's
+/// `maxLength` counts them); otherwise 400 `invalid_query`.
+pub(crate) fn identifier_param(name: &str, value: String) -> Result<String, ApiError> {
+    let max = warden_policy::action::MAX_IDENTIFIER;
+    if value.is_empty()
+        || value.chars().count() > max
+        || !value.chars().all(warden_policy::action::printable)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`{name}` must be 1 to {max} printable characters"),
+        ));
+    }
+    Ok(value)
+}
+
 /// Parses `query` strictly: only `allowed` names, each at most once.
 pub(crate) fn query_pairs(
     query: Option<&str>,

@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::keys::Role;
-use crate::routes::query_pairs;
+use crate::routes::{identifier_param, query_pairs};
 use crate::state::AppState;
 
 /// Whose digest `GET /v1/policy/digest` shows.
@@ -51,17 +51,8 @@ pub async fn digest(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Agent, Role::Controller, Role::Admin])?;
     let mut named = None;
-    for (_, value) in query_pairs(uri.query(), &["agent"])? {
-        if value.is_empty()
-            || value.chars().count() > 200
-            || !value.chars().all(warden_policy::action::printable)
-        {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "`agent` must be 1 to 200 printable characters",
-            ));
-        }
-        named = Some(value);
+    for (name, value) in query_pairs(uri.query(), &["agent"])? {
+        named = Some(identifier_param(&name, value)?);
     }
     // An admin may read any agent's digest; everyone else only an agent they act as or for.
     let agent = if caller.roles.contains(&Role::Admin) && !caller.roles.contains(&Role::Agent) {

@@ -522,7 +522,7 @@ fn held_permit(
     now: i64,
 ) -> Option<crate::permits::Issued> {
     let held = record.on_grant.permit.as_ref()?;
-    let held: crate::permits::Held = match serde_json::from_value(held.clone()) {
+    let held = match <crate::permits::Held as serde::Deserialize>::deserialize(held) {
         Ok(held) => held,
         Err(e) => {
             tracing::error!(approval = %record.id, error = %e, "an approval's permit is unreadable");

@@ -2739,6 +2739,19 @@ async fn a_deny_by_default_names_the_missing_rule_and_the_agent_reads_its_denial
             .call(Method::GET, "/v1/denials?last=0", Some(&agent), "")
             .await;
         assert_eq!(clamped["denials"].as_array().unwrap().len(), 1);
+        // The same agent id in another tenant sees none of acme's denials.
+        let globex = s
+            .key("globex", vec![Role::Agent], Some("support-bot"))
+            .await;
+        let (_, theirs) = s.call(Method::GET, "/v1/denials", Some(&globex), "").await;
+        assert_eq!(theirs["denials"], json!([]), "{theirs}");
+        // A revoked key reads neither its denials nor its digest.
+        let id = agent.split('_').nth(1).unwrap();
+        assert!(s.store.revoke_key(id, 1).await.unwrap());
+        for path in ["/v1/denials", "/v1/policy/digest"] {
+            let (status, _) = s.call(Method::GET, path, Some(&agent), "").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        }
     }
     // With proposals off (the default), a deny carries neither.
     let db = stores().await.remove(0);

@@ -43,6 +43,7 @@ pub use decision::{
 pub use document::{PolicyError, PolicyErrors};
 pub use expr::schema::ActionField;
 pub use policy::{
-    ApprovalRequirement, AuditSpec, Charge, Counter, Effect, Expiry, LimitKind, PermitSettings,
-    Policy, Rule, RuleId, Tier, Version,
+    ApprovalRequirement, AuditSpec, Charge, Counter, DiffError, DiffSide, Effect, Expiry,
+    FieldChange, LimitKind, PermitSettings, Policy, PolicyDiff, Rule, RuleChange, RuleEntry,
+    RuleId, Tier, Version,
 };

@@ -168,7 +168,7 @@ async fn key(
 
 /// Serves a replica over `store` on a free port.
 async fn start(store: Arc<dyn Store>, policies: &std::path::Path) -> anyhow::Result<SocketAddr> {
-    let policies = Arc::new(Policies::load(policies)?);
+    let policies = Arc::new(Policies::open(Arc::clone(&store), policies).await?);
     let metrics = Arc::new(Metrics::default());
     let (audit, task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     let key = AuditKey::from_bytes(&[7u8; 32])?;

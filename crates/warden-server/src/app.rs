@@ -4,7 +4,9 @@
 use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::routes::{admin, approvals, budgets, decisions, denials, health, permits, policy};
+use crate::routes::{
+    admin, approvals, budgets, decisions, denials, health, lifecycle, permits, policy,
+};
 use crate::state::AppState;
 use crate::state::Limits;
 use crate::wire;
@@ -53,6 +55,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         approvals::answer,
         approvals::wait_question,
         admin::reload,
+        lifecycle::active,
+        lifecycle::versions,
+        lifecycle::version,
+        lifecycle::publish,
+        lifecycle::rollback,
+        lifecycle::diff,
         policy::digest,
         admin::query,
         admin::verify,
@@ -82,6 +90,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         wire::RejectRequest,
         wire::AnswerRequest,
         wire::QuestionRequest,
+        lifecycle::PolicyVersionBody,
+        lifecycle::PublishedBody,
+        lifecycle::VersionsBody,
+        lifecycle::RollbackRequest,
+        lifecycle::DiffBody,
         ErrorBody,
     )),
     modifiers(&BearerAuth)
@@ -141,6 +154,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/v1/questions", post(approvals::ask))
         .route("/v1/questions/{id}/answer", post(approvals::answer))
+        .route(
+            "/v1/policy",
+            get(lifecycle::active).post(lifecycle::publish),
+        )
+        .route("/v1/policy/versions", get(lifecycle::versions))
+        .route("/v1/policy/versions/{version}", get(lifecycle::version))
+        .route("/v1/policy/rollback", post(lifecycle::rollback))
+        .route("/v1/policy/diff", get(lifecycle::diff))
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/policy/digest", get(policy::digest))
         .route("/v1/denials", get(denials::recent))
@@ -242,6 +263,8 @@ pub async fn serve(
     let sweeper = tokio::spawn(sweep_counters(state.clone()));
     let deliverer = tokio::spawn(crate::approvals::deliver(state.clone()));
     let approval_sweeper = tokio::spawn(crate::approvals::sweep(state.clone()));
+    let follower =
+        tokio::spawn(std::sync::Arc::clone(state.policies()).follow(state.limits().policy_poll));
     let limits = state.limits().clone();
     let (stop, stopped) = watch::channel(false);
     let metrics = metrics.map(|listener| {
@@ -264,6 +287,7 @@ pub async fn serve(
     sweeper.abort();
     deliverer.abort();
     approval_sweeper.abort();
+    follower.abort();
     crate::auth::flush_failures(&state, true).await;
     audit.finish().await;
     served.unwrap_or(Ok(()))
@@ -406,7 +430,7 @@ async fn reload_on_hangup(state: AppState) {
             }
         }
         // Failures are logged by the reload itself.
-        let _ = admin::reload_policies(&state, warden_store::SYSTEM_TENANT, "sighup").await;
+        let _ = admin::reload_policies(&state, None, warden_store::SYSTEM_TENANT, "sighup").await;
     }
 }
 

@@ -152,6 +152,46 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// A policy document body: `application/json` or YAML (`application/yaml`,
+/// `application/x-yaml`, `text/yaml`, `text/x-yaml`) in UTF-8, or 415 / 400.
+#[derive(Debug)]
+pub struct DocumentBody(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for DocumentBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request.headers().get(header::CONTENT_TYPE);
+        if !(is_json(content_type) || is_yaml(content_type)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be a policy document, sent with `Content-Type: application/yaml` or `application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ApiError::bad_request("invalid_body", "the document is not valid UTF-8")
+        })?;
+        Ok(Self(text))
+    }
+}
+
+fn is_yaml(value: Option<&HeaderValue>) -> bool {
+    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    [
+        "application/yaml",
+        "application/x-yaml",
+        "text/yaml",
+        "text/x-yaml",
+    ]
+    .iter()
+    .any(|t| essence.eq_ignore_ascii_case(t))
+}
+
 fn is_json(value: Option<&HeaderValue>) -> bool {
     let Some(value) = value.and_then(|v| v.to_str().ok()) else {
         return false;
@@ -173,6 +213,9 @@ mod tests {
         assert!(!json("text/plain"));
         assert!(!json("application/jsonx"));
         assert!(!is_json(None));
+        let yaml = |s: &'static str| is_yaml(Some(&HeaderValue::from_static(s)));
+        assert!(yaml("application/yaml") && yaml("Text/YAML; charset=utf-8"));
+        assert!(!yaml("application/yamlx") && !yaml("text/plain"));
     }
 
     #[test]

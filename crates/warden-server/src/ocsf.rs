@@ -207,6 +207,7 @@ fn unmapped(event: &Event) -> Value {
     unmapped.insert("rule_ids".into(), json!(e.rule_ids));
     unmapped.insert("reasons".into(), json!(e.reasons));
     insert_some(&mut unmapped, "policy_version", e.policy_version.as_deref());
+    insert_some(&mut unmapped, "policy_hash", e.policy_hash.as_deref());
     if let Some(c) = e.confidence_initial {
         unmapped.insert("confidence_initial".into(), json!(c));
     }
@@ -267,6 +268,7 @@ mod tests {
             rule_ids: vec!["low-confidence-resolve".into()],
             reasons: vec!["confidence 0.82 is below 0.85".into()],
             policy_version: Some("1.0.0".into()),
+            policy_hash: Some("ef".repeat(32)),
             payload_digest: Some("ab".repeat(32)),
             context_digest: Some("cd".repeat(32)),
             kept: json!({"action": {"target": {"id": "T-1042"}}}),
@@ -321,6 +323,7 @@ mod tests {
         assert_eq!(u["rule_ids"], json!(["low-confidence-resolve"]));
         assert_eq!(u["reasons"], json!(["confidence 0.82 is below 0.85"]));
         assert_eq!(u["policy_version"], "1.0.0");
+        assert_eq!(u["policy_hash"], "ef".repeat(32));
         assert_eq!(u["confidence_initial"], 0.82);
         assert_eq!(u["confidence_adjusted"], 0.72);
         assert_eq!(u["mode"], "auto");

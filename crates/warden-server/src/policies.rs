@@ -1,28 +1,55 @@
-//! The compiled policies the server decides with: one per tenant from `<tenant>.yaml` in the
-//! policies folder, `default.yaml` for every other tenant. Reloading compiles the whole
-//! folder first and swaps it in atomically only if every file compiles, so a request sees
-//! either the old set or the new one, never a mix, and a bad edit changes nothing.
+//! The compiled policies the server decides with, and how they change. The store is the
+//! truth: each tenant's policy is its active stored version (`default`'s for tenants without
+//! their own). The policy folder only seeds a tenant's first version, and on a reload
+//! publishes a changed file as a new version.
+//!
+//! Key decisions:
+//!
+//! - **One way in.** A publish, a rollback, a reload of a file and a seed all go through
+//!   [`Policies::submit`]: compile, check the version against the active one, publish in
+//!   the store under the chain lock with its `policy_published` event (refused if another
+//!   replica published first, then decided again), then swap it in here.
+//! - **Every replica follows the store.** [`Policies::follow`] re-reads a tenant's active
+//!   version when the store signals a change (PostgreSQL `NOTIFY`) and compares every
+//!   tenant's head on a timer in case a signal was lost. A version this replica cannot
+//!   compile is never swapped in: the previous one stays, and the failure is audited and
+//!   shown on `/readyz` and `/metrics`.
+//! - **Swaps are atomic per tenant**: a request sees a tenant's old policy or its new one,
+//!   never a mix, and one tenant's broken file never blocks another's.
 
 use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use warden_policy::Policy;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use warden_policy::{Policy, PolicyError};
+use warden_store::{
+    Append, NewEvent, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, Store,
+    StoredPolicy, kind, policy_status,
+};
 
 /// The tenant whose policy applies to tenants without their own.
 pub const DEFAULT_TENANT: &str = "default";
 
-/// A policy as loaded: the compiled form and where it came from.
+/// How often a replica compares every tenant's active version with the store's, in case a
+/// change signal was lost.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
+
+/// A policy in force: the compiled form and which stored version it is.
 #[derive(Debug)]
 pub struct LoadedPolicy {
     /// The compiled policy.
     pub policy: Policy,
-    /// The file it was read from.
-    pub path: PathBuf,
+    /// The stored revision (1, 2, 3, … per tenant).
+    pub revision: i64,
+    /// The lowercase hex SHA-256 of its source.
+    pub hash: String,
 }
 
 /// Every tenant's policy at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PolicySet {
     by_tenant: BTreeMap<String, Arc<LoadedPolicy>>,
 }
@@ -33,6 +60,11 @@ impl PolicySet {
         self.by_tenant
             .get(tenant)
             .or_else(|| self.by_tenant.get(DEFAULT_TENANT))
+    }
+
+    /// The tenant's own policy, without falling back to `default`.
+    pub fn own(&self, tenant: &str) -> Option<&Arc<LoadedPolicy>> {
+        self.by_tenant.get(tenant)
     }
 
     /// Tenant names and their policy versions, in name order.
@@ -48,7 +80,8 @@ impl PolicySet {
     }
 }
 
-/// Why a folder of policies was refused. Each line is `file:line:col: message`.
+/// Why policies could not be loaded at start. Each line is `file:line:col: message` or
+/// says what failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", problems.join("; "))]
 pub struct LoadError {
@@ -56,24 +89,182 @@ pub struct LoadError {
     pub problems: Vec<String>,
 }
 
-/// The live policies and the folder they come from.
-#[derive(Debug)]
-pub struct Policies {
-    dir: PathBuf,
-    current: ArcSwap<PolicySet>,
-    /// Reloads take turns, so a tenant's reload never undoes another's.
-    reloading: std::sync::Mutex<()>,
+/// Why a submission was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The document does not compile; every problem, positioned.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<PolicyError>),
+    /// Its `version` is not greater than the active one's.
+    #[error("version `{submitted}` is not greater than the active version `{active}`")]
+    NotNewer {
+        /// The document's version.
+        submitted: String,
+        /// The active version's.
+        active: String,
+    },
+    /// Other publishes kept coming first.
+    #[error("other publishes for this tenant kept coming first; try again")]
+    Contended,
+    /// The store failed.
+    #[error("the store failed: {0}")]
+    Store(#[from] warden_store::StoreError),
 }
 
+/// What caused a publish, recorded in its event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cause {
+    /// `POST /v1/policy`.
+    Publish,
+    /// `POST /v1/policy/rollback`: the source of this earlier revision, again.
+    Rollback {
+        /// The revision whose source was published again.
+        from: i64,
+    },
+    /// A changed file, on `POST /v1/policy/reload` or SIGHUP.
+    Reload,
+    /// A tenant's first version, from its file at start.
+    Seed,
+}
+
+impl Cause {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Rollback { .. } => "rollback",
+            Self::Reload => "reload",
+            Self::Seed => "seed",
+        }
+    }
+
+    /// Whether the version must be greater than the active one: a rollback publishes an
+    /// older document again on purpose.
+    fn must_be_newer(&self) -> bool {
+        !matches!(self, Self::Rollback { .. })
+    }
+}
+
+/// A document to publish for a tenant.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The tenant.
+    pub tenant: String,
+    /// The document, as submitted.
+    pub source: String,
+    /// Who publishes it: a key id, or `file` / `sighup`.
+    pub author: String,
+    /// The publisher's comment.
+    pub comment: Option<String>,
+    /// Why.
+    pub cause: Cause,
+    /// When, unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Published as this version, and in force on this replica.
+    Published(PolicyVersionInfo),
+    /// The document is the active version already (same content hash): nothing changed.
+    Unchanged(PolicyVersionInfo),
+}
+
+/// A stored version this replica could not put in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationFailure {
+    /// The revision that failed.
+    pub revision: i64,
+    /// Its version.
+    pub version: String,
+    /// The first problem, positioned.
+    pub problem: String,
+}
+
+/// The lowercase hex SHA-256 of a policy source: its content hash.
+pub fn content_hash(source: &str) -> String {
+    hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+/// The live policies, the store they follow and the folder that seeds them.
+#[derive(Debug)]
+pub struct Policies {
+    store: Arc<dyn Store>,
+    dir: PathBuf,
+    current: ArcSwap<PolicySet>,
+    /// Activations on this replica take turns, so an older version never replaces a newer.
+    turn: tokio::sync::Mutex<()>,
+    /// Tenants whose active stored version this replica could not compile.
+    failures: Mutex<BTreeMap<String, ActivationFailure>>,
+}
+
+/// How many times a submission is decided again after losing a race to another publish.
+const SUBMIT_ATTEMPTS: usize = 8;
+
 impl Policies {
-    /// Loads every policy in `dir`.
-    pub fn load(dir: &Path) -> Result<Self, LoadError> {
-        let set = load_dir(dir)?;
-        Ok(Self {
+    /// Seeds every tenant that has a file in `dir` but no version in the store, then loads
+    /// every tenant's active version. A stored version that does not compile here, or a
+    /// seed file that does not, refuses the start: a replica never serves without the
+    /// policy it was given.
+    pub async fn open(store: Arc<dyn Store>, dir: &Path) -> Result<Self, LoadError> {
+        let policies = Self {
+            store,
             dir: dir.to_owned(),
-            current: ArcSwap::from_pointee(set),
-            reloading: std::sync::Mutex::new(()),
-        })
+            current: ArcSwap::from_pointee(PolicySet::default()),
+            turn: tokio::sync::Mutex::new(()),
+            failures: Mutex::new(BTreeMap::new()),
+        };
+        let stored = policies.heads().await?;
+        let mut problems = Vec::new();
+        for (tenant, path) in policies.files()? {
+            if stored.contains_key(&tenant) {
+                continue;
+            }
+            let source = match read(dir, &path) {
+                Ok(source) => source,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            };
+            let submission = Submission {
+                tenant: tenant.clone(),
+                source,
+                author: "file".to_owned(),
+                comment: Some(format!("seeded from {}", relative(dir, &path))),
+                cause: Cause::Seed,
+                now_ms: crate::state::now_ms(),
+            };
+            match policies.submit(submission).await {
+                Ok(_) => {}
+                Err(SubmitError::Invalid(errors)) => problems.extend(
+                    errors
+                        .iter()
+                        .map(|e| format!("{}:{e}", relative(dir, &path))),
+                ),
+                Err(e) => problems.push(format!("{}: {e}", relative(dir, &path))),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(LoadError { problems });
+        }
+        for tenant in policies.heads().await?.into_keys() {
+            if let Err(problem) = policies.sync(&tenant).await {
+                problems.push(problem);
+            }
+        }
+        let failures = policies.failures();
+        problems.extend(failures.iter().map(|(tenant, f)| {
+            format!(
+                "the active policy of `{tenant}` (revision {}) does not compile: {}",
+                f.revision, f.problem
+            )
+        }));
+        if problems.is_empty() {
+            Ok(policies)
+        } else {
+            Err(LoadError { problems })
+        }
     }
 
     /// The set in force now. Cheap: an atomic load.
@@ -81,56 +272,344 @@ impl Policies {
         self.current.load_full()
     }
 
-    /// Recompiles the folder; swaps the new set in only if all of it compiles.
-    pub fn reload(&self) -> Result<Arc<PolicySet>, LoadError> {
-        let _turn = self.reloading.lock();
-        let set = Arc::new(load_dir(&self.dir)?);
-        self.current.store(Arc::clone(&set));
-        Ok(set)
-    }
-
-    /// Recompiles `tenant`'s own file alone and swaps only that tenant: a tenant's admin
-    /// reloads its policy without touching, seeing or being blocked by any other. Returns
-    /// the new version, or `None` when the tenant has no file (any more) and so uses
-    /// `default`.
-    pub fn reload_tenant(&self, tenant: &str) -> Result<Option<String>, LoadError> {
-        let _turn = self.reloading.lock();
-        let mut files = Vec::new();
-        for path in list(&self.dir)? {
-            if tenant_of(&path).as_deref() == Some(tenant) && path.is_file() {
-                files.push(path);
-            }
-        }
-        let loaded = match files.as_slice() {
-            [] => None,
-            [path] => Some(Arc::new(compile(&self.dir, path)?)),
-            [first, second, ..] => {
-                return Err(LoadError {
-                    problems: vec![format!(
-                        "{}: tenant `{tenant}` already has a policy in {}",
-                        relative(&self.dir, second),
-                        relative(&self.dir, first)
-                    )],
-                });
-            }
-        };
-        let version = loaded
-            .as_ref()
-            .map(|p| p.policy.version().as_str().to_owned());
-        let mut set = PolicySet {
-            by_tenant: self.current.load().by_tenant.clone(),
-        };
-        match loaded {
-            Some(policy) => set.by_tenant.insert(tenant.to_owned(), policy),
-            None => set.by_tenant.remove(tenant),
-        };
-        self.current.store(Arc::new(set));
-        Ok(version)
-    }
-
-    /// The folder policies are read from.
+    /// The folder policies are seeded and reloaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Tenants whose active stored version this replica could not compile (it keeps their
+    /// previous one).
+    pub fn failures(&self) -> BTreeMap<String, ActivationFailure> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Compiles `submission`, checks its version and publishes it as the tenant's next
+    /// version, then puts it in force here. Refused with every problem if it does not
+    /// compile, or if its version is not greater than the active one (but for a
+    /// rollback); unchanged if its content is the active version's.
+    pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        let source = submission.source.clone();
+        let compiled = tokio::task::spawn_blocking(move || Policy::parse(&source))
+            .await
+            .map_err(|_| SubmitError::Invalid(vec![]))?
+            .map_err(|errors| SubmitError::Invalid(errors.iter().cloned().collect()))?;
+        let hash = content_hash(&submission.source);
+        let mut compiled = Some(compiled);
+        for _ in 0..SUBMIT_ATTEMPTS {
+            let latest = self
+                .store
+                .policy_versions(&submission.tenant, None, 1)
+                .await?
+                .first()
+                .map_or(0, |v| v.revision);
+            let active = self.store.policy(&submission.tenant, None).await?;
+            if let Some(active) = &active {
+                if active.info.hash == hash {
+                    return Ok(Submitted::Unchanged(active.info.clone()));
+                }
+                let newer = Policy::parse(&active.source).map_or(true, |old| {
+                    compiled
+                        .as_ref()
+                        .is_some_and(|new| new.version().parts() > old.version().parts())
+                });
+                if submission.cause.must_be_newer() && !newer {
+                    return Err(SubmitError::NotNewer {
+                        submitted: compiled
+                            .as_ref()
+                            .map(|p| p.version().as_str().to_owned())
+                            .unwrap_or_default(),
+                        active: active.info.version.clone(),
+                    });
+                }
+            }
+            let Some(policy) = compiled.take() else {
+                break;
+            };
+            let parent = active.as_ref().map(|a| a.info.revision);
+            let info = PolicyVersionInfo {
+                tenant: submission.tenant.clone(),
+                revision: latest + 1,
+                version: policy.version().as_str().to_owned(),
+                hash: hash.clone(),
+                parent,
+                author: submission.author.clone(),
+                comment: submission.comment.clone(),
+                created_at_ms: submission.now_ms,
+                status: policy_status::ACTIVE.to_owned(),
+            };
+            let event = published_event(&info, &submission.cause);
+            let publish = PolicyPublish {
+                policy: StoredPolicy {
+                    info: info.clone(),
+                    source: submission.source.clone(),
+                },
+                previous_becomes: policy_status::SUPERSEDED,
+                event,
+            };
+            match self.store.publish_policy(publish).await? {
+                Published::Written => {
+                    self.activate(&info.tenant, policy, info.revision, hash)
+                        .await;
+                    return Ok(Submitted::Published(info));
+                }
+                Published::Conflict { .. } => compiled = Some(policy),
+            }
+        }
+        Err(SubmitError::Contended)
+    }
+
+    /// Swaps `policy` in for `tenant` unless a newer revision is in force already.
+    async fn activate(&self, tenant: &str, policy: Policy, revision: i64, hash: String) {
+        let _turn = self.turn.lock().await;
+        self.swap(tenant, policy, revision, hash);
+    }
+
+    /// Swaps in, holding the turn.
+    fn swap(&self, tenant: &str, policy: Policy, revision: i64, hash: String) {
+        let old = self.current.load_full();
+        if old.own(tenant).is_some_and(|p| p.revision >= revision) {
+            return;
+        }
+        let mut set = PolicySet::clone(&old);
+        set.by_tenant.insert(
+            tenant.to_owned(),
+            Arc::new(LoadedPolicy {
+                policy,
+                revision,
+                hash,
+            }),
+        );
+        self.current.store(Arc::new(set));
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(tenant);
+        }
+        // The old set is dropped here, off the request path, unless a request still
+        // holds it.
+        drop(old);
+    }
+
+    /// Brings `tenant` in line with its active stored version. A version that does not
+    /// compile here is recorded as a failure (audited once) and the previous stays.
+    async fn sync(&self, tenant: &str) -> Result<(), String> {
+        let _turn = self.turn.lock().await;
+        let stored = self
+            .store
+            .policy(tenant, None)
+            .await
+            .map_err(|e| format!("cannot read the policy of `{tenant}`: {e}"))?;
+        let Some(stored) = stored else {
+            return Ok(());
+        };
+        let current = self.current.load();
+        if current
+            .own(tenant)
+            .is_some_and(|p| p.revision >= stored.info.revision)
+        {
+            return Ok(());
+        }
+        if self
+            .failures()
+            .get(tenant)
+            .is_some_and(|f| f.revision == stored.info.revision)
+        {
+            return Ok(());
+        }
+        let source = stored.source;
+        let compiled = tokio::task::spawn_blocking(move || Policy::parse(&source))
+            .await
+            .map_err(|_| format!("the compile of `{tenant}`'s policy failed"))?;
+        match compiled {
+            Ok(policy) => {
+                self.swap(tenant, policy, stored.info.revision, stored.info.hash);
+                tracing::info!(
+                    tenant,
+                    revision = stored.info.revision,
+                    version = %stored.info.version,
+                    "policy version in force"
+                );
+            }
+            Err(errors) => {
+                let problem = errors
+                    .iter()
+                    .next()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                tracing::error!(
+                    tenant,
+                    revision = stored.info.revision,
+                    %problem,
+                    "a published policy version does not compile here; the previous one stays in force"
+                );
+                let failure = ActivationFailure {
+                    revision: stored.info.revision,
+                    version: stored.info.version.clone(),
+                    problem,
+                };
+                self.audit_failure(tenant, &stored.info, &failure).await;
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.insert(tenant.to_owned(), failure);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_failure(
+        &self,
+        tenant: &str,
+        info: &PolicyVersionInfo,
+        failure: &ActivationFailure,
+    ) {
+        let now = crate::state::now_ms();
+        let kept = self.current.load().own(tenant).map(|p| p.revision);
+        let event = NewEvent {
+            id: crate::ids::ulid(now),
+            time_ms: now,
+            tenant: tenant.to_owned(),
+            kind: kind::POLICY_ACTIVATION_FAILED.to_owned(),
+            policy_version: Some(info.version.clone()),
+            policy_hash: Some(info.hash.clone()),
+            detail: json!({
+                "revision": info.revision,
+                "kept_revision": kept,
+                "problem": failure.problem,
+            }),
+            ..NewEvent::default()
+        };
+        if self
+            .store
+            .append(vec![Append::new(event, None)])
+            .await
+            .is_err()
+        {
+            tracing::error!(tenant, "a policy activation failure could not be audited");
+        }
+    }
+
+    /// The active revision of every tenant in the store.
+    async fn heads(&self) -> Result<BTreeMap<String, i64>, LoadError> {
+        let heads = self.store.policy_heads().await.map_err(|e| LoadError {
+            problems: vec![format!("cannot read the stored policies: {e}")],
+        })?;
+        Ok(heads.into_iter().map(|h| (h.tenant, h.revision)).collect())
+    }
+
+    /// Re-reads every tenant whose active stored revision is not the one in force here.
+    async fn resync(&self) {
+        let Ok(heads) = self.heads().await else {
+            tracing::warn!("cannot read the stored policies; will try again");
+            return;
+        };
+        let current = self.current();
+        for (tenant, revision) in heads {
+            if current.own(&tenant).map(|p| p.revision) != Some(revision)
+                && let Err(problem) = self.sync(&tenant).await
+            {
+                tracing::warn!(%problem, "cannot follow a policy change; will try again");
+            }
+        }
+    }
+
+    /// Follows the store forever: a signalled tenant is re-read at once, and every tenant's
+    /// head is compared every `poll` in case a signal was lost. Run it as a task.
+    pub async fn follow(self: Arc<Self>, poll: Duration) {
+        let mut signals = match self.store.policy_signals().await {
+            Ok(signals) => Some(signals),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hear policy changes; polling only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let signal = async {
+                match signals.as_mut() {
+                    Some(signals) => signals.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                heard = signal => match heard {
+                    Ok(PolicySignal::Changed(tenant)) => {
+                        if let Err(problem) = self.sync(&tenant).await {
+                            tracing::warn!(%problem, "cannot follow a policy change; will try again");
+                        }
+                    }
+                    Ok(PolicySignal::Resync)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => signals = None,
+                },
+                _ = tick.tick() => self.resync().await,
+            }
+        }
+    }
+
+    /// Every policy file in the folder as `(tenant, path)`, in name order. Two files for
+    /// one tenant are refused.
+    pub fn files(&self) -> Result<Vec<(String, PathBuf)>, LoadError> {
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        let mut problems = Vec::new();
+        for path in list(&self.dir)? {
+            let Some(tenant) = tenant_of(&path) else {
+                continue;
+            };
+            if !path.is_file() {
+                continue;
+            }
+            if let Some((_, first)) = files.iter().find(|(t, _)| *t == tenant) {
+                problems.push(format!(
+                    "{}: tenant `{tenant}` already has a policy in {}",
+                    relative(&self.dir, &path),
+                    relative(&self.dir, first)
+                ));
+                continue;
+            }
+            files.push((tenant, path));
+        }
+        if problems.is_empty() {
+            Ok(files)
+        } else {
+            Err(LoadError { problems })
+        }
+    }
+
+    /// Reads one file of the folder; problems name it relative to the folder.
+    pub fn read_file(&self, path: &Path) -> Result<String, String> {
+        read(&self.dir, path)
+    }
+
+    /// A file's name relative to the folder: what errors show instead of server paths.
+    pub fn file_name(&self, path: &Path) -> String {
+        relative(&self.dir, path)
+    }
+}
+
+/// The `policy_published` event of a version.
+fn published_event(info: &PolicyVersionInfo, cause: &Cause) -> NewEvent {
+    let mut detail = json!({
+        "revision": info.revision,
+        "parent": info.parent,
+        "cause": cause.name(),
+        "by": info.author,
+    });
+    if let Value::Object(fields) = &mut detail {
+        if let Some(comment) = &info.comment {
+            fields.insert("comment".into(), Value::String(comment.clone()));
+        }
+        if let Cause::Rollback { from } = cause {
+            fields.insert("from_revision".into(), Value::from(*from));
+        }
+    }
+    NewEvent {
+        id: crate::ids::ulid(info.created_at_ms),
+        time_ms: info.created_at_ms,
+        tenant: info.tenant.clone(),
+        kind: kind::POLICY_PUBLISHED.to_owned(),
+        policy_version: Some(info.version.clone()),
+        policy_hash: Some(info.hash.clone()),
+        detail,
+        ..NewEvent::default()
     }
 }
 
@@ -153,66 +632,26 @@ fn relative(dir: &Path, path: &Path) -> String {
     path.strip_prefix(dir).unwrap_or(path).display().to_string()
 }
 
-/// The folder's entries, sorted.
+/// The folder's entries, sorted. A missing folder has none.
 fn list(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let fail = |e: std::io::Error| LoadError {
         problems: vec![format!("the policy folder cannot be read: {e}")],
     };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fail(e)),
+    };
     let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(fail)? {
+    for entry in entries {
         paths.push(entry.map_err(fail)?.path());
     }
     paths.sort();
     Ok(paths)
 }
 
-/// Reads and compiles one policy file; problems name it relative to the folder.
-fn compile(dir: &Path, path: &Path) -> Result<LoadedPolicy, LoadError> {
-    let name = relative(dir, path);
-    let source = std::fs::read_to_string(path).map_err(|e| LoadError {
-        problems: vec![format!("{name}: cannot read: {e}")],
-    })?;
-    match Policy::parse(&source) {
-        Ok(policy) => Ok(LoadedPolicy {
-            policy,
-            path: path.to_owned(),
-        }),
-        Err(errors) => Err(LoadError {
-            problems: errors.iter().map(|e| format!("{name}:{e}")).collect(),
-        }),
-    }
-}
-
-fn load_dir(dir: &Path) -> Result<PolicySet, LoadError> {
-    let mut set = PolicySet::default();
-    let mut problems = Vec::new();
-    for path in list(dir)? {
-        let Some(tenant) = tenant_of(&path) else {
-            continue;
-        };
-        if !path.is_file() {
-            continue;
-        }
-        if let Some(previous) = set.by_tenant.get(&tenant) {
-            problems.push(format!(
-                "{}: tenant `{tenant}` already has a policy in {}",
-                relative(dir, &path),
-                relative(dir, &previous.path)
-            ));
-            continue;
-        }
-        match compile(dir, &path) {
-            Ok(loaded) => {
-                set.by_tenant.insert(tenant, Arc::new(loaded));
-            }
-            Err(e) => problems.extend(e.problems),
-        }
-    }
-    if problems.is_empty() {
-        Ok(set)
-    } else {
-        Err(LoadError { problems })
-    }
+fn read(dir: &Path, path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", relative(dir, path)))
 }
 
 #[cfg(test)]
@@ -220,101 +659,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tenant_reload_swaps_that_tenant_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
-        std::fs::write(dir.path().join("a.yaml"), "version: 1.0.0\ndefault: deny\n").unwrap();
-        std::fs::write(dir.path().join("b.yaml"), "version: 1.0.0\ndefault: deny\n").unwrap();
-        let policies = Policies::load(dir.path()).unwrap();
-        std::fs::write(dir.path().join("a.yaml"), "version: 2.0.0\ndefault: deny\n").unwrap();
-        std::fs::write(dir.path().join("b.yaml"), "version: 2.0.0\ndefault: alow\n").unwrap();
-        assert_eq!(
-            policies.reload_tenant("a").unwrap().as_deref(),
-            Some("2.0.0")
-        );
-        let error = policies.reload_tenant("b").unwrap_err().to_string();
-        assert!(error.starts_with("b.yaml:2:"), "{error}");
-        let set = policies.current();
-        let version = |t: &str| {
-            set.for_tenant(t)
-                .unwrap()
-                .policy
-                .version()
-                .as_str()
-                .to_owned()
-        };
-        assert_eq!(
-            (version("a"), version("b")),
-            ("2.0.0".into(), "1.0.0".into())
-        );
-        // A tenant without a file of its own reloads to the default.
-        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
-        assert_eq!(policies.reload_tenant("a").unwrap(), None);
-        assert_eq!(
-            policies
-                .current()
-                .for_tenant("a")
-                .unwrap()
-                .policy
-                .version()
-                .as_str(),
-            "1.0.0"
-        );
-        assert_eq!(policies.reload_tenant("../default").unwrap(), None);
-    }
-
-    const POLICY: &str = "version: 1.0.0\ndefault: deny\n";
-
-    #[test]
-    fn files_map_to_tenants_and_default_covers_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
-        std::fs::write(
-            dir.path().join("acme.yml"),
-            "version: 2.0.0\ndefault: allow\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("acme_test.yaml"), "not: a policy").unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
-        let policies = Policies::load(dir.path()).unwrap();
-        let set = policies.current();
-        assert_eq!(
-            set.versions().collect::<Vec<_>>(),
-            [("acme", "2.0.0"), ("default", "1.0.0")]
-        );
-        assert_eq!(
-            set.for_tenant("zeta").unwrap().policy.version().as_str(),
-            "1.0.0"
-        );
-    }
-
-    #[test]
-    fn a_bad_file_refuses_the_reload_and_keeps_the_old_set() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
-        let policies = Policies::load(dir.path()).unwrap();
-        std::fs::write(
-            dir.path().join("default.yaml"),
-            "version: 1.0.1\ndefault: alow\n",
-        )
-        .unwrap();
-        let error = policies.reload().unwrap_err();
-        assert!(error.to_string().starts_with("default.yaml:2:"), "{error}");
-        assert!(
-            !error
-                .to_string()
-                .contains(&dir.path().display().to_string()),
-            "no server path in {error}"
-        );
-        assert_eq!(
-            policies
-                .current()
-                .for_tenant("x")
-                .unwrap()
-                .policy
-                .version()
-                .as_str(),
-            "1.0.0"
-        );
+    fn file_names_map_to_tenants() {
+        let cases = [
+            ("acme.yaml", Some("acme")),
+            ("acme.yml", Some("acme")),
+            ("acme.json", Some("acme")),
+            ("acme_test.yaml", None),
+            (".hidden.yaml", None),
+            ("notes.txt", None),
+        ];
+        for (name, tenant) in cases {
+            assert_eq!(tenant_of(Path::new(name)).as_deref(), tenant, "{name}");
+        }
     }
 }

@@ -41,6 +41,9 @@ pub struct Limits {
     /// Long-polls on approvals and questions open at once; past it, 503. Waits count
     /// here, not against `max_in_flight`, and are not cut by `request_timeout`.
     pub max_waiters: usize,
+    /// How often every tenant's active policy version is compared with the store's, in
+    /// case a change signal was lost (changes are normally followed at once).
+    pub policy_poll: Duration,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(20),
             shutdown_grace: Duration::from_secs(15),
             max_waiters: 10_000,
+            policy_poll: crate::policies::DEFAULT_POLL,
         }
     }
 }
@@ -132,7 +136,7 @@ impl AppState {
         &self.0.store
     }
     /// The live policies.
-    pub fn policies(&self) -> &Policies {
+    pub fn policies(&self) -> &Arc<Policies> {
         &self.0.policies
     }
     /// The audit writer.

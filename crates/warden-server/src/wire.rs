@@ -27,6 +27,8 @@ pub struct DecisionBody {
     pub permit: Option<PermitBody>,
     /// The policy version that decided.
     pub policy_version: String,
+    /// The SHA-256 of that version's source (empty when no policy decided).
+    pub policy_hash: String,
     /// On a deny with proposals enabled: the narrowest rule that would allow this action.
     #[schema(value_type = Option<Object>)]
     pub rule_missing: Option<Value>,
@@ -198,6 +200,7 @@ impl DecisionBody {
             approval: d.approval.as_ref().map(ApprovalBody::required),
             permit: None,
             policy_version: d.policy_version.clone(),
+            policy_hash: String::new(),
             rule_missing: None,
             next_steps: Vec::new(),
             eval_ns,
@@ -255,6 +258,7 @@ impl DecisionBody {
             approval: None,
             permit: None,
             policy_version: policy_version.to_owned(),
+            policy_hash: String::new(),
             rule_missing: None,
             next_steps: Vec::new(),
             eval_ns: 0,
@@ -477,6 +481,9 @@ pub struct EventBody {
     pub reasons: Vec<String>,
     /// Policy version.
     pub policy_version: Option<String>,
+    /// The SHA-256 of the policy version's source, on events a policy decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
     /// Keyed digest of the payload.
     pub payload_digest: Option<String>,
     /// Keyed digest of the context.
@@ -518,6 +525,7 @@ impl From<&Event> for EventBody {
             rule_ids: n.rule_ids.clone(),
             reasons: n.reasons.clone(),
             policy_version: n.policy_version.clone(),
+            policy_hash: n.policy_hash.clone(),
             payload_digest: n.payload_digest.clone(),
             context_digest: n.context_digest.clone(),
             kept: n.kept.clone(),
@@ -554,6 +562,7 @@ impl From<EventBody> for Event {
                 rule_ids: b.rule_ids,
                 reasons: b.reasons,
                 policy_version: b.policy_version,
+                policy_hash: b.policy_hash,
                 payload_digest: b.payload_digest,
                 context_digest: b.context_digest,
                 kept: b.kept,

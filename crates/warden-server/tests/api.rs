@@ -178,7 +178,11 @@ async fn server(store: Arc<dyn Store>) -> Server {
 async fn server_with(store: Arc<dyn Store>, policy: &str, limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("default.yaml"), policy).unwrap();
-    let policies = Arc::new(Policies::load(dir.path()).unwrap());
+    let policies = Arc::new(
+        Policies::open(Arc::clone(&store), dir.path())
+            .await
+            .unwrap(),
+    );
     let metrics = Arc::new(Metrics::default());
     let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
@@ -748,10 +752,15 @@ async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
         let (status, body) = s
             .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
             .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(body["error"], "policy_invalid");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "partial");
+        assert_eq!(body["policies"][0]["outcome"], "refused");
+        assert_eq!(body["policies"][0]["version"], "1.1.0");
         assert!(
-            body["detail"].as_str().unwrap().contains("default.yaml:2:"),
+            body["policies"][0]["problems"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("default.yaml:2:"),
             "{body}"
         );
         let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
@@ -759,12 +768,47 @@ async fn a_reload_swaps_good_policies_and_refuses_bad_ones() {
             d["policy_version"], "1.1.0",
             "the old policy stays in force"
         );
+        // An unchanged file publishes nothing; an edit that keeps its version is refused.
+        std::fs::write(&path, POLICY.replace("version: 1.0.0", "version: 1.1.0")).unwrap();
+        let (_, body) = s
+            .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
+            .await;
+        assert_eq!(body["policies"][0]["outcome"], "unchanged", "{body}");
+        std::fs::write(
+            &path,
+            POLICY.replace("version: 1.0.0", "version: 1.1.0") + "\n# edited\n",
+        )
+        .unwrap();
+        let (_, body) = s
+            .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
+            .await;
+        assert_eq!(body["policies"][0]["outcome"], "refused", "{body}");
+        assert!(
+            body["policies"][0]["problems"][0]
+                .as_str()
+                .unwrap()
+                .contains("version `1.1.0` is not greater than the active version `1.1.0`"),
+            "{body}"
+        );
 
         let (status, _) = s
             .call(Method::POST, "/v1/policy/reload", Some(&s.controller), "")
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(s.events(kind::POLICY_RELOADED).await.len(), 1);
+        assert_eq!(s.events(kind::POLICY_RELOADED).await.len(), 4);
+        // The seed and the one publish are versions, each with its event.
+        let published = s.events(kind::POLICY_PUBLISHED).await;
+        assert_eq!(published.len(), 2);
+        assert_eq!(published[1].event.detail["cause"], "reload");
+        assert_eq!(
+            published[1].event.policy_hash.as_deref(),
+            d["policy_hash"].as_str()
+        );
+        // The decision's event names the same version and hash.
+        let decisions = s.events(kind::DECISION).await;
+        let last = &decisions.last().unwrap().event;
+        assert_eq!(last.policy_version.as_deref(), Some("1.1.0"));
+        assert_eq!(last.policy_hash, published[1].event.policy_hash);
     }
 }
 
@@ -1048,6 +1092,35 @@ impl Store for Breakable {
             .webhook_attempted(id, now_ms, error, retry_at_ms)
             .await
     }
+    async fn publish_policy(
+        &self,
+        publish: warden_store::PolicyPublish,
+    ) -> Result<warden_store::Published, StoreError> {
+        self.inner.publish_policy(publish).await
+    }
+    async fn policy_heads(&self) -> Result<Vec<warden_store::PolicyHead>, StoreError> {
+        self.inner.policy_heads().await
+    }
+    async fn policy(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<warden_store::StoredPolicy>, StoreError> {
+        self.inner.policy(tenant, revision).await
+    }
+    async fn policy_versions(
+        &self,
+        tenant: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<warden_store::PolicyVersionInfo>, StoreError> {
+        self.inner.policy_versions(tenant, before, limit).await
+    }
+    async fn policy_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<warden_store::PolicySignal>, StoreError> {
+        self.inner.policy_signals().await
+    }
 }
 
 #[tokio::test]
@@ -1111,7 +1184,11 @@ async fn no_policy_for_the_tenant_means_deny() {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("other.yaml"), POLICY).unwrap();
-    let policies = Arc::new(Policies::load(dir.path()).unwrap());
+    let policies = Arc::new(
+        Policies::open(Arc::clone(&store), dir.path())
+            .await
+            .unwrap(),
+    );
     let metrics = Arc::new(Metrics::default());
     let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     let state = AppState::new(
@@ -1367,7 +1444,7 @@ async fn a_tenant_admin_is_not_the_operator() {
     );
     assert_eq!(
         body["policies"],
-        json!([{"tenant": "acme", "version": "3.0.0"}])
+        json!([{"tenant": "acme", "version": "3.0.0", "revision": 1, "outcome": "published"}])
     );
     let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
     assert_eq!(d["policy_version"], "3.0.0");
@@ -1375,8 +1452,16 @@ async fn a_tenant_admin_is_not_the_operator() {
     let (status, body) = s
         .call(Method::POST, "/v1/policy/reload", Some(&s.operator), "")
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let detail = body["detail"].as_str().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "partial");
+    let zeta = body["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tenant"] == "zeta")
+        .unwrap();
+    assert_eq!(zeta["outcome"], "refused");
+    let detail = zeta["problems"][0].as_str().unwrap();
     assert!(detail.contains("zeta.yaml:2:"), "{detail}");
     assert!(
         !detail.contains(&dir.display().to_string()),

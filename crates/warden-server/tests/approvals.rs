@@ -104,7 +104,11 @@ async fn server_with(place: &Place, limits: Limits, webhooks: Webhooks) -> Serve
     let store = place.open().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
-    let policies = Arc::new(Policies::load(dir.path()).unwrap());
+    let policies = Arc::new(
+        Policies::open(Arc::clone(&store), dir.path())
+            .await
+            .unwrap(),
+    );
     let metrics = Arc::new(Metrics::default());
     let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();

@@ -330,7 +330,7 @@ pub(crate) fn decode_counters(
 
 /// The columns of an `audit_events` row, in table order: the one list the insert
 /// statements of both appenders, their bound values ([`event_row`]) and the reads use.
-pub(crate) const EVENT_COLUMNS: [&str; 24] = [
+pub(crate) const EVENT_COLUMNS: [&str; 25] = [
     "seq",
     "id",
     "time_ms",
@@ -355,6 +355,7 @@ pub(crate) const EVENT_COLUMNS: [&str; 24] = [
     "detail",
     "prev_hash",
     "hash",
+    "policy_hash",
 ];
 
 /// One value of an event row, as both appenders bind it.
@@ -368,7 +369,7 @@ pub(crate) enum Cell<'a> {
 
 /// The values of `link`'s row, in [`EVENT_COLUMNS`] order; `json` is its encoded JSON
 /// columns.
-pub(crate) fn event_row<'a>(link: &'a Link, json: &'a EncodedEvent) -> [Cell<'a>; 24] {
+pub(crate) fn event_row<'a>(link: &'a Link, json: &'a EncodedEvent) -> [Cell<'a>; 25] {
     let e = &link.event;
     let text = |v: &'a Option<String>| Cell::Text(v.as_deref());
     [
@@ -396,6 +397,7 @@ pub(crate) fn event_row<'a>(link: &'a Link, json: &'a EncodedEvent) -> [Cell<'a>
         Cell::Text(Some(&json.detail)),
         Cell::Text(Some(&link.prev_hash)),
         Cell::Text(Some(&link.hash)),
+        text(&e.policy_hash),
     ]
 }
 

@@ -24,7 +24,8 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 ///
 /// Fields appear in this struct's order, which is alphabetical so that the output is
 /// also what a generic sorted-keys JSON encoder produces. Do not reorder or rename them:
-/// every stored hash depends on it.
+/// every stored hash depends on it. Every field is present (`null` when unset) except
+/// `policy_hash`, added later, which is present only when set.
 #[derive(Serialize)]
 struct CanonicalEvent<'a> {
     action_type: Option<&'a str>,
@@ -41,6 +42,10 @@ struct CanonicalEvent<'a> {
     mode: Option<&'a str>,
     on_behalf_of: Option<&'a str>,
     payload_digest: Option<&'a str>,
+    // Absent rather than null when unset: events from before policy hashes were recorded
+    // keep their hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_hash: Option<&'a str>,
     policy_version: Option<&'a str>,
     prev_hash: &'a str,
     reasons: &'a [String],
@@ -93,6 +98,7 @@ pub fn canonical_bytes(seq: i64, prev_hash: &str, event: &NewEvent) -> Result<Ve
         mode: event.mode.as_deref(),
         on_behalf_of: event.on_behalf_of.as_deref(),
         payload_digest: event.payload_digest.as_deref(),
+        policy_hash: event.policy_hash.as_deref(),
         policy_version: event.policy_version.as_deref(),
         prev_hash,
         reasons: &event.reasons,
@@ -306,6 +312,20 @@ mod tests {
             GENESIS_HASH
         );
         assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_policy_hash_is_hashed_only_when_set_so_older_events_keep_their_hashes() {
+        let mut event = sample();
+        let without = String::from_utf8(canonical_bytes(7, GENESIS_HASH, &event).unwrap()).unwrap();
+        assert!(!without.contains("policy_hash"), "{without}");
+        event.policy_hash = Some("ab".repeat(32));
+        let with = String::from_utf8(canonical_bytes(7, GENESIS_HASH, &event).unwrap()).unwrap();
+        let expected = format!(
+            r#""payload_digest":null,"policy_hash":"{}","policy_version":null,"#,
+            "ab".repeat(32)
+        );
+        assert!(with.contains(&expected), "{with}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod chain;
 mod error;
 mod migrations;
 mod model;
+mod policy_version;
 mod postgres;
 mod split;
 mod sql;
@@ -49,6 +50,10 @@ pub use model::{
     Append, Appended, BrokenLink, ChainProblem, Charge, CounterFilter, CounterKey, CounterRow,
     CounterValue, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed,
     PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+};
+pub use policy_version::{
+    PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
+    policy_status,
 };
 
 /// Which database a store runs on.
@@ -215,6 +220,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         error: Option<String>,
         retry_at_ms: Option<i64>,
     ) -> Result<(), StoreError>;
+
+    /// Makes `publish.policy` its tenant's active version, under the chain lock, with its
+    /// event in the same transaction, and signals every replica (PostgreSQL: `NOTIFY`
+    /// inside the transaction). Writes nothing and answers [`Published::Conflict`] when
+    /// the tenant's newest or active revision is no longer what the publish expects.
+    async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError>;
+
+    /// The active version of every tenant that has one, in tenant order.
+    async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError>;
+
+    /// The tenant's version at `revision`, or its active one when `revision` is `None`.
+    async fn policy(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// The tenant's versions, newest first: at most `limit`, only revisions below `before`
+    /// when given.
+    async fn policy_versions(
+        &self,
+        tenant: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<PolicyVersionInfo>, StoreError>;
+
+    /// Signals of changed active policies, from this store and (PostgreSQL) every replica.
+    async fn policy_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError>;
 }
 
 /// Where a database URL points.

@@ -50,6 +50,10 @@ const SQLITE: &[Migration] = &[
         name: "0006_approval_grants",
         sql: include_str!("../../../migrations/sqlite/0006_approval_grants.sql"),
     },
+    Migration {
+        name: "0007_policy_versions",
+        sql: include_str!("../../../migrations/sqlite/0007_policy_versions.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -76,6 +80,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0006_approval_grants",
         sql: include_str!("../../../migrations/postgres/0006_approval_grants.sql"),
+    },
+    Migration {
+        name: "0007_policy_versions",
+        sql: include_str!("../../../migrations/postgres/0007_policy_versions.sql"),
     },
 ];
 

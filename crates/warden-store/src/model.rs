@@ -36,9 +36,14 @@ pub mod kind {
     pub const QUESTION_OUTCOME: &str = "question_outcome";
     /// A server loaded a changed permit key set (a rotation or revocation).
     pub const PERMIT_KEYS_CHANGED: &str = "permit_keys_changed";
+    /// A policy version was published (a publish, rollback, reload, seed or automatic
+    /// rollback; `detail.cause`), in the transaction that made it active.
+    pub const POLICY_PUBLISHED: &str = "policy_published";
+    /// A replica could not compile a published version and keeps its previous one.
+    pub const POLICY_ACTIVATION_FAILED: &str = "policy_activation_failed";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -53,6 +58,8 @@ pub mod kind {
         QUESTION_ASKED,
         QUESTION_OUTCOME,
         PERMIT_KEYS_CHANGED,
+        POLICY_PUBLISHED,
+        POLICY_ACTIVATION_FAILED,
     ];
 }
 
@@ -96,6 +103,8 @@ pub struct NewEvent {
     pub reasons: Vec<String>,
     /// The policy version that decided.
     pub policy_version: Option<String>,
+    /// The SHA-256 (hex) of the source of the policy version that decided.
+    pub policy_hash: Option<String>,
     /// Keyed digest of the payload.
     pub payload_digest: Option<String>,
     /// Keyed digest of the context.

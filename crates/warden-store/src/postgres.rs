@@ -39,6 +39,7 @@ impl Dialect for Postgres {
     const DURABILITY: &'static str =
         "SELECT 'synchronous_commit=' || current_setting('synchronous_commit') AS setting";
     const NOTIFY_APPROVAL: Option<&'static str> = Some("SELECT pg_notify('warden_approvals', $1)");
+    const NOTIFY_POLICY: Option<&'static str> = Some("SELECT pg_notify('warden_policies', $1)");
 
     fn placeholder(sql: &mut String, n: usize) {
         use std::fmt::Write;
@@ -148,15 +149,31 @@ fn valid_schema(schema: &str) -> bool {
 /// schemas hear these too, and ignore ids they hold no waiter for (ids are ULIDs).
 pub(crate) const APPROVAL_CHANNEL: &str = "warden_approvals";
 
-/// Forwards `NOTIFY warden_approvals` to `signals` until the store is dropped (the task is
-/// aborted then). Listens before telling waiters to resynchronize, and again after every
-/// reconnect, so a decision is never missed: either its notification arrives, or it was
-/// committed before the resync and the waiter's re-read sees it.
-pub(crate) async fn listen(
-    options: PgConnectOptions,
-    signals: tokio::sync::broadcast::Sender<crate::ApprovalSignal>,
-) {
-    use crate::ApprovalSignal;
+/// The channel policy changes are announced on (the payload is the tenant). Like approvals'
+/// it is database-wide: a replica of another schema re-reads its own active version of that
+/// tenant, finds it unchanged, and does nothing.
+pub(crate) const POLICY_CHANNEL: &str = "warden_policies";
+
+/// Where the listener forwards what it hears.
+#[derive(Debug, Clone)]
+pub(crate) struct Signals {
+    pub approvals: tokio::sync::broadcast::Sender<crate::ApprovalSignal>,
+    pub policies: tokio::sync::broadcast::Sender<crate::PolicySignal>,
+}
+
+impl Signals {
+    fn resync(&self) {
+        let _ = self.approvals.send(crate::ApprovalSignal::Resync);
+        let _ = self.policies.send(crate::PolicySignal::Resync);
+    }
+}
+
+/// Forwards `NOTIFY warden_approvals` and `warden_policies` to `signals` until the store is
+/// dropped (the task is aborted then). Listens before telling subscribers to resynchronize,
+/// and again after every reconnect, so a change is never missed: either its notification
+/// arrives, or it was committed before the resync and the subscriber's re-read sees it.
+pub(crate) async fn listen(options: PgConnectOptions, signals: Signals) {
+    use crate::{ApprovalSignal, PolicySignal};
     use sqlx::postgres::PgListener;
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
@@ -166,38 +183,44 @@ pub(crate) async fn listen(
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy_with(options.clone());
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(APPROVAL_CHANNEL).await?;
+            listener
+                .listen_all([APPROVAL_CHANNEL, POLICY_CHANNEL])
+                .await?;
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
         let mut listener = match connected {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for approvals; retrying");
+                tracing::warn!(error = %e, "cannot listen for approvals and policies; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 continue;
             }
         };
         backoff = std::time::Duration::from_millis(100);
-        let _ = signals.send(ApprovalSignal::Resync);
+        signals.resync();
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    let _ =
-                        signals.send(ApprovalSignal::Changed(notification.payload().to_owned()));
+                    let payload = notification.payload().to_owned();
+                    if notification.channel() == POLICY_CHANNEL {
+                        let _ = signals.policies.send(PolicySignal::Changed(payload));
+                    } else {
+                        let _ = signals.approvals.send(ApprovalSignal::Changed(payload));
+                    }
                 }
                 // The connection was lost; notifications meanwhile are gone. Reconnect
-                // (which listens again) and tell every waiter to read its state again.
+                // (which listens again) and tell every subscriber to read its state again.
                 Ok(None) => {
                     if let Err(e) = sqlx::query("SELECT 1").execute(&mut listener).await {
-                        tracing::warn!(error = %e, "approval listener cannot reconnect");
+                        tracing::warn!(error = %e, "the listener cannot reconnect");
                         break;
                     }
-                    let _ = signals.send(ApprovalSignal::Resync);
+                    signals.resync();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "approval listener failed; reconnecting");
+                    tracing::warn!(error = %e, "the listener failed; reconnecting");
                     break;
                 }
             }

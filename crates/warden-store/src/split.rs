@@ -21,6 +21,9 @@ use crate::model::{
     Append, Appended, CounterFilter, CounterRow, Event, EventFilter, KeyRecord, NewKey,
     PermitConsumed, PermitUse, PurgeReport, StoredDecision, VerifyReport,
 };
+use crate::policy_version::{
+    PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
+};
 use crate::{Backend, Store};
 
 /// Work for the appender thread, and where its answer goes.
@@ -137,12 +140,12 @@ pub(crate) struct Split {
     pub listener: Option<Listener>,
 }
 
-/// PostgreSQL's approval listener, started with the first subscriber (it needs a
-/// runtime) and stopped with the store.
+/// PostgreSQL's listener for approvals and policies, started with the first subscriber
+/// (it needs a runtime) and stopped with the store.
 #[derive(Debug)]
 pub(crate) struct Listener {
     options: sqlx::postgres::PgConnectOptions,
-    signals: tokio::sync::broadcast::Sender<ApprovalSignal>,
+    signals: crate::postgres::Signals,
     task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -150,19 +153,33 @@ impl Listener {
     pub fn new(options: sqlx::postgres::PgConnectOptions) -> Self {
         Self {
             options,
-            signals: tokio::sync::broadcast::channel(crate::sql::SIGNAL_CAPACITY).0,
+            signals: crate::postgres::Signals {
+                approvals: tokio::sync::broadcast::channel(crate::sql::SIGNAL_CAPACITY).0,
+                policies: tokio::sync::broadcast::channel(crate::sql::SIGNAL_CAPACITY).0,
+            },
             task: std::sync::Mutex::new(None),
         }
     }
 
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ApprovalSignal> {
-        let receiver = self.signals.subscribe();
+    /// Starts the listening task if it is not running yet.
+    fn start(&self) {
         if let Ok(mut task) = self.task.lock()
             && task.is_none()
         {
             let listen = crate::postgres::listen(self.options.clone(), self.signals.clone());
             *task = Some(tokio::spawn(listen).abort_handle());
         }
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ApprovalSignal> {
+        let receiver = self.signals.approvals.subscribe();
+        self.start();
+        receiver
+    }
+
+    fn subscribe_policies(&self) -> tokio::sync::broadcast::Receiver<PolicySignal> {
+        let receiver = self.signals.policies.subscribe();
+        self.start();
         receiver
     }
 }
@@ -311,5 +328,40 @@ impl Store for Split {
         self.sql
             .webhook_attempted(id, now_ms, error, retry_at_ms)
             .await
+    }
+
+    // On sqlx's writer inside the chain lock, as `update_approval`.
+    async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
+        self.sql.publish_policy(publish).await
+    }
+
+    async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError> {
+        self.sql.policy_heads().await
+    }
+
+    async fn policy(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<StoredPolicy>, StoreError> {
+        self.sql.policy(tenant, revision).await
+    }
+
+    async fn policy_versions(
+        &self,
+        tenant: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<PolicyVersionInfo>, StoreError> {
+        self.sql.policy_versions(tenant, before, limit).await
+    }
+
+    async fn policy_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError> {
+        match &self.listener {
+            Some(listener) => Ok(listener.subscribe_policies()),
+            None => self.sql.policy_signals().await,
+        }
     }
 }

@@ -24,6 +24,10 @@ use crate::model::{
     NewDecision, NewEvent, NewKey, PermitConsumed, PermitUse, PurgeReport, SYSTEM_TENANT,
     StoredDecision, VerifyReport, kind,
 };
+use crate::policy_version::{
+    PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
+    policy_status,
+};
 use crate::{Backend, Store};
 
 /// What differs between the backends, as SQL text.
@@ -51,6 +55,9 @@ pub(crate) trait Dialect: Database {
     /// Sends the id bound as `$1` to every replica's approval listener when the
     /// transaction commits; `None` where only this process can wait (SQLite).
     const NOTIFY_APPROVAL: Option<&'static str>;
+    /// Sends the tenant bound as `$1` to every replica's policy listener when the
+    /// transaction commits; `None` where only this process hears it (SQLite).
+    const NOTIFY_POLICY: Option<&'static str>;
 
     /// Writes the placeholder of the `n`th (1-based) bound value into `sql`.
     fn placeholder(sql: &mut String, n: usize);
@@ -78,6 +85,9 @@ fn event_columns() -> &'static str {
 pub(crate) const WRITE_PROBE: &str = "INSERT INTO write_probe (id, at_ms) VALUES (1, $1) \
     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms";
 
+const POLICY_INFO_COLUMNS: &str = "tenant, revision, version, hash, parent, author, comment, \
+    created_at_ms, status";
+
 const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
     created_at_ms, revoked_at_ms, user_name";
 
@@ -102,6 +112,8 @@ pub(crate) struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     /// Approvals decided through this store, for waiters in this process.
     signals: tokio::sync::broadcast::Sender<ApprovalSignal>,
+    /// Policies published through this store, for this process.
+    policy_signals: tokio::sync::broadcast::Sender<PolicySignal>,
     /// Where chain appends (but a SQLite file's, see `sqlite_appender`), purges and
     /// migrations run. On SQLite a pool of one connection: writers take turns anyway, and
     /// one connection keeps its page cache warm.
@@ -135,6 +147,7 @@ where
             pool,
             writer,
             signals: tokio::sync::broadcast::channel(SIGNAL_CAPACITY).0,
+            policy_signals: tokio::sync::broadcast::channel(SIGNAL_CAPACITY).0,
         }
     }
 
@@ -417,6 +430,7 @@ where
             rule_ids: json_column(row, "rule_ids")?,
             reasons: json_column(row, "reasons")?,
             policy_version: column(row, "policy_version")?,
+            policy_hash: column(row, "policy_hash")?,
             payload_digest: column(row, "payload_digest")?,
             context_digest: column(row, "context_digest")?,
             kept: json_column(row, "kept")?,
@@ -526,6 +540,64 @@ where
                 .await?;
         }
         Ok(())
+    }
+
+    /// Chains `events` after the head, inside `conn`'s transaction (which holds the chain
+    /// lock).
+    async fn chain_events(
+        conn: &mut DB::Connection,
+        events: Vec<NewEvent>,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut head = Self::head(&mut *conn).await?;
+        let mut links = Vec::with_capacity(events.len());
+        for event in events {
+            let seq = head.seq + 1;
+            let hash = chain::event_hash(seq, &head.hash, &event)?;
+            links.push(Link {
+                seq,
+                prev_hash: std::mem::replace(&mut head.hash, hash.clone()),
+                hash,
+                event,
+            });
+            head.seq = seq;
+        }
+        Self::insert_events(conn, &links).await
+    }
+
+    fn policy_info_from_row(row: &DB::Row) -> Result<PolicyVersionInfo, StoreError> {
+        Ok(PolicyVersionInfo {
+            tenant: row.try_get("tenant")?,
+            revision: row.try_get("revision")?,
+            version: row.try_get("version")?,
+            hash: row.try_get("hash")?,
+            parent: row.try_get("parent")?,
+            author: row.try_get("author")?,
+            comment: row.try_get("comment")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            status: row.try_get("status")?,
+        })
+    }
+
+    /// The tenant's newest revision (0 for none) and its active one, inside `conn`'s
+    /// transaction.
+    async fn policy_position(
+        conn: &mut DB::Connection,
+        tenant: &str,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT MAX(revision) FROM policy_versions WHERE tenant = $1) AS latest, \
+             (SELECT revision FROM policy_versions WHERE tenant = $2 AND status = $3) AS active",
+        )
+        .bind(tenant)
+        .bind(tenant)
+        .bind(policy_status::ACTIVE)
+        .fetch_one(&mut *conn)
+        .await?;
+        let latest: Option<i64> = row.try_get("latest")?;
+        Ok((latest.unwrap_or(0), row.try_get("active")?))
     }
 
     /// The approval row, read inside `conn`'s transaction.
@@ -1289,22 +1361,7 @@ where
             return Ok(ApprovalChanged::Unchanged(before));
         }
         Self::upsert_counters(&mut tx, &counters).await?;
-        if !update.events.is_empty() {
-            let mut head = Self::head(&mut tx).await?;
-            let mut links = Vec::with_capacity(update.events.len());
-            for event in update.events {
-                let seq = head.seq + 1;
-                let hash = chain::event_hash(seq, &head.hash, &event)?;
-                links.push(Link {
-                    seq,
-                    prev_hash: std::mem::replace(&mut head.hash, hash.clone()),
-                    hash,
-                    event,
-                });
-                head.seq = seq;
-            }
-            Self::insert_events(&mut tx, &links).await?;
-        }
+        Self::chain_events(&mut tx, update.events).await?;
         if let (Some(body), Some(decision)) = (&update.decision_body, &after.decision_id) {
             sqlx::query("UPDATE decisions SET body = $1 WHERE tenant = $2 AND id = $3")
                 .bind(body.as_str())
@@ -1401,5 +1458,134 @@ where
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
+        let PolicyPublish {
+            policy,
+            previous_becomes,
+            event,
+        } = publish;
+        let info = &policy.info;
+        if info.status != policy_status::ACTIVE {
+            return Err(StoreError::InvalidEvent {
+                id: event.id,
+                reason: "a published policy version must be active".to_owned(),
+            });
+        }
+        // Under the chain lock: publishes from every replica take turns with each other and
+        // with decisions, so the event lands in the chain exactly where the switch happened.
+        let mut tx = self.begin_chain_write().await?;
+        let (latest, active) = Self::policy_position(&mut tx, &info.tenant).await?;
+        if info.revision != latest + 1 || info.parent != active {
+            tx.rollback().await?;
+            return Ok(Published::Conflict { latest, active });
+        }
+        sqlx::query("UPDATE policy_versions SET status = $1 WHERE tenant = $2 AND status = $3")
+            .bind(previous_becomes)
+            .bind(info.tenant.as_str())
+            .bind(policy_status::ACTIVE)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO policy_versions (tenant, revision, version, hash, source, parent, \
+             author, comment, created_at_ms, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(info.tenant.as_str())
+        .bind(info.revision)
+        .bind(info.version.as_str())
+        .bind(info.hash.as_str())
+        .bind(policy.source.as_str())
+        .bind(info.parent)
+        .bind(info.author.as_str())
+        .bind(info.comment.as_deref())
+        .bind(info.created_at_ms)
+        .bind(info.status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        Self::chain_events(&mut tx, vec![event]).await?;
+        if let Some(notify) = DB::NOTIFY_POLICY {
+            sqlx::query(notify)
+                .bind(info.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let _ = self
+            .policy_signals
+            .send(PolicySignal::Changed(info.tenant.clone()));
+        Ok(Published::Written)
+    }
+
+    async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, revision, hash FROM policy_versions WHERE status = $1 \
+             ORDER BY tenant",
+        )
+        .bind(policy_status::ACTIVE)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PolicyHead {
+                    tenant: row.try_get("tenant")?,
+                    revision: row.try_get("revision")?,
+                    hash: row.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn policy(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<StoredPolicy>, StoreError> {
+        let sql = format!(
+            "SELECT {POLICY_INFO_COLUMNS}, source FROM policy_versions WHERE tenant = $1 AND {}",
+            if revision.is_some() {
+                "revision = $2"
+            } else {
+                "status = $2"
+            }
+        );
+        let query = sqlx::query(&sql).bind(tenant);
+        let query = match revision {
+            Some(revision) => query.bind(revision),
+            None => query.bind(policy_status::ACTIVE),
+        };
+        let Some(row) = query.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredPolicy {
+            info: Self::policy_info_from_row(&row)?,
+            source: row.try_get("source")?,
+        }))
+    }
+
+    async fn policy_versions(
+        &self,
+        tenant: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<PolicyVersionInfo>, StoreError> {
+        let sql = format!(
+            "SELECT {POLICY_INFO_COLUMNS} FROM policy_versions WHERE tenant = $1 \
+             AND revision < $2 ORDER BY revision DESC LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::policy_info_from_row).collect()
+    }
+
+    async fn policy_signals(
+        &self,
+    ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError> {
+        Ok(self.policy_signals.subscribe())
     }
 }

@@ -55,6 +55,7 @@ impl Dialect for Sqlite {
     const NOW_MS: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     const DURABILITY: &'static str = SYNCHRONOUS;
     const NOTIFY_APPROVAL: Option<&'static str> = None;
+    const NOTIFY_POLICY: Option<&'static str> = None;
 
     // Plain `?`: sqlx resolves a `$N` placeholder by comparing it with every parameter
     // name of the statement, which is quadratic in a multi-row insert.

@@ -231,6 +231,7 @@ fn decision(n: usize, tenant: &str, effect: &str, time_ms: i64) -> Append {
             rule_ids: vec!["low-confidence-resolve".into()],
             reasons: vec!["confidence 0.82 is below the 0.85 needed".into()],
             policy_version: Some("1.0.0".into()),
+            policy_hash: None,
             payload_digest: Some("ab".repeat(32)),
             context_digest: Some("cd".repeat(32)),
             kept: json!({"action": {"target": {"id": format!("T-{n}")}}}),
@@ -449,7 +450,7 @@ fn migrate_applies_once_then_reports_up_to_date_on_sqlite() {
     let db = Db::sqlite();
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\napplied 0007_policy_versions\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     let json: Value = serde_json::from_str(&ok(&db, &["migrate", "--json"])).unwrap();
@@ -482,7 +483,7 @@ fn postgres_is_migrated_only_when_asked() {
     }
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\napplied 0007_policy_versions\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     assert_eq!(ok(&db, &["keys", "list", "--json"]).trim(), "[]");

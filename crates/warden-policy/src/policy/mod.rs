@@ -13,6 +13,7 @@
 mod agents;
 mod charges;
 mod compile;
+mod diff;
 mod digest;
 mod evaluate;
 mod index;
@@ -25,6 +26,7 @@ mod tests;
 
 pub use crate::audit::AuditSpec;
 pub use charges::{Charge, Counter, Expiry, LimitKind};
+pub use diff::{DiffError, DiffSide, FieldChange, PolicyDiff, RuleChange, RuleEntry};
 pub use missing::MissingRule;
 pub use model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, LIMIT_NAMES, Limits, Per,

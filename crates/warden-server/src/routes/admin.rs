@@ -1,11 +1,11 @@
-//! Admin and operator routes: reload policies from their folder (an admin its tenant's, an
+//! Admin and operator routes: publish changed policy files (an admin its tenant's, an
 //! operator all), query audit events (an admin its tenant's, an operator any), verify the
 //! whole chain (operator).
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::keys::Role;
-use crate::policies::DEFAULT_TENANT;
+use crate::policies::{Cause, DEFAULT_TENANT, Submission, SubmitError, Submitted};
 use crate::state::{AppState, now_ms};
 use crate::wire::EventBody;
 use axum::Json;
@@ -16,36 +16,46 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use warden_store::{EventFilter, NewEvent, kind};
 
-/// The policies in force after a reload.
+/// What a reload did.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReloadBody {
-    /// Always `reloaded`.
+    /// `reloaded` when every file was published or unchanged, `partial` when some were
+    /// refused (the others were published all the same).
     pub status: &'static str,
-    /// Each tenant's policy version, `default` included.
+    /// Each tenant with a file (an admin: its own), and what happened to it.
     pub policies: Vec<PolicyVersion>,
 }
 
-/// One tenant's policy.
+/// One tenant's file after a reload.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PolicyVersion {
     /// The tenant (`default` for everyone without their own).
     pub tenant: String,
-    /// The policy's version.
+    /// The version in force for the tenant now.
     pub version: String,
+    /// Its stored revision; absent when the tenant has none of its own yet.
+    pub revision: Option<i64>,
+    /// `published` (a new version), `unchanged` (the file is the active version) or
+    /// `refused` (the previous version stays in force).
+    pub outcome: &'static str,
+    /// Why it was refused, each problem as `file:line:col: message`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
-/// Reloads policies from the folder: an admin its own tenant's file, an operator the
-/// whole folder.
+/// Publishes every changed policy file as a new version of its tenant: an admin its own
+/// tenant's file, an operator the whole folder. A tenant whose file does not compile (or
+/// whose version is not greater) keeps its version; the others are published all the same.
 #[utoipa::path(
     post,
     path = "/v1/policy/reload",
     tag = "policy",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Reloaded", body = ReloadBody),
+        (status = 200, description = "Reloaded: each tenant's outcome", body = ReloadBody),
         (status = 401, description = "No valid key", body = ErrorBody),
         (status = 403, description = "Not an admin or operator key, or the shared default policy without an operator key", body = ErrorBody),
-        (status = 422, description = "A policy does not compile; the old ones stay in force", body = ErrorBody),
+        (status = 422, description = "An admin's own file does not compile; its version stays in force", body = ErrorBody),
     )
 )]
 pub async fn reload(
@@ -54,7 +64,7 @@ pub async fn reload(
 ) -> Result<Json<ReloadBody>, ApiError> {
     caller.require(&[Role::Admin, Role::Operator])?;
     if caller.roles.contains(&Role::Operator) {
-        return reload_policies(&state, &caller.tenant, &caller.key_id)
+        return reload_policies(&state, None, &caller.tenant, &caller.key_id)
             .await
             .map(Json);
     }
@@ -63,82 +73,98 @@ pub async fn reload(
             "the default policy applies to every tenant without its own: an operator key reloads it",
         ));
     }
-    let worker = state.clone();
-    let tenant = caller.tenant.clone();
-    let result = tokio::task::spawn_blocking(move || worker.policies().reload_tenant(&tenant))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "policy reload task failed");
-            ApiError::internal()
-        })?;
-    let version = match result {
-        Ok(version) => version,
-        Err(e) => {
-            tracing::error!(tenant = %caller.tenant, problems = %e, "policy reload refused; the previous policy stays in force");
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_invalid",
-                format!("the previous policy stays in force: {e}"),
-            ));
-        }
-    };
-    // Without a file of its own the tenant uses the default policy; its version is shown,
-    // as that is what now decides for the tenant, under the tenant's own name.
-    let version = match version {
-        Some(v) => v,
-        None => state
-            .policies()
-            .current()
-            .for_tenant(&caller.tenant)
-            .map(|p| p.policy.version().as_str().to_owned())
-            .unwrap_or_default(),
-    };
-    let policies = vec![PolicyVersion {
-        tenant: caller.tenant.clone(),
-        version,
-    }];
-    audit_reload(&state, &caller.tenant, &caller.key_id, &policies).await;
-    Ok(Json(ReloadBody {
-        status: "reloaded",
-        policies,
-    }))
+    let body =
+        reload_policies(&state, Some(&caller.tenant), &caller.tenant, &caller.key_id).await?;
+    if let Some(refused) = body.policies.iter().find(|p| p.outcome == "refused") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "policy_invalid",
+            format!(
+                "the previous policy stays in force: {}",
+                refused.problems.join("; ")
+            ),
+        ));
+    }
+    Ok(Json(body))
 }
 
-/// Reloads the whole folder, audits and logs; the operator's route and SIGHUP.
+/// Publishes the changed files of the folder (only `only`'s when given), audits the reload
+/// under `audit_tenant`, and logs; the routes' work and SIGHUP's.
 pub async fn reload_policies(
     state: &AppState,
-    tenant: &str,
+    only: Option<&str>,
+    audit_tenant: &str,
     by: &str,
 ) -> Result<ReloadBody, ApiError> {
-    let worker = state.clone();
-    let result = tokio::task::spawn_blocking(move || worker.policies().reload())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "policy reload task failed");
-            ApiError::internal()
-        })?;
-    let set = match result {
-        Ok(set) => set,
-        Err(e) => {
-            tracing::error!(problems = %e, "policy reload refused; the previous policies stay in force");
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_invalid",
-                format!("the previous policies stay in force: {e}"),
-            ));
+    let policies = state.policies();
+    let files = policies.files().map_err(|e| {
+        tracing::error!(problems = %e, "policy reload refused; the previous policies stay in force");
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "policy_invalid",
+            format!("the previous policies stay in force: {e}"),
+        )
+    })?;
+    let mut outcomes = Vec::new();
+    for (tenant, path) in files {
+        if only.is_some_and(|t| t != tenant) {
+            continue;
         }
-    };
-    let policies: Vec<PolicyVersion> = set
-        .versions()
-        .map(|(tenant, version)| PolicyVersion {
-            tenant: tenant.to_owned(),
-            version: version.to_owned(),
+        let name = policies.file_name(&path);
+        let submitted = match policies.read_file(&path) {
+            Ok(source) => policies
+                .submit(Submission {
+                    tenant: tenant.clone(),
+                    source,
+                    author: by.to_owned(),
+                    comment: Some(format!("reloaded from {name}")),
+                    cause: Cause::Reload,
+                    now_ms: now_ms(),
+                })
+                .await
+                .map_err(|e| match e {
+                    SubmitError::Invalid(errors) => {
+                        errors.iter().map(|e| format!("{name}:{e}")).collect()
+                    }
+                    other => vec![format!("{name}: {other}")],
+                }),
+            Err(problem) => Err(vec![problem]),
+        };
+        let (outcome, problems) = match submitted {
+            Ok(Submitted::Published(_)) => ("published", Vec::new()),
+            Ok(Submitted::Unchanged(_)) => ("unchanged", Vec::new()),
+            Err(problems) => {
+                tracing::error!(%tenant, problems = %problems.join("; "), "policy reload refused; the previous policy stays in force");
+                ("refused", problems)
+            }
+        };
+        outcomes.push((tenant, outcome, problems));
+    }
+    if only.is_some() && outcomes.is_empty() {
+        // No file of its own: nothing to publish; what decides for it is shown.
+        outcomes.push((only.unwrap_or_default().to_owned(), "unchanged", Vec::new()));
+    }
+    let current = policies.current();
+    let policies: Vec<PolicyVersion> = outcomes
+        .into_iter()
+        .map(|(tenant, outcome, problems)| {
+            let loaded = current.for_tenant(&tenant);
+            PolicyVersion {
+                version: loaded
+                    .map(|p| p.policy.version().as_str().to_owned())
+                    .unwrap_or_default(),
+                revision: current.own(&tenant).map(|p| p.revision),
+                tenant,
+                outcome,
+                problems,
+            }
         })
         .collect();
-    tracing::info!(policies = policies.len(), "policies reloaded");
-    audit_reload(state, tenant, by, &policies).await;
+    let refused = policies.iter().filter(|p| p.outcome == "refused").count();
+    tracing::info!(policies = policies.len(), refused, "policies reloaded");
+    audit_reload(state, audit_tenant, by, &policies).await;
     Ok(ReloadBody {
-        status: "reloaded",
+        status: if refused == 0 { "reloaded" } else { "partial" },
         policies,
     })
 }
@@ -152,7 +178,9 @@ async fn audit_reload(state: &AppState, tenant: &str, by: &str, policies: &[Poli
         kind: kind::POLICY_RELOADED.to_owned(),
         detail: json!({
             "by": by,
-            "policies": policies.iter().map(|p| json!({"tenant": p.tenant, "version": p.version})).collect::<Vec<_>>(),
+            "policies": policies.iter().map(|p| json!({
+                "tenant": p.tenant, "version": p.version, "outcome": p.outcome,
+            })).collect::<Vec<_>>(),
         }),
         ..NewEvent::default()
     };
@@ -231,6 +259,10 @@ pub enum EventKind {
     QuestionOutcome,
     /// A server loaded a changed permit key set.
     PermitKeysChanged,
+    /// A policy version was published (publish, rollback, reload or seed).
+    PolicyPublished,
+    /// A replica could not compile a published policy version and kept its previous one.
+    PolicyActivationFailed,
 }
 
 /// A decision's effect.
@@ -488,6 +520,8 @@ mod tests {
             EventKind::QuestionAsked,
             EventKind::QuestionOutcome,
             EventKind::PermitKeysChanged,
+            EventKind::PolicyPublished,
+            EventKind::PolicyActivationFailed,
         ]
         .iter()
         .map(|k| {

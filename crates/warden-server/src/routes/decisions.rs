@@ -278,6 +278,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             }
             let view = loaded.policy.audit().view(&action);
             let mut body = DecisionBody::from_decision(&decision, eval_ns);
+            body.policy_hash = loaded.hash.clone();
             if body.effect == "deny" && loaded.policy.proposals_enabled() {
                 body.rule_missing = loaded
                     .policy
@@ -493,6 +494,7 @@ fn decision_event(
             .unwrap_or_default(),
         reasons: stored.reasons.iter().map(|r| r.message.clone()).collect(),
         policy_version: (!stored.policy_version.is_empty()).then(|| stored.policy_version.clone()),
+        policy_hash: (!stored.policy_hash.is_empty()).then(|| stored.policy_hash.clone()),
         payload_digest: key.digest(&action.payload),
         context_digest: key.digest(&action.context),
         kept: if view.kept.is_empty() {

@@ -6,6 +6,7 @@ pub mod budgets;
 pub mod decisions;
 pub mod denials;
 pub mod health;
+pub mod lifecycle;
 pub mod permits;
 pub mod policy;
 

@@ -180,6 +180,7 @@ pub fn event(id: &str, tenant: &str, time_ms: i64) -> NewEvent {
         rule_ids: vec!["low-confidence-resolve".into()],
         reasons: vec!["confidence 0.82 is below the 0.85 needed to auto-resolve".into()],
         policy_version: Some("1.0.0".into()),
+        policy_hash: Some("ef".repeat(32)),
         payload_digest: Some("ab".repeat(32)),
         context_digest: Some("cd".repeat(32)),
         kept: json!({"action": {"target": {"id": "T-1042"}}}),

@@ -10,5 +10,6 @@ mod common;
 mod counters;
 mod migrations;
 mod permits;
+mod policies;
 mod queries;
 mod verify;

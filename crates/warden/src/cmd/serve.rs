@@ -109,12 +109,14 @@ async fn serve(args: Args) -> Result<Outcome> {
         Migrate::RequireCurrent
     };
     let store = db::open(&args.db.url, migrate).await?;
-    let policies = Policies::load(&args.policies).map_err(|e| {
-        anyhow!(
-            "cannot load the policies in {}: {e}",
-            args.policies.display()
-        )
-    })?;
+    let policies = Policies::open(Arc::clone(&store), &args.policies)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot load the policies in {}: {e}",
+                args.policies.display()
+            )
+        })?;
     let loaded: Vec<String> = policies
         .current()
         .versions()

@@ -1,0 +1,103 @@
+//! Policy versions: each tenant's policy as a growing sequence of stored sources, and the one
+//! way a version becomes active — under the chain lock, with its audit event, only if the
+//! caller's view of the tenant's history is still current.
+//!
+//! Key decision: the store checks history, not policy. Whether a source compiles and whether
+//! its semver is greater is the server's business (it has the core); the store refuses a
+//! publish whose expected revision or parent is no longer true, so two replicas publishing
+//! at once cannot both win, and the loser re-reads and decides again.
+
+/// Well-known values of [`PolicyVersionInfo::status`].
+pub mod policy_status {
+    /// The version in force for its tenant; at most one per tenant.
+    pub const ACTIVE: &str = "active";
+    /// Was active; a later version replaced it.
+    pub const SUPERSEDED: &str = "superseded";
+    /// A candidate run beside the active version, never enforced.
+    pub const SHADOW: &str = "shadow";
+    /// Was active and was rolled back automatically for its evaluation errors.
+    pub const FAILED: &str = "failed";
+}
+
+/// One stored policy version, without its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersionInfo {
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// 1, 2, 3, … per tenant, in publishing order.
+    pub revision: i64,
+    /// The semver inside the document.
+    pub version: String,
+    /// Lowercase hex SHA-256 of the source.
+    pub hash: String,
+    /// The revision that was active when this one was published.
+    pub parent: Option<i64>,
+    /// Who published it: a key id, or what did (`file`, `sighup`, `auto_rollback`).
+    pub author: String,
+    /// The publisher's comment.
+    pub comment: Option<String>,
+    /// When it was published, unix milliseconds.
+    pub created_at_ms: i64,
+    /// See [`policy_status`].
+    pub status: String,
+}
+
+/// A stored policy version with its source, as submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// What is known of it.
+    pub info: PolicyVersionInfo,
+    /// The document exactly as submitted.
+    pub source: String,
+}
+
+/// The active version of one tenant: what replicas compare to notice a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyHead {
+    /// The tenant.
+    pub tenant: String,
+    /// Its active revision.
+    pub revision: i64,
+    /// That revision's content hash.
+    pub hash: String,
+}
+
+/// A version to make active, given to [`crate::Store::publish_policy`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyPublish {
+    /// The new version; `info.revision` must be one more than the tenant's latest revision
+    /// (1 for its first), `info.parent` the tenant's active revision (`None` for none),
+    /// and `info.status` must be [`policy_status::ACTIVE`].
+    pub policy: StoredPolicy,
+    /// What the version active until now becomes: [`policy_status::SUPERSEDED`], or
+    /// [`policy_status::FAILED`] when it is rolled back for its errors.
+    pub previous_becomes: &'static str,
+    /// The `policy_published` event, chained in the same transaction.
+    pub event: crate::NewEvent,
+}
+
+/// What [`crate::Store::publish_policy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Written: the version is active, its event chained, every replica signalled.
+    Written,
+    /// Nothing written: another publish came first. `latest` is the tenant's newest
+    /// revision and `active` its active one, as they are now.
+    Conflict {
+        /// The newest revision of the tenant, 0 when it has none.
+        latest: i64,
+        /// The active revision, if any.
+        active: Option<i64>,
+    },
+}
+
+/// A change to some tenant's active policy, heard from this store or (PostgreSQL) any
+/// replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySignal {
+    /// This tenant's active version changed.
+    Changed(String),
+    /// Signals may have been missed (the listener reconnected, or a receiver lagged):
+    /// compare every tenant's active version again.
+    Resync,
+}

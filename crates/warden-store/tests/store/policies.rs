@@ -1,0 +1,138 @@
+//! Policy versions: publishing only on top of the history the publisher saw, with its event,
+//! and a signal for every replica.
+
+use crate::common::*;
+use serde_json::json;
+use warden_store::{
+    NewEvent, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy, kind,
+    policy_status,
+};
+
+fn publish(tenant: &str, revision: i64, parent: Option<i64>, version: &str) -> PolicyPublish {
+    let source = format!("version: {version}\ndefault: deny\n");
+    PolicyPublish {
+        policy: StoredPolicy {
+            info: PolicyVersionInfo {
+                tenant: tenant.into(),
+                revision,
+                version: version.into(),
+                hash: format!("hash-{version}"),
+                parent,
+                author: "k1".into(),
+                comment: Some(format!("to {version}")),
+                created_at_ms: 100 + revision,
+                status: policy_status::ACTIVE.into(),
+            },
+            source,
+        },
+        previous_becomes: policy_status::SUPERSEDED,
+        event: NewEvent {
+            id: format!("e-{tenant}-{revision}"),
+            time_ms: 100 + revision,
+            tenant: tenant.into(),
+            kind: kind::POLICY_PUBLISHED.into(),
+            policy_version: Some(version.into()),
+            policy_hash: Some(format!("hash-{version}")),
+            detail: json!({"revision": revision}),
+            ..NewEvent::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_version_is_published_only_on_the_history_its_publisher_saw() {
+    each_backend(async |db| {
+        let store = &*db.store;
+        let replica = db.replica().await;
+        let mut signals = replica.policy_signals().await.unwrap();
+        assert_eq!(store.policy("acme", None).await.unwrap(), None);
+        assert_eq!(
+            store
+                .publish_policy(publish("acme", 1, None, "1.0.0"))
+                .await
+                .unwrap(),
+            Published::Written
+        );
+        // A second publisher that also saw no history loses and learns where it stands.
+        assert_eq!(
+            replica
+                .publish_policy(publish("acme", 1, None, "1.0.1"))
+                .await
+                .unwrap(),
+            Published::Conflict {
+                latest: 1,
+                active: Some(1)
+            }
+        );
+        assert_eq!(
+            store
+                .publish_policy(publish("acme", 2, Some(1), "1.1.0"))
+                .await
+                .unwrap(),
+            Published::Written
+        );
+        // Another tenant's history is its own.
+        store
+            .publish_policy(publish("globex", 1, None, "9.0.0"))
+            .await
+            .unwrap();
+
+        let active = replica.policy("acme", None).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                active.info.revision,
+                active.info.version.as_str(),
+                active.info.parent
+            ),
+            (2, "1.1.0", Some(1))
+        );
+        assert_eq!(active.source, "version: 1.1.0\ndefault: deny\n");
+        let first = replica.policy("acme", Some(1)).await.unwrap().unwrap();
+        assert_eq!(first.info.status, policy_status::SUPERSEDED);
+        assert_eq!(replica.policy("acme", Some(3)).await.unwrap(), None);
+        let listed = replica.policy_versions("acme", None, 10).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|v| v.revision).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        let older = replica.policy_versions("acme", Some(2), 10).await.unwrap();
+        assert_eq!(older.len(), 1);
+        assert_eq!(older[0].comment.as_deref(), Some("to 1.0.0"));
+        let heads = replica.policy_heads().await.unwrap();
+        assert_eq!(
+            heads
+                .iter()
+                .map(|h| (h.tenant.as_str(), h.revision))
+                .collect::<Vec<_>>(),
+            [("acme", 2), ("globex", 1)]
+        );
+
+        // One event per publish, in the chain, with the version's hash; the lost race wrote none.
+        let events = all_events(store).await;
+        let published: Vec<_> = events
+            .iter()
+            .filter(|e| e.event.kind == kind::POLICY_PUBLISHED)
+            .map(|e| e.event.policy_hash.clone().unwrap())
+            .collect();
+        assert_eq!(published, ["hash-1.0.0", "hash-1.1.0", "hash-9.0.0"]);
+        assert_eq!(store.verify().await.unwrap().first_broken, None);
+
+        // The replica hears of it: from its own database's notifications on PostgreSQL;
+        // a SQLite file is heard by the process that wrote it, and replicas poll.
+        if db.backend() == warden_store::Backend::Postgres {
+            let mut heard = Vec::new();
+            while heard.len() < 3 {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv())
+                    .await
+                    .expect("a policy signal within 5 s")
+                    .unwrap()
+                {
+                    PolicySignal::Changed(tenant) => heard.push(tenant),
+                    PolicySignal::Resync => {}
+                }
+            }
+            assert_eq!(heard, ["acme", "acme", "globex"]);
+        }
+    })
+    .await;
+}

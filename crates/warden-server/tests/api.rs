@@ -68,12 +68,24 @@ impl Server {
         token: Option<&str>,
         body: &str,
     ) -> (StatusCode, Value) {
+        self.call_typed(method, path, token, "application/json", body)
+            .await
+    }
+
+    async fn call_typed(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(Body::from(body.to_owned()))
             .unwrap();
         let response = self.app.clone().oneshot(request).await.unwrap();
@@ -2846,4 +2858,382 @@ async fn a_deny_by_default_names_the_missing_rule_and_the_agent_reads_its_denial
         (body["rule_missing"].clone(), body["next_steps"].clone()),
         (Value::Null, json!([]))
     );
+}
+
+/// Issue 11: a tenant's policy is a history of versions in the store — published, listed,
+/// shown, diffed and rolled back by its admin, each change audited with its hash — and
+/// decisions use the active one at once.
+#[tokio::test]
+async fn policy_versions_are_published_listed_diffed_and_rolled_back() {
+    for Db { store, _dir } in stores().await {
+        let s = server(store).await;
+        let yaml = "application/yaml";
+        // Without a version of its own the tenant decides with `default`'s.
+        let (status, body) = s.call(Method::GET, "/v1/policy", Some(&s.admin), "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            (body["tenant"].as_str(), body["revision"].as_i64()),
+            (Some("default"), Some(1))
+        );
+        assert_eq!(body["source"], POLICY);
+
+        let v2 = POLICY.replace("version: 1.0.0", "version: 2.0.0");
+        let (status, body) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy?comment=first%20own",
+                Some(&s.admin),
+                yaml,
+                &v2,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let first = body["policy"].clone();
+        assert_eq!(
+            (first["tenant"].as_str(), first["revision"].as_i64()),
+            (Some("acme"), Some(1))
+        );
+        assert_eq!(first["comment"], "first own");
+        let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(
+            (d["policy_version"].as_str(), d["policy_hash"].as_str()),
+            (Some("2.0.0"), first["hash"].as_str())
+        );
+
+        // The same document again changes nothing; an older version, a broken document
+        // and a body that is not a document are refused, and nothing is published.
+        let (status, body) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&s.admin), yaml, &v2)
+            .await;
+        assert_eq!(
+            (status, body["changed"].as_bool()),
+            (StatusCode::OK, Some(false)),
+            "{body}"
+        );
+        let older = POLICY.replace("version: 1.0.0", "version: 1.5.0");
+        let (status, body) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&s.admin), yaml, &older)
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("version_not_newer")),
+            "{body}"
+        );
+        let broken = "version: 3.0.0\ndefault: alow\nrules:\n  - id: x\n    actions: [a]\n    effect: permit\n";
+        let (status, body) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&s.admin), yaml, broken)
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("2:10:") && detail.contains("6:13:"),
+            "every problem, positioned: {detail}"
+        );
+        let (status, _) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy",
+                Some(&s.admin),
+                "text/plain",
+                &v2,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+        // A second version, as JSON, changing one rule.
+        let mut doc: Value = serde_json::to_value(serde_norway_like(&v2)).unwrap();
+        doc["version"] = json!("2.1.0");
+        doc["rules"][1]["actions"] = json!(["ticket.*"]);
+        let (status, body) = s
+            .call(Method::POST, "/v1/policy", Some(&s.admin), &doc.to_string())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["policy"]["parent"], 1);
+        let (_, d) = s.decide(json!({"type": "email.send"})).await;
+        assert_eq!(
+            (d["effect"].as_str(), d["policy_version"].as_str()),
+            (Some("deny"), Some("2.1.0"))
+        );
+
+        let (status, body) = s
+            .call(Method::GET, "/v1/policy/versions", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let listed: Vec<(i64, &str)> = body["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["revision"].as_i64().unwrap(),
+                    v["status"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(listed, [(2, "active"), (1, "superseded")]);
+        assert!(
+            body["versions"][0].get("source").is_none(),
+            "lists carry no sources"
+        );
+        let (_, one) = s
+            .call(Method::GET, "/v1/policy/versions/2.0.0", Some(&s.admin), "")
+            .await;
+        assert_eq!(
+            (one["revision"].as_i64(), one["source"].as_str()),
+            (Some(1), Some(v2.as_str()))
+        );
+        for (path, status, code) in [
+            ("/v1/policy/versions/9", StatusCode::NOT_FOUND, "not_found"),
+            (
+                "/v1/policy/versions/latest",
+                StatusCode::BAD_REQUEST,
+                "invalid_version",
+            ),
+            (
+                "/v1/policy/versions?limit=0",
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+            ),
+            ("/v1/policy/diff", StatusCode::BAD_REQUEST, "invalid_query"),
+        ] {
+            let (got, body) = s.call(Method::GET, path, Some(&s.admin), "").await;
+            assert_eq!(
+                (got, body["error"].as_str()),
+                (status, Some(code)),
+                "{path}: {body}"
+            );
+        }
+
+        let (status, diff) = s
+            .call(Method::GET, "/v1/policy/diff?from=1", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{diff}");
+        assert_eq!(
+            diff["settings"],
+            json!([{"path": "version", "before": "2.0.0", "after": "2.1.0"}])
+        );
+        assert_eq!(diff["rules_changed"][0]["id"], "support-may-act");
+        assert_eq!(diff["rules_changed"][0]["fields"][0]["path"], "actions");
+        assert!(
+            diff["text"]
+                .as_str()
+                .unwrap()
+                .contains("~ rule support-may-act"),
+            "{diff}"
+        );
+
+        // A rollback publishes revision 1's document again, as revision 3.
+        let (status, body) = s
+            .call(
+                Method::POST,
+                "/v1/policy/rollback",
+                Some(&s.admin),
+                r#"{"version": "1"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(
+            (
+                body["policy"]["revision"].as_i64(),
+                body["policy"]["version"].as_str()
+            ),
+            (Some(3), Some("2.0.0"))
+        );
+        assert_eq!(body["policy"]["hash"], first["hash"]);
+        let (_, d) = s.decide(json!({"type": "email.send"})).await;
+        assert_eq!(
+            (d["effect"].as_str(), d["policy_version"].as_str()),
+            (Some("allow"), Some("2.0.0"))
+        );
+        let (status, _) = s
+            .call(
+                Method::POST,
+                "/v1/policy/rollback",
+                Some(&s.admin),
+                r#"{"version": "1", "extra": 1}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Only the tenant's admin (or an operator) manages it; `default` is the operator's.
+        for (method, path) in [
+            (Method::GET, "/v1/policy"),
+            (Method::POST, "/v1/policy/rollback"),
+        ] {
+            let (status, _) = s
+                .call(method, path, Some(&s.controller), r#"{"version": "1"}"#)
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        }
+        let (status, _) = s
+            .call(Method::GET, "/v1/policy?tenant=globex", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let default_admin = s.key("default", vec![Role::Admin], None).await;
+        let v9 = POLICY.replace("version: 1.0.0", "version: 9.0.0");
+        let (status, _) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&default_admin), yaml, &v9)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy?tenant=default",
+                Some(&s.operator),
+                yaml,
+                &v9,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, globex) = s
+            .call(
+                Method::GET,
+                "/v1/policy?tenant=globex",
+                Some(&s.operator),
+                "",
+            )
+            .await;
+        assert_eq!(
+            globex["version"], "9.0.0",
+            "tenants without their own follow default"
+        );
+
+        // Every publish is in the chain, with its cause and hash; refusals wrote nothing.
+        let published = s.events(kind::POLICY_PUBLISHED).await;
+        let causes: Vec<(&str, &str)> = published
+            .iter()
+            .map(|e| {
+                (
+                    e.event.tenant.as_str(),
+                    e.event.detail["cause"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                ("default", "seed"),
+                ("acme", "publish"),
+                ("acme", "publish"),
+                ("acme", "rollback"),
+                ("default", "publish")
+            ]
+        );
+        assert_eq!(published[3].event.detail["from_revision"], 1);
+        assert_eq!(
+            published[3].event.policy_hash.as_deref(),
+            first["hash"].as_str()
+        );
+        let (_, verified) = s
+            .call(Method::GET, "/v1/audit/verify", Some(&s.operator), "")
+            .await;
+        assert_eq!(verified["intact"], true);
+    }
+}
+
+/// The YAML test policy as JSON (the server accepts either).
+fn serde_norway_like(yaml: &str) -> Value {
+    let policy = warden_policy::Policy::parse(yaml).unwrap();
+    assert_eq!(policy.version().as_str(), "2.0.0");
+    json!({
+        "version": "2.0.0",
+        "default": "deny",
+        "agents": {"support-*": {"tier": "sandbox"}},
+        "rules": [
+            {"id": "low-confidence-resolve", "actions": ["ticket.resolve"], "when": "action.confidence < 0.85", "effect": "deny", "reason": "confidence {{action.confidence}} is below 0.85"},
+            {"id": "support-may-act", "actions": ["ticket.*", "email.send"], "effect": "allow", "reason": "support may work tickets for {{context.user.email}}"},
+            {"id": "card-check", "actions": ["payment.refund"], "when": "action.payload.card.size() > 0 && action.payload.amount < 100", "effect": "allow"}
+        ],
+        "audit": {"keep": ["action.target.id", "context.user"], "redact": ["context.user.email"]}
+    })
+}
+
+/// Issue 11: continuous decisions on two replicas during 100 publishes: none fails, each
+/// records exactly one version, and both answer with the last within a second.
+#[tokio::test]
+async fn two_replicas_follow_100_publishes_without_a_failed_decision() {
+    let Some((first, second)) = pg_replicas("follow").await else {
+        return;
+    };
+    let a = server(first).await;
+    let mut b = server(second).await;
+    b.controller = a.controller.clone();
+    for s in [&a, &b] {
+        tokio::spawn(Arc::clone(s.state.policies()).follow(Duration::from_secs(2)));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut deciders = Vec::new();
+    for s in [&a, &b] {
+        let (app, key, stop) = (s.app.clone(), s.controller.clone(), Arc::clone(&stop));
+        deciders.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri("/v1/decisions")
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(r#"{"type": "ticket.update"}"#))
+                    .unwrap();
+                let response = app.clone().oneshot(request).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(body["effect"], "allow", "{body}");
+                seen.push((
+                    body["policy_version"].as_str().unwrap().to_owned(),
+                    body["policy_hash"].as_str().unwrap().to_owned(),
+                ));
+            }
+            seen
+        }));
+    }
+    let mut hashes = std::collections::HashMap::new();
+    for n in 1..=100 {
+        let version = format!("2.0.{n}");
+        let doc = POLICY.replace("version: 1.0.0", &format!("version: {version}"));
+        let (status, body) = a
+            .call_typed(
+                Method::POST,
+                "/v1/policy",
+                Some(&a.admin),
+                "application/yaml",
+                &doc,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        hashes.insert(version, body["policy"]["hash"].as_str().unwrap().to_owned());
+    }
+    let published = std::time::Instant::now();
+    loop {
+        let (_, d) = b.decide(json!({"type": "ticket.update"})).await;
+        if d["policy_version"] == "2.0.100" {
+            break;
+        }
+        assert!(
+            published.elapsed() < Duration::from_secs(1),
+            "the second replica still answers {}",
+            d["policy_version"]
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut decided = 0;
+    for decider in deciders {
+        for (version, hash) in decider.await.unwrap() {
+            decided += 1;
+            let expected = if version == "1.0.0" {
+                warden_server::policies::content_hash(POLICY)
+            } else {
+                hashes[&version].clone()
+            };
+            assert_eq!(
+                hash, expected,
+                "a decision names one version and its own hash"
+            );
+        }
+    }
+    assert!(decided > 0);
+    let (_, d) = a.decide(json!({"type": "ticket.update"})).await;
+    assert_eq!(d["policy_version"], "2.0.100");
 }

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct Metrics {
     audit_batch_size: Histogram,
     audit_batch_seconds: Histogram,
     errors: Family<ErrorLabels, Counter>,
+    policy_revision: Family<TenantLabels, Gauge>,
+    policy_activation_failed: Family<TenantLabels, Gauge>,
 }
 
 /// Latency buckets from 50 µs to about 3 s.
@@ -78,6 +81,18 @@ impl Default for Metrics {
         );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Error responses, by code", errors.clone());
+        let policy_revision = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "policy_revision",
+            "The stored policy revision in force on this replica, by tenant",
+            policy_revision.clone(),
+        );
+        let policy_activation_failed = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "policy_activation_failed",
+            "1 while the tenant's active stored version does not compile here (the previous one stays in force)",
+            policy_activation_failed.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -86,6 +101,8 @@ impl Default for Metrics {
             audit_batch_size,
             audit_batch_seconds,
             errors,
+            policy_revision,
+            policy_activation_failed,
         }
     }
 }
@@ -120,6 +137,28 @@ impl Metrics {
     /// Counts an error response.
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&ErrorLabels { code }).inc();
+    }
+
+    /// Records the policies in force: each tenant's revision, and which could not put
+    /// their active version in force. Called before rendering.
+    pub fn policies(&self, policies: &crate::policies::Policies) {
+        let set = policies.current();
+        let failures = policies.failures();
+        for (tenant, revision) in set.revisions() {
+            let labels = TenantLabels {
+                tenant: tenant.to_owned(),
+            };
+            self.policy_revision.get_or_create(&labels).set(revision);
+            self.policy_activation_failed
+                .get_or_create(&labels)
+                .set(i64::from(failures.contains_key(tenant)));
+        }
+        for tenant in failures.keys() {
+            let labels = TenantLabels {
+                tenant: tenant.clone(),
+            };
+            self.policy_activation_failed.get_or_create(&labels).set(1);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -74,6 +74,11 @@ impl PolicySet {
             .map(|(t, p)| (t.as_str(), p.policy.version().as_str()))
     }
 
+    /// Tenant names and their stored revisions, in name order.
+    pub fn revisions(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.by_tenant.iter().map(|(t, p)| (t.as_str(), p.revision))
+    }
+
     /// Whether no policy is loaded.
     pub fn is_empty(&self) -> bool {
         self.by_tenant.is_empty()

@@ -3237,3 +3237,89 @@ async fn two_replicas_follow_100_publishes_without_a_failed_decision() {
     let (_, d) = a.decide(json!({"type": "ticket.update"})).await;
     assert_eq!(d["policy_version"], "2.0.100");
 }
+
+/// Issue 11: a published version this replica cannot compile (say, written by a newer
+/// release) is never put in force here: the previous one decides, the failure is audited
+/// once and shown on `/readyz` and `/metrics`, and the next good version clears it.
+#[tokio::test]
+async fn a_version_that_does_not_compile_here_is_never_activated() {
+    for Db { store, _dir } in stores().await {
+        let s = server(Arc::clone(&store)).await;
+        tokio::spawn(Arc::clone(s.state.policies()).follow(Duration::from_millis(50)));
+        let stored = |revision: i64, source: &str| warden_store::PolicyPublish {
+            policy: warden_store::StoredPolicy {
+                info: warden_store::PolicyVersionInfo {
+                    tenant: "default".into(),
+                    revision,
+                    version: format!("{revision}.0.0"),
+                    hash: warden_server::policies::content_hash(source),
+                    parent: Some(revision - 1),
+                    author: "newer-release".into(),
+                    comment: None,
+                    created_at_ms: 1,
+                    status: warden_store::policy_status::ACTIVE.into(),
+                },
+                source: source.to_owned(),
+            },
+            previous_becomes: warden_store::policy_status::SUPERSEDED,
+            event: warden_store::NewEvent {
+                id: format!("published-{revision}"),
+                time_ms: 1,
+                tenant: "default".into(),
+                kind: kind::POLICY_PUBLISHED.into(),
+                ..warden_store::NewEvent::default()
+            },
+        };
+        let future = "version: 2.0.0\ndefault: deny\nfeature_from_the_future: true\n";
+        assert_eq!(
+            store.publish_policy(stored(2, future)).await.unwrap(),
+            warden_store::Published::Written
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.events(kind::POLICY_ACTIVATION_FAILED).await.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no failure audited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+        assert_eq!(d["policy_version"], "1.0.0", "the previous version decides");
+        let (status, ready) = s.call(Method::GET, "/readyz", None, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let detail = ready["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("revision 2") && detail.contains("feature_from_the_future"),
+            "{detail}"
+        );
+        let (_, metrics) = s.call(Method::GET, "/metrics", Some(&s.operator), "").await;
+        let metrics = metrics.as_str().unwrap();
+        assert!(
+            metrics.contains("warden_policy_activation_failed{tenant=\"default\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("warden_policy_revision{tenant=\"default\"} 1"),
+            "{metrics}"
+        );
+        // Polling again does not audit it again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let failed = s.events(kind::POLICY_ACTIVATION_FAILED).await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].event.detail["kept_revision"], 1);
+
+        let good = POLICY.replace("version: 1.0.0", "version: 3.0.0");
+        store.publish_policy(stored(3, &good)).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+            if d["policy_version"] == "3.0.0" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the good version never came"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (_, ready) = s.call(Method::GET, "/readyz", None, "").await;
+        assert!(ready.get("detail").is_none(), "{ready}");
+    }
+}

@@ -21,13 +21,20 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HealthBody {
     /// `ok` or `ready`.
     pub status: &'static str,
+    /// On `/readyz`: what an operator should know although the replica can decide, such
+    /// as a published policy version it cannot compile (it decides with the previous one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Alive", body = HealthBody)))]
 pub async fn healthz() -> Json<HealthBody> {
-    Json(HealthBody { status: "ok" })
+    Json(HealthBody {
+        status: "ok",
+        detail: None,
+    })
 }
 
 /// The service can decide: the store answers and a policy is loaded.
@@ -64,7 +71,23 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, A
     if state.policies().current().is_empty() {
         return Err(unavailable("no policy is loaded"));
     }
-    Ok(Json(HealthBody { status: "ready" }))
+    let failures = state.policies().failures();
+    let detail = (!failures.is_empty()).then(|| {
+        failures
+            .iter()
+            .map(|(tenant, f)| {
+                format!(
+                    "the active policy of `{tenant}` (revision {}, version {}) does not compile here, so the previous one decides: {}",
+                    f.revision, f.version, f.problem
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    Ok(Json(HealthBody {
+        status: "ready",
+        detail,
+    }))
 }
 
 /// Prometheus text exposition, for operators: the labels name every tenant.
@@ -90,7 +113,10 @@ pub async fn open_metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics().render(),
+        {
+            state.metrics().policies(state.policies());
+            state.metrics().render()
+        },
     )
 }
 

@@ -2,7 +2,7 @@
 //! running server, with an approver or admin key from `WARDEN_KEY` (never an argument,
 //! which other users can read).
 
-use crate::cmd::server_api::ServerApi;
+use crate::cmd::server_api::{self, ServerApi};
 use crate::{Outcome, time};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -133,15 +133,7 @@ async fn run_async(args: Args, json: bool) -> Result<Outcome> {
 
 /// `/v1/approvals/<id><rest>`, the id percent-encoded.
 fn path(id: &str, rest: &str) -> String {
-    let mut encoded = String::new();
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("/v1/approvals/{encoded}{rest}")
+    format!("/v1/approvals/{}{rest}", server_api::path_segment(id))
 }
 
 fn print_one(out: &mut impl Write, body: Value, json: bool) -> Result<()> {
@@ -233,20 +225,7 @@ fn table(out: &mut impl Write, approvals: &[ApprovalView]) -> Result<()> {
             a.expires_at.clone(),
         ]);
     }
-    let mut widths = [0usize; 8];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
-    }
+    super::table::write(out, &rows)?;
     if approvals.is_empty() {
         eprintln!("no approvals match (at {})", time::rfc3339(time::now_ms()));
     }

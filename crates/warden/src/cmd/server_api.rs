@@ -1,5 +1,5 @@
 //! A running server's API as the CLI calls it (`warden audit --server`, `warden
-//! approvals`): the key from `WARDEN_KEY`, never an argument (other users can read a
+//! approvals`, `warden policy`): the key from `WARDEN_KEY`, never an argument (other users can read a
 //! process's arguments), and the server's one error shape turned into one line.
 
 use anyhow::{Context, Result, bail};
@@ -49,14 +49,49 @@ impl ServerApi {
         body: Option<Value>,
     ) -> Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut request = self
-            .client
-            .request(method, &url)
-            .bearer_auth(&self.key)
-            .query(query);
+        let mut request = self.request(method, &url, query);
         if let Some(body) = body {
             request = request.json(&body);
         }
+        self.answer(request, &url).await
+    }
+
+    /// POSTs a document as it is (a policy file's text, say) with its media type, and
+    /// decodes a 2xx answer like [`ServerApi::send`].
+    pub async fn post_document<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        content_type: &str,
+        document: String,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .request(reqwest::Method::POST, &url, query)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(document);
+        self.answer(request, &url).await
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        query: &[(&str, String)],
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, url)
+            .bearer_auth(&self.key)
+            .query(query)
+    }
+
+    /// Sends `request` and decodes a 2xx answer; any other answer becomes the server's
+    /// error, on one line.
+    async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T> {
         let response = request
             .send()
             .await
@@ -91,4 +126,18 @@ impl ServerApi {
     ) -> Result<T> {
         self.send(reqwest::Method::GET, path, query, None).await
     }
+}
+
+/// `raw` as one path segment: what is not unreserved in a URL is percent-encoded, so an id
+/// or a version cannot reach another route (`../keys`, `a?b`).
+pub fn path_segment(raw: &str) -> String {
+    let mut encoded = String::new();
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
 }

@@ -312,10 +312,11 @@ impl Policies {
                 if active.info.hash == hash {
                     return Ok(Submitted::Unchanged(active.info.clone()));
                 }
-                let newer = Policy::parse(&active.source).map_or(true, |old| {
+                // The stored semver, not a recompile: this runs on the request runtime.
+                let newer = warden_policy::Version::parse(&active.info.version).is_none_or(|old| {
                     compiled
                         .as_ref()
-                        .is_some_and(|new| new.version().parts() > old.version().parts())
+                        .is_some_and(|new| new.version().parts() > old.parts())
                 });
                 if submission.cause.must_be_newer() && !newer {
                     return Err(SubmitError::NotNewer {
@@ -388,9 +389,7 @@ impl Policies {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(tenant);
         }
-        // The old set is dropped here, off the request path, unless a request still
-        // holds it.
-        drop(old);
+        retire(old);
     }
 
     /// Brings `tenant` in line with its active stored version. A version that does not
@@ -587,6 +586,23 @@ impl Policies {
     /// A file's name relative to the folder: what errors show instead of server paths.
     pub fn file_name(&self, path: &Path) -> String {
         relative(&self.dir, path)
+    }
+}
+
+/// Frees a replaced set on a blocking thread once no request holds it: freeing a large
+/// policy takes milliseconds, which must not land on a request or on a runtime worker.
+fn retire(old: Arc<PolicySet>) {
+    let free = move || {
+        while Arc::strong_count(&old) > 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(old);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(free);
+        }
+        Err(_) => free(),
     }
 }
 

@@ -65,6 +65,11 @@ enum Command {
         after_help = "Examples:\n  WARDEN_KEY=wdn_… warden approvals --server https://warden.internal list\n  WARDEN_KEY=wdn_… warden approvals approve 01JD8Z9R6W3K2Q5N7X4T0M1B8C --reason 'checked'"
     )]
     Approvals(cmd::approvals::Args),
+    /// Publish, list, show, diff and roll back policy versions through a running server.
+    #[command(
+        after_help = "Examples:\n  WARDEN_KEY=wdn_… warden policy --server https://warden.internal publish acme.yaml --comment 'refunds need approval'\n  WARDEN_KEY=wdn_… warden policy --tenant acme diff 3"
+    )]
+    Policy(cmd::policy::Args),
 }
 
 /// What a command concluded; errors that stop a command are `anyhow` errors instead.
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => cmd::migrate::run(args, cli.json),
         Command::Audit(args) => cmd::audit::run(args, cli.json),
         Command::Approvals(args) => cmd::approvals::run(args, cli.json),
+        Command::Policy(args) => cmd::policy::run(args, cli.json),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

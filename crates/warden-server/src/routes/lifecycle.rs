@@ -22,7 +22,7 @@ use crate::state::{AppState, now_ms};
 use crate::wire::rfc3339;
 
 /// One stored policy version.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PolicyVersionBody {
     /// The tenant it belongs to.
     pub tenant: String,
@@ -69,7 +69,7 @@ impl PolicyVersionBody {
 }
 
 /// What a publish or rollback did.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PublishedBody {
     /// `false` when the document was the active version already.
     pub changed: bool,
@@ -78,7 +78,7 @@ pub struct PublishedBody {
 }
 
 /// A page of a tenant's versions, newest first.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VersionsBody {
     /// The versions, without their sources.
     pub versions: Vec<PolicyVersionBody>,
@@ -101,7 +101,7 @@ pub struct RollbackRequest {
 }
 
 /// One changed field, with its value before and after (`null` for absent).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FieldChangeBody {
     /// Dotted path from the top of the document, or of the rule.
     pub path: String,
@@ -114,7 +114,7 @@ pub struct FieldChangeBody {
 }
 
 /// A rule added or removed, as written.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuleEntryBody {
     /// Its id.
     pub id: String,
@@ -124,7 +124,7 @@ pub struct RuleEntryBody {
 }
 
 /// A rule in both versions that changed.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RuleChangeBody {
     /// Its id.
     pub id: String,
@@ -133,7 +133,7 @@ pub struct RuleChangeBody {
 }
 
 /// What changed from one version to another.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DiffBody {
     /// The older side.
     pub from: PolicyVersionBody,

@@ -1,4 +1,5 @@
-//! One module per subcommand, and the async runtime the database commands run on.
+//! One module per subcommand, what several of them share (a running server's API, aligned
+//! tables), and the async runtime the database and server commands run on.
 
 pub mod approvals;
 pub mod audit;
@@ -6,8 +7,10 @@ pub mod check;
 pub mod eval;
 pub mod keys;
 pub mod migrate;
+pub mod policy;
 pub mod serve;
 pub mod server_api;
+pub mod table;
 pub mod test;
 
 use anyhow::{Context, Result};

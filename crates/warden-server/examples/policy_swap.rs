@@ -1,0 +1,265 @@
+//! Policy publishing, measured: how soon a second replica decides with a version published
+//! on the first, and how long decisions stall while a large policy is swapped in.
+//!
+//! `follow`: two replicas on one PostgreSQL schema (or, with `sqlite`, one file, where the
+//! second replica polls). Each round publishes a new version on replica A and records the
+//! time from the publish call returning until replica B's decisions use it.
+//!
+//! `swap`: one replica on a SQLite file whose policy has N rules (default 10,000);
+//! `CONCURRENCY` tasks decide continuously while the policy is republished `ROUNDS` times.
+//! Reports failed requests (must be 0), the median decision, and the swap pause: the
+//! longest decision that overlapped a swap minus the median.
+//!
+//! ```text
+//! cargo run --release -p warden-server --example policy_swap -- follow postgres://postgres@127.0.0.1/test 200
+//! cargo run --release -p warden-server --example policy_swap -- swap 10000 20
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use warden_server::audit::{AuditKey, AuditWriter};
+use warden_server::keys::{self, KeySpec, Role};
+use warden_server::metrics::Metrics;
+use warden_server::policies::{Cause, Policies, Submission, Submitted};
+use warden_server::{AppState, Limits, app};
+use warden_store::Store;
+
+const CONCURRENCY: usize = 8;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("follow") => {
+            let db = args.next().unwrap_or_else(|| "sqlite".to_owned());
+            let rounds: usize = args.next().map_or(Ok(200), |n| n.parse())?;
+            follow(&db, rounds).await
+        }
+        Some("swap") => {
+            let rules: usize = args.next().map_or(Ok(10_000), |n| n.parse())?;
+            let rounds: usize = args.next().map_or(Ok(20), |n| n.parse())?;
+            swap(rules, rounds).await
+        }
+        _ => bail!(
+            "usage: policy_swap follow (sqlite|postgres://…) [ROUNDS] | swap [RULES] [ROUNDS]"
+        ),
+    }
+}
+
+/// A policy of `rules` rules (all on distinct action types but one, which decides the
+/// benchmark's action) at `version`.
+fn policy(version: &str, rules: usize) -> String {
+    let mut text = format!(
+        "version: {version}\ndefault: deny\nrules:\n  - id: tickets\n    actions: [ticket.update]\n    effect: allow\n"
+    );
+    for n in 0..rules.saturating_sub(1) {
+        text.push_str(&format!(
+            "  - id: r{n}\n    actions: [svc{n}.act]\n    when: action.confidence > 0.5\n    effect: allow\n"
+        ));
+    }
+    text
+}
+
+async fn replica(store: Arc<dyn Store>, policies: &std::path::Path) -> anyhow::Result<AppState> {
+    let policies = Arc::new(Policies::open(Arc::clone(&store), policies).await?);
+    let metrics = Arc::new(Metrics::default());
+    let (audit, task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
+    // The writer runs as long as the process.
+    std::mem::forget(task);
+    let key = AuditKey::from_bytes(&[7u8; 32])?;
+    let state = AppState::new(
+        store,
+        Arc::clone(&policies),
+        audit,
+        key,
+        metrics,
+        Limits {
+            max_in_flight: 10_000,
+            ..Limits::default()
+        },
+    );
+    tokio::spawn(policies.follow(Duration::from_millis(100)));
+    Ok(state)
+}
+
+fn submission(version: &str, rules: usize) -> Submission {
+    Submission {
+        tenant: "default".to_owned(),
+        source: policy(version, rules),
+        author: "bench".to_owned(),
+        comment: None,
+        cause: Cause::Publish,
+        now_ms: warden_server::state::now_ms(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+async fn follow(db: &str, rounds: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("policies");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("default.yaml"), policy("1.0.0", 10))?;
+    let (first, second): (Arc<dyn Store>, Arc<dyn Store>) = if db == "sqlite" {
+        let path = dir.path().join("warden.db").display().to_string();
+        let first = warden_store::open(&path).await?;
+        first.migrate().await?;
+        (first, warden_store::open(&path).await?)
+    } else if db.starts_with("postgres") {
+        let schema = format!(
+            "bench_{}",
+            warden_server::ids::random_base32(10).to_lowercase()
+        );
+        let first = warden_store::open_postgres_in_schema(db, &schema).await?;
+        first.migrate().await?;
+        (
+            first,
+            warden_store::open_postgres_in_schema(db, &schema).await?,
+        )
+    } else {
+        bail!("the database is `sqlite` or a postgres:// url");
+    };
+    let a = replica(first, &folder).await?;
+    let b = replica(second, &folder).await?;
+    let mut lags = Vec::with_capacity(rounds);
+    for n in 1..=rounds {
+        let version = format!("1.0.{n}");
+        let published = match a.policies().submit(submission(&version, 10)).await? {
+            Submitted::Published(info) => info.revision,
+            Submitted::Unchanged(_) => bail!("round {n} published nothing"),
+        };
+        let returned = Instant::now();
+        // What decides on B: its set in force, read as a request reads it.
+        while b
+            .policies()
+            .current()
+            .own("default")
+            .is_none_or(|p| p.revision < published)
+        {
+            if returned.elapsed() > Duration::from_secs(10) {
+                bail!("replica B never took revision {published}");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(returned.elapsed());
+    }
+    lags.sort();
+    println!(
+        "publish → live on replica B ({db}, {rounds} publishes): median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(&lags, 0.5)),
+        ms(percentile(&lags, 0.9)),
+        ms(percentile(&lags, 0.99)),
+        ms(lags[lags.len() - 1]),
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("policies");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("default.yaml"), policy("1.0.0", rules))?;
+    let path = dir.path().join("warden.db").display().to_string();
+    let store = warden_store::open(&path).await?;
+    store.migrate().await?;
+    let state = replica(Arc::clone(&store), &folder).await?;
+    let spec = KeySpec {
+        tenant: "acme".to_owned(),
+        roles: vec![Role::Controller],
+        ..KeySpec::default()
+    };
+    let (issued, _) = keys::create(store.as_ref(), spec, "bench", 1).await?;
+    let router = app(state.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (router, token, stop) = (router.clone(), issued.token.clone(), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            // (start, end) of every decision, and how many failed.
+            let mut spans = Vec::new();
+            let mut failed = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::post("/v1/decisions")
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        r#"{"type": "ticket.update", "confidence": 0.9}"#,
+                    ))
+                    .context("request")?;
+                let t0 = Instant::now();
+                let response = router.clone().oneshot(request).await?;
+                let ok = response.status().is_success();
+                let body = response.into_body().collect().await?.to_bytes();
+                let t1 = Instant::now();
+                if !ok || !body.windows(15).any(|w| w == br#""effect":"allow"#) {
+                    failed += 1;
+                }
+                spans.push((t0, t1));
+            }
+            anyhow::Ok((spans, failed))
+        }));
+    }
+    // Warm up, then publish, each round a new version of the same size.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut swaps = Vec::new();
+    for n in 1..=rounds {
+        let t0 = Instant::now();
+        match state
+            .policies()
+            .submit(submission(&format!("1.1.{n}"), rules))
+            .await?
+        {
+            Submitted::Published(_) => {}
+            Submitted::Unchanged(_) => bail!("round {n} published nothing"),
+        }
+        let t1 = Instant::now();
+        swaps.push((t0, t1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut overlapping, mut failed) = (Vec::new(), Vec::new(), 0);
+    for task in tasks {
+        let (spans, f) = task.await??;
+        failed += f;
+        for (a, b) in spans {
+            let took = b - a;
+            all.push(took);
+            if swaps.iter().any(|(s0, s1)| a <= *s1 && b >= *s0) {
+                overlapping.push(took);
+            }
+        }
+    }
+    all.sort();
+    overlapping.sort();
+    let median = percentile(&all, 0.5);
+    let worst = overlapping.last().copied().unwrap_or_default();
+    let publish: Vec<Duration> = swaps.iter().map(|(a, b)| *b - *a).collect();
+    let mut publish_sorted = publish.clone();
+    publish_sorted.sort();
+    println!(
+        "swap of a {rules}-rule policy under load ({CONCURRENCY} deciders, {rounds} publishes, {:.1} s): {} decisions, {failed} failed; median {:.3} ms, p99 {:.3} ms; longest decision during a publish {:.3} ms → swap pause {:.3} ms; publish (compile + store) median {:.1} ms",
+        started.elapsed().as_secs_f64(),
+        all.len(),
+        ms(median),
+        ms(percentile(&all, 0.99)),
+        ms(worst),
+        ms(worst.saturating_sub(median)),
+        ms(percentile(&publish_sorted, 0.5)),
+    );
+    Ok(())
+}

@@ -61,6 +61,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         lifecycle::publish,
         lifecycle::rollback,
         lifecycle::diff,
+        lifecycle::start_shadow,
+        lifecycle::show_shadow,
+        lifecycle::end_shadow,
         policy::digest,
         admin::query,
         admin::verify,
@@ -95,6 +98,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         lifecycle::VersionsBody,
         lifecycle::RollbackRequest,
         lifecycle::DiffBody,
+        lifecycle::ShadowBody,
         ErrorBody,
     )),
     modifiers(&BearerAuth)
@@ -162,6 +166,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/policy/versions/{version}", get(lifecycle::version))
         .route("/v1/policy/rollback", post(lifecycle::rollback))
         .route("/v1/policy/diff", get(lifecycle::diff))
+        .route(
+            "/v1/policy/shadow",
+            post(lifecycle::start_shadow)
+                .get(lifecycle::show_shadow)
+                .delete(lifecycle::end_shadow),
+        )
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/policy/digest", get(policy::digest))
         .route("/v1/denials", get(denials::recent))

@@ -24,6 +24,7 @@ pub mod ocsf;
 pub mod permits;
 pub mod policies;
 pub mod routes;
+pub mod shadow;
 pub mod state;
 pub mod wire;
 

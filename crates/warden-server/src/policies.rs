@@ -17,6 +17,7 @@
 //! - **Swaps are atomic per tenant**: a request sees a tenant's old policy or its new one,
 //!   never a mix, and one tenant's broken file never blocks another's.
 
+use crate::shadow::{Shadow, ShadowQueue, Tally};
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -24,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use warden_policy::{Policy, PolicyError};
+use warden_policy::{Action, Decision, Env, Policy, PolicyError};
 use warden_store::{
     Append, NewEvent, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, Store,
     StoredPolicy, kind, policy_status,
@@ -130,6 +131,12 @@ pub enum Cause {
     Reload,
     /// A tenant's first version, from its file at start.
     Seed,
+    /// `POST /v1/policy/shadow`: a candidate to run beside the active version, never
+    /// enforced; `from` when it is an earlier revision's source.
+    Shadow {
+        /// The revision whose source runs in shadow.
+        from: Option<i64>,
+    },
 }
 
 impl Cause {
@@ -139,13 +146,18 @@ impl Cause {
             Self::Rollback { .. } => "rollback",
             Self::Reload => "reload",
             Self::Seed => "seed",
+            Self::Shadow { .. } => "shadow",
         }
     }
 
     /// Whether the version must be greater than the active one: a rollback publishes an
-    /// older document again on purpose.
+    /// older document again on purpose, and a shadow is not enforced.
     fn must_be_newer(&self) -> bool {
-        !matches!(self, Self::Rollback { .. })
+        !matches!(self, Self::Rollback { .. } | Self::Shadow { .. })
+    }
+
+    fn is_shadow(&self) -> bool {
+        matches!(self, Self::Shadow { .. })
     }
 }
 
@@ -201,6 +213,10 @@ pub struct Policies {
     turn: tokio::sync::Mutex<()>,
     /// Tenants whose active stored version this replica could not compile.
     failures: Mutex<BTreeMap<String, ActivationFailure>>,
+    /// Candidates running in shadow, by tenant.
+    shadows: ArcSwap<BTreeMap<String, Arc<Shadow>>>,
+    /// Where decisions offer their actions to the shadows.
+    shadow_queue: ShadowQueue,
 }
 
 /// How many times a submission is decided again after losing a race to another publish.
@@ -218,6 +234,10 @@ impl Policies {
             current: ArcSwap::from_pointee(PolicySet::default()),
             turn: tokio::sync::Mutex::new(()),
             failures: Mutex::new(BTreeMap::new()),
+            shadows: ArcSwap::from_pointee(BTreeMap::new()),
+            shadow_queue: ShadowQueue::start().map_err(|e| LoadError {
+                problems: vec![format!("cannot start the shadow evaluator: {e}")],
+            })?,
         };
         let stored = policies.heads().await?;
         let mut problems = Vec::new();
@@ -293,12 +313,14 @@ impl Policies {
     /// compile, or if its version is not greater than the active one (but for a
     /// rollback); unchanged if its content is the active version's.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        // Compiling and hashing a large policy take milliseconds: off the runtime.
         let source = submission.source.clone();
-        let compiled = tokio::task::spawn_blocking(move || Policy::parse(&source))
-            .await
-            .map_err(|_| SubmitError::Invalid(vec![]))?
-            .map_err(|errors| SubmitError::Invalid(errors.iter().cloned().collect()))?;
-        let hash = content_hash(&submission.source);
+        let (compiled, hash) =
+            tokio::task::spawn_blocking(move || (Policy::parse(&source), content_hash(&source)))
+                .await
+                .map_err(|_| SubmitError::Invalid(vec![]))?;
+        let compiled =
+            compiled.map_err(|errors| SubmitError::Invalid(errors.iter().cloned().collect()))?;
         let mut compiled = Some(compiled);
         for _ in 0..SUBMIT_ATTEMPTS {
             let latest = self
@@ -308,7 +330,7 @@ impl Policies {
                 .first()
                 .map_or(0, |v| v.revision);
             let active = self.store.policy(&submission.tenant, None).await?;
-            if let Some(active) = &active {
+            if let Some(active) = active.as_ref().filter(|_| !submission.cause.is_shadow()) {
                 if active.info.hash == hash {
                     return Ok(Submitted::Unchanged(active.info.clone()));
                 }
@@ -341,7 +363,12 @@ impl Policies {
                 author: submission.author.clone(),
                 comment: submission.comment.clone(),
                 created_at_ms: submission.now_ms,
-                status: policy_status::ACTIVE.to_owned(),
+                status: if submission.cause.is_shadow() {
+                    policy_status::SHADOW
+                } else {
+                    policy_status::ACTIVE
+                }
+                .to_owned(),
             };
             let event = published_event(&info, &submission.cause);
             let publish = PolicyPublish {
@@ -353,6 +380,11 @@ impl Policies {
                 event,
             };
             match self.store.publish_policy(publish).await? {
+                Published::Written if submission.cause.is_shadow() => {
+                    let _turn = self.turn.lock().await;
+                    self.install_shadow(Shadow::new(info.clone(), policy));
+                    return Ok(Submitted::Published(info));
+                }
                 Published::Written => {
                     self.activate(&info.tenant, policy, info.revision, hash)
                         .await;
@@ -392,32 +424,151 @@ impl Policies {
         retire(old);
     }
 
-    /// Brings `tenant` in line with its active stored version. A version that does not
-    /// compile here is recorded as a failure (audited once) and the previous stays.
+    /// The candidate running in shadow for `tenant` on this replica.
+    pub fn shadow(&self, tenant: &str) -> Option<Arc<Shadow>> {
+        self.shadows.load().get(tenant).cloned()
+    }
+
+    /// Offers a decided action to the tenant's shadow, if it has one: a map lookup when it
+    /// has none, a copy of the action and an enqueue when it has.
+    pub fn offer_shadow(
+        &self,
+        tenant: &str,
+        action: &Action,
+        env: &Env,
+        decision: &Decision,
+        decision_id: &str,
+    ) {
+        if let Some(shadow) = self.shadow(tenant) {
+            self.shadow_queue
+                .offer(shadow, action.clone(), env.clone(), decision, decision_id);
+        }
+    }
+
+    /// Ends the tenant's shadow with its `policy_shadow_ended` event (holding this
+    /// replica's tally), on every replica. `None` when it has none.
+    pub async fn end_shadow(
+        &self,
+        tenant: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Option<(PolicyVersionInfo, Tally)>, warden_store::StoreError> {
+        let _turn = self.turn.lock().await;
+        let tally = self.shadow(tenant).map(|s| s.tally()).unwrap_or_default();
+        let event = NewEvent {
+            id: crate::ids::ulid(now_ms),
+            time_ms: now_ms,
+            tenant: tenant.to_owned(),
+            kind: kind::POLICY_SHADOW_ENDED.to_owned(),
+            detail: json!({
+                "by": by,
+                "decisions": tally.decisions,
+                "agreed": tally.agreed,
+                "dropped": tally.dropped,
+                "disagreements": tally.disagreements.iter()
+                    .map(|(kind, d)| (kind.clone(), Value::from(d.count)))
+                    .collect::<serde_json::Map<_, _>>(),
+            }),
+            ..NewEvent::default()
+        };
+        let Some(mut ended) = self.store.end_policy_shadow(tenant, event).await? else {
+            return Ok(None);
+        };
+        if let Some(shadow) = self.remove_shadow(tenant) {
+            ended.version = shadow.info.version.clone();
+        }
+        Ok(Some((ended, tally)))
+    }
+
+    fn install_shadow(&self, shadow: Shadow) {
+        let mut map = BTreeMap::clone(&self.shadows.load());
+        map.insert(shadow.info.tenant.clone(), Arc::new(shadow));
+        self.shadows.store(Arc::new(map));
+    }
+
+    fn remove_shadow(&self, tenant: &str) -> Option<Arc<Shadow>> {
+        let mut map = BTreeMap::clone(&self.shadows.load());
+        let removed = map.remove(tenant);
+        if removed.is_some() {
+            self.shadows.store(Arc::new(map));
+        }
+        removed
+    }
+
+    /// Brings `tenant` in line with its active and shadow stored versions. An active
+    /// version that does not compile here is recorded as a failure (audited once) and the
+    /// previous stays.
     async fn sync(&self, tenant: &str) -> Result<(), String> {
         let _turn = self.turn.lock().await;
-        let stored = self
+        let heads = self
             .store
-            .policy(tenant, None)
+            .policy_heads()
             .await
-            .map_err(|e| format!("cannot read the policy of `{tenant}`: {e}"))?;
-        let Some(stored) = stored else {
+            .map_err(|e| format!("cannot read the policies of `{tenant}`: {e}"))?;
+        let head = |status: &str| {
+            heads
+                .iter()
+                .find(|h| h.tenant == tenant && h.status == status)
+                .map(|h| h.revision)
+        };
+        let shadow = head(policy_status::SHADOW);
+        if let Some(active) = head(policy_status::ACTIVE) {
+            self.sync_active(tenant, active).await?;
+        }
+        match shadow {
+            None => {
+                self.remove_shadow(tenant);
+            }
+            Some(revision)
+                if self
+                    .shadow(tenant)
+                    .is_some_and(|s| s.info.revision == revision) => {}
+            Some(revision) => self.sync_shadow(tenant, revision).await?,
+        }
+        Ok(())
+    }
+
+    async fn read(&self, tenant: &str, revision: i64) -> Result<Option<StoredPolicy>, String> {
+        self.store
+            .policy(tenant, Some(revision))
+            .await
+            .map_err(|e| format!("cannot read the policy of `{tenant}`: {e}"))
+    }
+
+    async fn sync_shadow(&self, tenant: &str, revision: i64) -> Result<(), String> {
+        let Some(stored) = self.read(tenant, revision).await? else {
             return Ok(());
         };
+        let source = stored.source;
+        match tokio::task::spawn_blocking(move || Policy::parse(&source)).await {
+            Ok(Ok(policy)) => self.install_shadow(Shadow::new(stored.info, policy)),
+            _ => {
+                tracing::warn!(
+                    tenant,
+                    revision,
+                    "a shadow policy does not compile here; it does not run on this replica"
+                );
+                self.remove_shadow(tenant);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_active(&self, tenant: &str, revision: i64) -> Result<(), String> {
         let current = self.current.load();
-        if current
-            .own(tenant)
-            .is_some_and(|p| p.revision >= stored.info.revision)
-        {
+        if current.own(tenant).is_some_and(|p| p.revision >= revision) {
             return Ok(());
         }
         if self
             .failures()
             .get(tenant)
-            .is_some_and(|f| f.revision == stored.info.revision)
+            .is_some_and(|f| f.revision == revision)
         {
             return Ok(());
         }
+        let Some(stored) = self.read(tenant, revision).await? else {
+            return Ok(());
+        };
         let source = stored.source;
         let compiled = tokio::task::spawn_blocking(move || Policy::parse(&source))
             .await
@@ -490,27 +641,50 @@ impl Policies {
         }
     }
 
-    /// The active revision of every tenant in the store.
-    async fn heads(&self) -> Result<BTreeMap<String, i64>, LoadError> {
+    /// Every tenant's active and shadow revisions in the store.
+    async fn heads(&self) -> Result<BTreeMap<String, (Option<i64>, Option<i64>)>, LoadError> {
         let heads = self.store.policy_heads().await.map_err(|e| LoadError {
             problems: vec![format!("cannot read the stored policies: {e}")],
         })?;
-        Ok(heads.into_iter().map(|h| (h.tenant, h.revision)).collect())
+        let mut by_tenant: BTreeMap<String, (Option<i64>, Option<i64>)> = BTreeMap::new();
+        for head in heads {
+            let entry = by_tenant.entry(head.tenant).or_default();
+            if head.status == policy_status::SHADOW {
+                entry.1 = Some(head.revision);
+            } else {
+                entry.0 = Some(head.revision);
+            }
+        }
+        Ok(by_tenant)
     }
 
-    /// Re-reads every tenant whose active stored revision is not the one in force here.
+    /// Re-reads every tenant whose active or shadow revision in the store is not the one in
+    /// force here.
     async fn resync(&self) {
         let Ok(heads) = self.heads().await else {
             tracing::warn!("cannot read the stored policies; will try again");
             return;
         };
         let current = self.current();
-        for (tenant, revision) in heads {
-            if current.own(&tenant).map(|p| p.revision) != Some(revision)
-                && let Err(problem) = self.sync(&tenant).await
+        let shadows = self.shadows.load_full();
+        let stale = shadows
+            .keys()
+            .filter(|t| heads.get(*t).is_none_or(|h| h.1.is_none()))
+            .cloned()
+            .collect::<Vec<_>>();
+        for (tenant, (active, shadow)) in &heads {
+            let here = (
+                current.own(tenant).map(|p| p.revision),
+                shadows.get(tenant).map(|s| s.info.revision),
+            );
+            if here != (*active, *shadow)
+                && let Err(problem) = self.sync(tenant).await
             {
                 tracing::warn!(%problem, "cannot follow a policy change; will try again");
             }
+        }
+        for tenant in stale {
+            self.remove_shadow(&tenant);
         }
     }
 
@@ -606,7 +780,7 @@ fn retire(old: Arc<PolicySet>) {
     }
 }
 
-/// The `policy_published` event of a version.
+/// The `policy_published` (or `policy_shadow_started`) event of a version.
 fn published_event(info: &PolicyVersionInfo, cause: &Cause) -> NewEvent {
     let mut detail = json!({
         "revision": info.revision,
@@ -618,7 +792,7 @@ fn published_event(info: &PolicyVersionInfo, cause: &Cause) -> NewEvent {
         if let Some(comment) = &info.comment {
             fields.insert("comment".into(), Value::String(comment.clone()));
         }
-        if let Cause::Rollback { from } = cause {
+        if let Cause::Rollback { from } | Cause::Shadow { from: Some(from) } = cause {
             fields.insert("from_revision".into(), Value::from(*from));
         }
     }
@@ -626,7 +800,12 @@ fn published_event(info: &PolicyVersionInfo, cause: &Cause) -> NewEvent {
         id: crate::ids::ulid(info.created_at_ms),
         time_ms: info.created_at_ms,
         tenant: info.tenant.clone(),
-        kind: kind::POLICY_PUBLISHED.to_owned(),
+        kind: if cause.is_shadow() {
+            kind::POLICY_SHADOW_STARTED
+        } else {
+            kind::POLICY_PUBLISHED
+        }
+        .to_owned(),
         policy_version: Some(info.version.clone()),
         policy_hash: Some(info.hash.clone()),
         detail,

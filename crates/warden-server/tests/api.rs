@@ -1133,6 +1133,13 @@ impl Store for Breakable {
     ) -> Result<tokio::sync::broadcast::Receiver<warden_store::PolicySignal>, StoreError> {
         self.inner.policy_signals().await
     }
+    async fn end_policy_shadow(
+        &self,
+        tenant: &str,
+        event: warden_store::NewEvent,
+    ) -> Result<Option<warden_store::PolicyVersionInfo>, StoreError> {
+        self.inner.end_policy_shadow(tenant, event).await
+    }
 }
 
 #[tokio::test]
@@ -3321,5 +3328,151 @@ async fn a_version_that_does_not_compile_here_is_never_activated() {
         }
         let (_, ready) = s.call(Method::GET, "/readyz", None, "").await;
         assert!(ready.get("detail").is_none(), "{ready}");
+    }
+}
+
+/// Issue 11: a candidate runs in shadow beside the live policy: live answers never change,
+/// disagreements are counted by kind with examples that hold no payload values, and
+/// starting and ending it are audited; only an admin (or operator) may.
+#[tokio::test]
+async fn a_shadow_policy_counts_disagreements_without_changing_an_answer() {
+    for Db { store, _dir } in stores().await {
+        let s = server(store).await;
+        let yaml = "application/yaml";
+        // The candidate stops support from sending email.
+        let candidate = POLICY.replace("version: 1.0.0", "version: 1.1.0").replace(
+            r#"actions: ["ticket.*", email.send]"#,
+            r#"actions: ["ticket.*"]"#,
+        );
+        let (status, body) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy/shadow",
+                Some(&s.controller),
+                yaml,
+                &candidate,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, body) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy/shadow",
+                Some(&s.admin),
+                yaml,
+                "version: 2.0.0\ndefault: alow\n",
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let (status, body) = s
+            .call(Method::GET, "/v1/policy/shadow", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        let (status, body) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy/shadow",
+                Some(&s.admin),
+                yaml,
+                &candidate,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["policy"]["status"], "shadow");
+        let revision = body["policy"]["revision"].as_i64().unwrap();
+        for kind in ["email.send", "email.send", "ticket.update"] {
+            let (_, d) = s
+                .decide(json!({"type": kind, "payload": {"to": "ann@example.com"}}))
+                .await;
+            assert_eq!(d["effect"], "allow", "the live answer stands: {d}");
+            assert_eq!(d["policy_version"], "1.0.0");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let tally = loop {
+            let (_, tally) = s
+                .call(Method::GET, "/v1/policy/shadow", Some(&s.admin), "")
+                .await;
+            if tally["decisions"] == 3 {
+                break tally;
+            }
+            assert!(std::time::Instant::now() < deadline, "{tally}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            (tally["agreed"].as_u64(), tally["dropped"].as_u64()),
+            (Some(1), Some(0))
+        );
+        assert_eq!(tally["disagreements"][0]["kind"], "allow→deny");
+        assert_eq!(tally["disagreements"][0]["count"], 2);
+        let example = &tally["disagreements"][0]["examples"][0];
+        assert_eq!(example["action_type"], "email.send");
+        assert_eq!(example["live_rules"], json!(["support-may-act"]));
+        assert!(!tally.to_string().contains("ann@example.com"), "{tally}");
+        // The shadow is a stored version; the active one is untouched.
+        let (_, active) = s.call(Method::GET, "/v1/policy", Some(&s.admin), "").await;
+        assert_eq!(active["version"], "1.0.0");
+        let (_, shown) = s
+            .call(
+                Method::GET,
+                &format!("/v1/policy/versions/{revision}"),
+                Some(&s.admin),
+                "",
+            )
+            .await;
+        assert_eq!(shown["status"], "shadow");
+
+        // A stored version can be shadowed by reference (here the shadow's own, as a new
+        // revision); it replaces the running shadow, whose tally starts again.
+        let (status, body) = s
+            .call(
+                Method::POST,
+                "/v1/policy/shadow",
+                Some(&s.admin),
+                r#"{"version": "1.1.0"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(
+            (
+                body["policy"]["version"].as_str(),
+                body["policy"]["revision"].as_i64()
+            ),
+            (Some("1.1.0"), Some(revision + 1))
+        );
+        let (_, tally) = s
+            .call(Method::GET, "/v1/policy/shadow", Some(&s.admin), "")
+            .await;
+        assert_eq!(tally["decisions"], 0);
+        let (_, old) = s
+            .call(
+                Method::GET,
+                &format!("/v1/policy/versions/{revision}"),
+                Some(&s.admin),
+                "",
+            )
+            .await;
+        assert_eq!(old["status"], "superseded");
+
+        let (status, ended) = s
+            .call(Method::DELETE, "/v1/policy/shadow", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{ended}");
+        let (status, _) = s
+            .call(Method::DELETE, "/v1/policy/shadow", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, d) = s.decide(json!({"type": "email.send"})).await;
+        assert_eq!(d["effect"], "allow");
+
+        let started = s.events(kind::POLICY_SHADOW_STARTED).await;
+        assert_eq!(started.len(), 2);
+        assert_eq!(started[1].event.detail["from_revision"], revision);
+        let ended = s.events(kind::POLICY_SHADOW_ENDED).await;
+        assert_eq!(ended.len(), 1);
+        assert_eq!(
+            ended[0].event.detail["by"],
+            s.admin.split('_').nth(1).unwrap()
+        );
     }
 }

@@ -221,13 +221,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         retry_at_ms: Option<i64>,
     ) -> Result<(), StoreError>;
 
-    /// Makes `publish.policy` its tenant's active version, under the chain lock, with its
+    /// Makes `publish.policy` its tenant's active (or shadow) version, under the chain lock, with its
     /// event in the same transaction, and signals every replica (PostgreSQL: `NOTIFY`
     /// inside the transaction). Writes nothing and answers [`Published::Conflict`] when
     /// the tenant's newest or active revision is no longer what the publish expects.
     async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError>;
 
-    /// The active version of every tenant that has one, in tenant order.
+    /// The active and shadow versions of every tenant, in tenant order.
     async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError>;
 
     /// The tenant's version at `revision`, or its active one when `revision` is `None`.
@@ -246,10 +246,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<PolicyVersionInfo>, StoreError>;
 
-    /// Signals of changed active policies, from this store and (PostgreSQL) every replica.
+    /// Signals of changed active or shadow policies, from this store and (PostgreSQL)
+    /// every replica.
     async fn policy_signals(
         &self,
     ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError>;
+
+    /// Ends the tenant's shadow version (it becomes superseded) with its event, under the
+    /// chain lock, and signals every replica. `None`, and nothing written, when the tenant
+    /// has no shadow.
+    async fn end_policy_shadow(
+        &self,
+        tenant: &str,
+        event: NewEvent,
+    ) -> Result<Option<PolicyVersionInfo>, StoreError>;
 }
 
 /// Where a database URL points.

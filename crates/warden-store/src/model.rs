@@ -41,9 +41,14 @@ pub mod kind {
     pub const POLICY_PUBLISHED: &str = "policy_published";
     /// A replica could not compile a published version and keeps its previous one.
     pub const POLICY_ACTIVATION_FAILED: &str = "policy_activation_failed";
+    /// A candidate policy started (or replaced another) running in shadow beside the
+    /// active version.
+    pub const POLICY_SHADOW_STARTED: &str = "policy_shadow_started";
+    /// Shadow mode ended (`detail` holds the tally of this replica).
+    pub const POLICY_SHADOW_ENDED: &str = "policy_shadow_ended";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -60,6 +65,8 @@ pub mod kind {
         PERMIT_KEYS_CHANGED,
         POLICY_PUBLISHED,
         POLICY_ACTIVATION_FAILED,
+        POLICY_SHADOW_STARTED,
+        POLICY_SHADOW_ENDED,
     ];
 }
 

@@ -51,15 +51,17 @@ pub struct StoredPolicy {
     pub source: String,
 }
 
-/// The active version of one tenant: what replicas compare to notice a change.
+/// The active (or shadow) version of one tenant: what replicas compare to notice a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyHead {
     /// The tenant.
     pub tenant: String,
-    /// Its active revision.
+    /// The revision.
     pub revision: i64,
     /// That revision's content hash.
     pub hash: String,
+    /// [`policy_status::ACTIVE`] or [`policy_status::SHADOW`].
+    pub status: String,
 }
 
 /// A version to make active, given to [`crate::Store::publish_policy`].
@@ -67,10 +69,12 @@ pub struct PolicyHead {
 pub struct PolicyPublish {
     /// The new version; `info.revision` must be one more than the tenant's latest revision
     /// (1 for its first), `info.parent` the tenant's active revision (`None` for none),
-    /// and `info.status` must be [`policy_status::ACTIVE`].
+    /// and `info.status` [`policy_status::ACTIVE`] (it is enforced from now on) or
+    /// [`policy_status::SHADOW`] (it runs beside the active version, which stays).
     pub policy: StoredPolicy,
-    /// What the version active until now becomes: [`policy_status::SUPERSEDED`], or
-    /// [`policy_status::FAILED`] when it is rolled back for its errors.
+    /// What the tenant's version of the same status until now becomes:
+    /// [`policy_status::SUPERSEDED`], or [`policy_status::FAILED`] when an active version is
+    /// rolled back for its errors.
     pub previous_becomes: &'static str,
     /// The `policy_published` event, chained in the same transaction.
     pub event: crate::NewEvent,
@@ -100,4 +104,43 @@ pub enum PolicySignal {
     /// Signals may have been missed (the listener reconnected, or a receiver lagged):
     /// compare every tenant's active version again.
     Resync,
+}
+
+/// The tenant's newest revision (`latest`, NULL for none) and its active one (`active`):
+/// `$1` and `$2` the tenant, `$3` [`policy_status::ACTIVE`].
+pub(crate) const POSITION: &str = "SELECT \
+    (SELECT MAX(revision) FROM policy_versions WHERE tenant = $1) AS latest, \
+    (SELECT revision FROM policy_versions WHERE tenant = $2 AND status = $3) AS active";
+
+/// Gives the tenant's version of status `$3` (active or shadow) its new status `$1`; `$2`
+/// the tenant.
+pub(crate) const RETIRE: &str =
+    "UPDATE policy_versions SET status = $1 WHERE tenant = $2 AND status = $3";
+
+/// Inserts a version, values in column order.
+pub(crate) const INSERT: &str = "INSERT INTO policy_versions (tenant, revision, version, \
+    hash, source, parent, author, comment, created_at_ms, status) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Refuses a publish that is neither of an active nor of a shadow version.
+pub(crate) fn check(publish: &PolicyPublish) -> Result<(), crate::StoreError> {
+    let status = publish.policy.info.status.as_str();
+    if status != policy_status::ACTIVE && status != policy_status::SHADOW {
+        return Err(crate::StoreError::InvalidEvent {
+            id: publish.event.id.clone(),
+            reason: "a published policy version must be active or shadow".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `info` still follows the tenant's history as it is now; the conflict if not.
+pub(crate) fn conflict(
+    info: &PolicyVersionInfo,
+    latest: Option<i64>,
+    active: Option<i64>,
+) -> Option<Published> {
+    let latest = latest.unwrap_or(0);
+    (info.revision != latest + 1 || info.parent != active)
+        .then_some(Published::Conflict { latest, active })
 }

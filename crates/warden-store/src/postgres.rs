@@ -90,6 +90,7 @@ async fn pool(options: PgConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
         sql: SqlStore::shared(pool),
         appender: start_appender(options.clone())?,
         listener: Some(crate::split::Listener::new(options)),
+        policy_signals: tokio::sync::broadcast::channel(1).0,
     }))
 }
 
@@ -125,6 +126,9 @@ fn start_appender(options: PgConnectOptions) -> Result<AppenderThread, StoreErro
                     }
                     Job::ConsumePermit { permit, reply } => {
                         let _ = reply.send(store.consume_permit_use(*permit).await);
+                    }
+                    Job::PublishPolicy { publish, reply } => {
+                        let _ = reply.send(store.publish_policy(*publish).await);
                     }
                     Job::Probe { now_ms, reply } => {
                         let _ = reply.send(store.probe_write(now_ms).await);

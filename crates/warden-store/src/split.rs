@@ -18,7 +18,7 @@ use crate::approval::{
 };
 use crate::error::StoreError;
 use crate::model::{
-    Append, Appended, CounterFilter, CounterRow, Event, EventFilter, KeyRecord, NewKey,
+    Append, Appended, CounterFilter, CounterRow, Event, EventFilter, KeyRecord, NewEvent, NewKey,
     PermitConsumed, PermitUse, PurgeReport, StoredDecision, VerifyReport,
 };
 use crate::policy_version::{
@@ -39,6 +39,11 @@ pub(crate) enum Job {
         permit: Box<PermitUse>,
         reply: oneshot::Sender<Result<PermitConsumed, StoreError>>,
     },
+    /// A policy version to publish with its event (`Store::publish_policy`).
+    PublishPolicy {
+        publish: Box<PolicyPublish>,
+        reply: oneshot::Sender<Result<Published, StoreError>>,
+    },
     /// A readiness write on the appending connection (`Store::probe_write`).
     Probe {
         now_ms: i64,
@@ -56,6 +61,11 @@ impl std::fmt::Debug for Job {
             Job::ConsumePermit { permit, .. } => f
                 .debug_struct("ConsumePermit")
                 .field("decision_id", &permit.decision_id)
+                .finish_non_exhaustive(),
+            Job::PublishPolicy { publish, .. } => f
+                .debug_struct("PublishPolicy")
+                .field("tenant", &publish.policy.info.tenant)
+                .field("revision", &publish.policy.info.revision)
                 .finish_non_exhaustive(),
             Job::Probe { now_ms, .. } => f.debug_struct("Probe").field("now_ms", now_ms).finish(),
         }
@@ -112,6 +122,21 @@ impl AppenderThread {
         answer.await.map_err(|_| StoreError::AppenderStopped)?
     }
 
+    /// Publishes a policy version on the thread: it chains an event and may carry a large
+    /// source, so it takes its turn between batches instead of holding the lock they wait
+    /// for.
+    async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
+        crate::policy_version::check(&publish)?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::PublishPolicy {
+                publish: Box::new(publish),
+                reply,
+            })
+            .map_err(|_| StoreError::AppenderStopped)?;
+        answer.await.map_err(|_| StoreError::AppenderStopped)?
+    }
+
     /// Runs the write probe on the thread, behind any batches already queued.
     async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -138,6 +163,9 @@ pub(crate) struct Split {
     pub appender: AppenderThread,
     /// PostgreSQL: the `LISTEN` task that hears other replicas' decisions.
     pub listener: Option<Listener>,
+    /// Without a listener (SQLite): policies published through this store, for this
+    /// process.
+    pub policy_signals: tokio::sync::broadcast::Sender<PolicySignal>,
 }
 
 /// PostgreSQL's listener for approvals and policies, started with the first subscriber
@@ -330,9 +358,14 @@ impl Store for Split {
             .await
     }
 
-    // On sqlx's writer inside the chain lock, as `update_approval`.
     async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
-        self.sql.publish_policy(publish).await
+        let tenant = publish.policy.info.tenant.clone();
+        let published = self.appender.publish_policy(publish).await?;
+        // PostgreSQL's listener hears the NOTIFY, this replica's own included.
+        if self.listener.is_none() && published == Published::Written {
+            let _ = self.policy_signals.send(PolicySignal::Changed(tenant));
+        }
+        Ok(published)
     }
 
     async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError> {
@@ -361,7 +394,22 @@ impl Store for Split {
     ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError> {
         match &self.listener {
             Some(listener) => Ok(listener.subscribe_policies()),
-            None => self.sql.policy_signals().await,
+            None => Ok(self.policy_signals.subscribe()),
         }
+    }
+
+    // On sqlx's writer inside the chain lock, as `update_approval`: no large row.
+    async fn end_policy_shadow(
+        &self,
+        tenant: &str,
+        event: NewEvent,
+    ) -> Result<Option<PolicyVersionInfo>, StoreError> {
+        let ended = self.sql.end_policy_shadow(tenant, event).await?;
+        if self.listener.is_none() && ended.is_some() {
+            let _ = self
+                .policy_signals
+                .send(PolicySignal::Changed(tenant.to_owned()));
+        }
+        Ok(ended)
     }
 }

@@ -25,7 +25,7 @@ use crate::model::{
     StoredDecision, VerifyReport, kind,
 };
 use crate::policy_version::{
-    PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
+    self, PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
     policy_status,
 };
 use crate::{Backend, Store};
@@ -581,23 +581,18 @@ where
         })
     }
 
-    /// The tenant's newest revision (0 for none) and its active one, inside `conn`'s
-    /// transaction.
+    /// The tenant's newest revision and its active one, inside `conn`'s transaction.
     async fn policy_position(
         conn: &mut DB::Connection,
         tenant: &str,
-    ) -> Result<(i64, Option<i64>), StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT MAX(revision) FROM policy_versions WHERE tenant = $1) AS latest, \
-             (SELECT revision FROM policy_versions WHERE tenant = $2 AND status = $3) AS active",
-        )
-        .bind(tenant)
-        .bind(tenant)
-        .bind(policy_status::ACTIVE)
-        .fetch_one(&mut *conn)
-        .await?;
-        let latest: Option<i64> = row.try_get("latest")?;
-        Ok((latest.unwrap_or(0), row.try_get("active")?))
+    ) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        let row = sqlx::query(policy_version::POSITION)
+            .bind(tenant)
+            .bind(tenant)
+            .bind(policy_status::ACTIVE)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok((row.try_get("latest")?, row.try_get("active")?))
     }
 
     /// The approval row, read inside `conn`'s transaction.
@@ -1461,49 +1456,40 @@ where
     }
 
     async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
+        policy_version::check(&publish)?;
         let PolicyPublish {
             policy,
             previous_becomes,
             event,
         } = publish;
         let info = &policy.info;
-        if info.status != policy_status::ACTIVE {
-            return Err(StoreError::InvalidEvent {
-                id: event.id,
-                reason: "a published policy version must be active".to_owned(),
-            });
-        }
         // Under the chain lock: publishes from every replica take turns with each other and
         // with decisions, so the event lands in the chain exactly where the switch happened.
         let mut tx = self.begin_chain_write().await?;
         let (latest, active) = Self::policy_position(&mut tx, &info.tenant).await?;
-        if info.revision != latest + 1 || info.parent != active {
+        if let Some(conflict) = policy_version::conflict(info, latest, active) {
             tx.rollback().await?;
-            return Ok(Published::Conflict { latest, active });
+            return Ok(conflict);
         }
-        sqlx::query("UPDATE policy_versions SET status = $1 WHERE tenant = $2 AND status = $3")
+        sqlx::query(policy_version::RETIRE)
             .bind(previous_becomes)
             .bind(info.tenant.as_str())
-            .bind(policy_status::ACTIVE)
+            .bind(info.status.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO policy_versions (tenant, revision, version, hash, source, parent, \
-             author, comment, created_at_ms, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(info.tenant.as_str())
-        .bind(info.revision)
-        .bind(info.version.as_str())
-        .bind(info.hash.as_str())
-        .bind(policy.source.as_str())
-        .bind(info.parent)
-        .bind(info.author.as_str())
-        .bind(info.comment.as_deref())
-        .bind(info.created_at_ms)
-        .bind(info.status.as_str())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(policy_version::INSERT)
+            .bind(info.tenant.as_str())
+            .bind(info.revision)
+            .bind(info.version.as_str())
+            .bind(info.hash.as_str())
+            .bind(policy.source.as_str())
+            .bind(info.parent)
+            .bind(info.author.as_str())
+            .bind(info.comment.as_deref())
+            .bind(info.created_at_ms)
+            .bind(info.status.as_str())
+            .execute(&mut *tx)
+            .await?;
         Self::chain_events(&mut tx, vec![event]).await?;
         if let Some(notify) = DB::NOTIFY_POLICY {
             sqlx::query(notify)
@@ -1520,10 +1506,11 @@ where
 
     async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError> {
         let rows = sqlx::query(
-            "SELECT tenant, revision, hash FROM policy_versions WHERE status = $1 \
-             ORDER BY tenant",
+            "SELECT tenant, revision, hash, status FROM policy_versions \
+             WHERE status = $1 OR status = $2 ORDER BY tenant, status",
         )
         .bind(policy_status::ACTIVE)
+        .bind(policy_status::SHADOW)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -1532,6 +1519,7 @@ where
                     tenant: row.try_get("tenant")?,
                     revision: row.try_get("revision")?,
                     hash: row.try_get("hash")?,
+                    status: row.try_get("status")?,
                 })
             })
             .collect()
@@ -1587,5 +1575,42 @@ where
         &self,
     ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError> {
         Ok(self.policy_signals.subscribe())
+    }
+
+    async fn end_policy_shadow(
+        &self,
+        tenant: &str,
+        event: NewEvent,
+    ) -> Result<Option<PolicyVersionInfo>, StoreError> {
+        let mut tx = self.begin_chain_write().await?;
+        let sql = format!(
+            "SELECT {POLICY_INFO_COLUMNS} FROM policy_versions WHERE tenant = $1 AND status = $2"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(policy_status::SHADOW)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let mut ended = Self::policy_info_from_row(&row)?;
+        sqlx::query(policy_version::RETIRE)
+            .bind(policy_status::SUPERSEDED)
+            .bind(tenant)
+            .bind(policy_status::SHADOW)
+            .execute(&mut *tx)
+            .await?;
+        Self::chain_events(&mut tx, vec![event]).await?;
+        if let Some(notify) = DB::NOTIFY_POLICY {
+            sqlx::query(notify).bind(tenant).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let _ = self
+            .policy_signals
+            .send(PolicySignal::Changed(tenant.to_owned()));
+        ended.status = policy_status::SUPERSEDED.to_owned();
+        Ok(Some(ended))
     }
 }

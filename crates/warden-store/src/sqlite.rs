@@ -115,5 +115,6 @@ pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
         sql: SqlStore::shared_with(pool, writer),
         appender: sqlite_appender::start(path, BUSY_TIMEOUT)?,
         listener: None,
+        policy_signals: tokio::sync::broadcast::channel(crate::sql::SIGNAL_CAPACITY).0,
     }))
 }

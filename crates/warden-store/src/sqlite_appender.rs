@@ -22,6 +22,7 @@ use crate::error::StoreError;
 use crate::model::{
     Append, Appended, CounterKey, CounterRow, PermitConsumed, PermitUse, StoredDecision,
 };
+use crate::policy_version::{self, PolicyPublish, Published, policy_status};
 use crate::split::{AppenderThread, Job};
 use crate::sql::WRITE_PROBE;
 use crate::sqlite::SYNCHRONOUS;
@@ -114,6 +115,10 @@ fn run(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
                 let _ = reply.send(consume_permit(&mut conn, *permit));
                 unchecked += 1;
             }
+            Job::PublishPolicy { publish, reply } => {
+                let _ = reply.send(publish_policy(&mut conn, *publish));
+                unchecked += 1;
+            }
             Job::Probe { now_ms, reply } => {
                 let _ = reply.send(probe(&mut conn, now_ms));
             }
@@ -182,6 +187,46 @@ fn consume_permit(conn: &mut Connection, permit: PermitUse) -> Result<PermitCons
     chain(&tx, append::permit_batch(permit, consumed))?;
     tx.commit()?;
     Ok(consumed)
+}
+
+/// Publishes a policy version with its event in one transaction (`Store::publish_policy`).
+fn publish_policy(conn: &mut Connection, publish: PolicyPublish) -> Result<Published, StoreError> {
+    let PolicyPublish {
+        policy,
+        previous_becomes,
+        event,
+    } = publish;
+    let info = &policy.info;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (latest, active) = tx.prepare_cached(policy_version::POSITION)?.query_row(
+        rusqlite::params![info.tenant, info.tenant, policy_status::ACTIVE],
+        |row| Ok((row.get::<_, Option<i64>>(0)?, row.get::<_, Option<i64>>(1)?)),
+    )?;
+    if let Some(conflict) = policy_version::conflict(info, latest, active) {
+        return Ok(conflict);
+    }
+    tx.prepare_cached(policy_version::RETIRE)?
+        .execute(rusqlite::params![
+            previous_becomes,
+            info.tenant,
+            info.status
+        ])?;
+    tx.prepare_cached(policy_version::INSERT)?
+        .execute(rusqlite::params![
+            info.tenant,
+            info.revision,
+            info.version,
+            info.hash,
+            policy.source,
+            info.parent,
+            info.author,
+            info.comment,
+            info.created_at_ms,
+            info.status
+        ])?;
+    chain(&tx, vec![Append::new(event, None)])?;
+    tx.commit()?;
+    Ok(Published::Written)
 }
 
 /// Chains `batch` inside `tx`, which holds the write lock.

@@ -263,6 +263,10 @@ pub enum EventKind {
     PolicyPublished,
     /// A replica could not compile a published policy version and kept its previous one.
     PolicyActivationFailed,
+    /// A candidate policy started running in shadow.
+    PolicyShadowStarted,
+    /// Shadow mode ended.
+    PolicyShadowEnded,
 }
 
 /// A decision's effect.
@@ -522,6 +526,8 @@ mod tests {
             EventKind::PermitKeysChanged,
             EventKind::PolicyPublished,
             EventKind::PolicyActivationFailed,
+            EventKind::PolicyShadowStarted,
+            EventKind::PolicyShadowEnded,
         ]
         .iter()
         .map(|k| {

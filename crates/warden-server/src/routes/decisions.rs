@@ -259,6 +259,10 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             );
             let t0 = Instant::now();
             let decision = loaded.policy.evaluate(&action, &env);
+            // Off the critical path: at most a copy of the action and an enqueue.
+            state
+                .policies()
+                .offer_shadow(&caller.tenant, &action, &env, &decision, &decision_id);
             // Only an allow spends: a denied action consumes nothing, and one waiting for a
             // human is charged when its approval is granted, in that transaction (its
             // approval holds the charges). The store checks and charges these under the

@@ -93,10 +93,17 @@ pub struct VersionsBody {
 pub struct RollbackRequest {
     /// The version to restore: a revision number (`3`) or a semver (`1.2.0`, its newest
     /// revision).
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^(0|[1-9][0-9]{0,17}|(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})(-[0-9A-Za-z.-]+)?)$"
+    )]
     pub version: String,
     /// Why.
-    #[schema(max_length = 1000)]
+    #[schema(
+        max_length = 1000,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*$"
+    )]
     pub comment: Option<String>,
 }
 
@@ -197,10 +204,10 @@ pub struct DiffQuery {
     #[param(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$")]
     pub tenant: Option<String>,
     /// The older version: a revision or a semver.
-    #[param(value_type = String, min_length = 1, max_length = 100)]
+    #[param(value_type = String, min_length = 1, max_length = 100, pattern = r"^(0|[1-9][0-9]{0,17}|(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})(-[0-9A-Za-z.-]+)?)$")]
     pub from: Option<String>,
     /// The newer version (default: the active one).
-    #[param(value_type = Option<String>, min_length = 1, max_length = 100)]
+    #[param(value_type = Option<String>, min_length = 1, max_length = 100, pattern = r"^(0|[1-9][0-9]{0,17}|(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})(-[0-9A-Za-z.-]+)?)$")]
     pub to: Option<String>,
 }
 
@@ -437,7 +444,7 @@ pub async fn versions(
     path = "/v1/policy/versions/{version}",
     tag = "policy",
     params(
-        ("version" = String, Path, description = "A revision number (`3`) or a semver (`1.2.0`: its newest revision)", min_length = 1, max_length = 100),
+        ("version" = String, Path, description = "A revision number (`3`) or a semver (`1.2.0`: its newest revision)", min_length = 1, max_length = 100, pattern = r"^(0|[1-9][0-9]{0,17}|(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})(-[0-9A-Za-z.-]+)?)$"),
         TenantQuery,
     ),
     security(("bearer" = [])),
@@ -665,4 +672,208 @@ pub async fn diff(
         from: PolicyVersionBody::of(&from.info, None),
         to: PolicyVersionBody::of(&to.info, None),
     }))
+}
+
+/// The candidate running in shadow and what it found on this replica.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShadowBody {
+    /// The stored shadow version.
+    pub policy: PolicyVersionBody,
+    /// Decisions evaluated under both, on this replica since it started the shadow.
+    pub decisions: u64,
+    /// Of those, the ones both gave the same effect.
+    pub agreed: u64,
+    /// Decisions not evaluated because the shadow fell behind.
+    pub dropped: u64,
+    /// Disagreements by kind (`allow→deny`, …, live first), each with up to 20 examples.
+    pub disagreements: Vec<DisagreementBody>,
+}
+
+/// One kind of disagreement.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DisagreementBody {
+    /// `live→shadow` effects, e.g. `deny→allow`.
+    pub kind: String,
+    /// How many.
+    pub count: u64,
+    /// The first ones: no payload or context values.
+    pub examples: Vec<ShadowExampleBody>,
+}
+
+/// A disagreement, without the action's values.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShadowExampleBody {
+    /// The live decision.
+    pub decision_id: String,
+    /// Its action type.
+    pub action_type: String,
+    /// Its agent.
+    pub agent: Option<String>,
+    /// Rules that matched under the active version.
+    pub live_rules: Vec<String>,
+    /// Rules that matched under the candidate.
+    pub shadow_rules: Vec<String>,
+}
+
+impl ShadowBody {
+    fn of(info: &PolicyVersionInfo, tally: crate::shadow::Tally) -> Self {
+        Self {
+            policy: PolicyVersionBody::of(info, None),
+            decisions: tally.decisions,
+            agreed: tally.agreed,
+            dropped: tally.dropped,
+            disagreements: tally
+                .disagreements
+                .into_iter()
+                .map(|(kind, d)| DisagreementBody {
+                    kind,
+                    count: d.count,
+                    examples: d
+                        .examples
+                        .into_iter()
+                        .map(|e| ShadowExampleBody {
+                            decision_id: e.decision_id,
+                            action_type: e.action_type,
+                            agent: e.agent,
+                            live_rules: e.live_rules,
+                            shadow_rules: e.shadow_rules,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Runs a candidate beside the active version on every replica: each decision is also
+/// evaluated under it, off the request's path, and disagreements are counted. The body is
+/// a policy document (YAML or JSON), or `{"version": V}` for a stored version. Replaces a
+/// running shadow. Never changes a live answer.
+#[utoipa::path(
+    post,
+    path = "/v1/policy/shadow",
+    tag = "policy",
+    params(TenantQuery),
+    request_body(content = String, description = "A policy document, or `{\"version\": V}`", content_type = "application/yaml"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The shadow runs", body = ShadowBody),
+        (status = 400, description = "A bad parameter or body", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an admin or operator key, another tenant, or `default` without an operator key", body = ErrorBody),
+        (status = 404, description = "No such stored version", body = ErrorBody),
+        (status = 413, description = "The body is over the limit", body = ErrorBody),
+        (status = 415, description = "Not YAML or JSON", body = ErrorBody),
+        (status = 422, description = "The document does not compile (`policy_invalid`)", body = ErrorBody),
+    )
+)]
+pub async fn start_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    body: Result<DocumentBody, ApiError>,
+) -> Result<(StatusCode, Json<ShadowBody>), ApiError> {
+    let mut named = None;
+    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
+        named = Some(identifier_param(&name, value)?);
+    }
+    let tenant = target_tenant(&caller, named, true)?;
+    let DocumentBody(text) = body?;
+    // `{"version": V}` alone names a stored version (a document with nothing but a
+    // version would be pointless to shadow).
+    let reference = serde_json::from_str::<serde_json::Map<String, Value>>(&text)
+        .ok()
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.get("version").and_then(Value::as_str).map(str::to_owned));
+    let (source, from) = match reference {
+        Some(reference) => {
+            let stored = resolve(&state, &tenant, &reference_param("version", reference)?).await?;
+            (stored.source, Some(stored.info.revision))
+        }
+        None => (text, None),
+    };
+    let submitted = state
+        .policies()
+        .submit(Submission {
+            tenant: tenant.clone(),
+            source,
+            author: caller.key_id.clone(),
+            comment: from.map(|r| format!("revision {r} in shadow")),
+            cause: Cause::Shadow { from },
+            now_ms: now_ms(),
+        })
+        .await
+        .map_err(submit_error)?;
+    let (Submitted::Published(info) | Submitted::Unchanged(info)) = submitted;
+    Ok((
+        StatusCode::CREATED,
+        Json(ShadowBody::of(&info, crate::shadow::Tally::default())),
+    ))
+}
+
+/// The running shadow and what it found on this replica.
+#[utoipa::path(
+    get,
+    path = "/v1/policy/shadow",
+    tag = "policy",
+    params(TenantQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The shadow and its tally", body = ShadowBody),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an admin or operator key, or another tenant", body = ErrorBody),
+        (status = 404, description = "No shadow runs", body = ErrorBody),
+    )
+)]
+pub async fn show_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<ShadowBody>, ApiError> {
+    let mut named = None;
+    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
+        named = Some(identifier_param(&name, value)?);
+    }
+    let tenant = target_tenant(&caller, named, false)?;
+    let shadow = state
+        .policies()
+        .shadow(&tenant)
+        .ok_or_else(|| ApiError::not_found("no shadow policy runs for this tenant"))?;
+    Ok(Json(ShadowBody::of(&shadow.info, shadow.tally())))
+}
+
+/// Ends shadow mode on every replica; answers with this replica's final tally, which the
+/// `policy_shadow_ended` event records.
+#[utoipa::path(
+    delete,
+    path = "/v1/policy/shadow",
+    tag = "policy",
+    params(TenantQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ended; the final tally", body = ShadowBody),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "No valid key", body = ErrorBody),
+        (status = 403, description = "Not an admin or operator key, another tenant, or `default` without an operator key", body = ErrorBody),
+        (status = 404, description = "No shadow runs", body = ErrorBody),
+    )
+)]
+pub async fn end_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+) -> Result<Json<ShadowBody>, ApiError> {
+    let mut named = None;
+    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
+        named = Some(identifier_param(&name, value)?);
+    }
+    let tenant = target_tenant(&caller, named, true)?;
+    let (info, tally) = state
+        .policies()
+        .end_shadow(&tenant, &caller.key_id, now_ms())
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("no shadow policy runs for this tenant"))?;
+    Ok(Json(ShadowBody::of(&info, tally)))
 }

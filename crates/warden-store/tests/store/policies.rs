@@ -107,6 +107,60 @@ async fn a_version_is_published_only_on_the_history_its_publisher_saw() {
             [("acme", 2), ("globex", 1)]
         );
 
+        // A shadow runs beside the active version: it takes the next revision and leaves
+        // the active one alone; ending it is chained once.
+        let mut shadow = publish("acme", 3, Some(2), "2.0.0");
+        shadow.policy.info.status = policy_status::SHADOW.into();
+        assert_eq!(
+            store.publish_policy(shadow).await.unwrap(),
+            Published::Written
+        );
+        assert_eq!(
+            store
+                .policy("acme", None)
+                .await
+                .unwrap()
+                .unwrap()
+                .info
+                .revision,
+            2
+        );
+        let heads = store.policy_heads().await.unwrap();
+        assert_eq!(
+            heads
+                .iter()
+                .map(|h| (h.tenant.as_str(), h.revision, h.status.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("acme", 2, "active"),
+                ("acme", 3, "shadow"),
+                ("globex", 1, "active")
+            ]
+        );
+        let end = |id: &str| NewEvent {
+            id: id.into(),
+            time_ms: 200,
+            tenant: "acme".into(),
+            kind: kind::POLICY_SHADOW_ENDED.into(),
+            ..NewEvent::default()
+        };
+        let ended = replica
+            .end_policy_shadow("acme", end("end-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ended.map(|v| (v.revision, v.status)),
+            Some((3, "superseded".into()))
+        );
+        assert_eq!(
+            replica
+                .end_policy_shadow("acme", end("end-2"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.policy_heads().await.unwrap().len(), 2);
+
         // One event per publish, in the chain, with the version's hash; the lost race wrote none.
         let events = all_events(store).await;
         let published: Vec<_> = events
@@ -114,14 +168,22 @@ async fn a_version_is_published_only_on_the_history_its_publisher_saw() {
             .filter(|e| e.event.kind == kind::POLICY_PUBLISHED)
             .map(|e| e.event.policy_hash.clone().unwrap())
             .collect();
-        assert_eq!(published, ["hash-1.0.0", "hash-1.1.0", "hash-9.0.0"]);
+        assert_eq!(
+            published,
+            ["hash-1.0.0", "hash-1.1.0", "hash-9.0.0", "hash-2.0.0"]
+        );
+        let ends = events
+            .iter()
+            .filter(|e| e.event.kind == kind::POLICY_SHADOW_ENDED)
+            .count();
+        assert_eq!(ends, 1);
         assert_eq!(store.verify().await.unwrap().first_broken, None);
 
         // The replica hears of it: from its own database's notifications on PostgreSQL;
         // a SQLite file is heard by the process that wrote it, and replicas poll.
         if db.backend() == warden_store::Backend::Postgres {
             let mut heard = Vec::new();
-            while heard.len() < 3 {
+            while heard.len() < 5 {
                 match tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv())
                     .await
                     .expect("a policy signal within 5 s")
@@ -131,7 +193,7 @@ async fn a_version_is_published_only_on_the_history_its_publisher_saw() {
                     PolicySignal::Resync => {}
                 }
             }
-            assert_eq!(heard, ["acme", "acme", "globex"]);
+            assert_eq!(heard, ["acme", "acme", "globex", "acme", "acme"]);
         }
     })
     .await;

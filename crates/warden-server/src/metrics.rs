@@ -37,6 +37,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     policy_revision: Family<TenantLabels, Gauge>,
     policy_activation_failed: Family<TenantLabels, Gauge>,
+    policy_auto_rollbacks: Family<TenantLabels, Gauge>,
 }
 
 /// Latency buckets from 50 µs to about 3 s.
@@ -93,6 +94,12 @@ impl Default for Metrics {
             "1 while the tenant's active stored version does not compile here (the previous one stays in force)",
             policy_activation_failed.clone(),
         );
+        let policy_auto_rollbacks = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "policy_auto_rollbacks",
+            "Versions this replica rolled back since it started, for their evaluation errors",
+            policy_auto_rollbacks.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -103,6 +110,7 @@ impl Default for Metrics {
             errors,
             policy_revision,
             policy_activation_failed,
+            policy_auto_rollbacks,
         }
     }
 }
@@ -152,6 +160,12 @@ impl Metrics {
             self.policy_activation_failed
                 .get_or_create(&labels)
                 .set(i64::from(failures.contains_key(tenant)));
+        }
+        for (tenant, count) in policies.rollbacks() {
+            let labels = TenantLabels { tenant };
+            self.policy_auto_rollbacks
+                .get_or_create(&labels)
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         for tenant in failures.keys() {
             let labels = TenantLabels {

@@ -17,6 +17,7 @@
 //! - **Swaps are atomic per tenant**: a request sees a tenant's old policy or its new one,
 //!   never a mix, and one tenant's broken file never blocks another's.
 
+use crate::rollback::{AutoRollback, Verdict, Watch};
 use crate::shadow::{Shadow, ShadowQueue, Tally};
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
@@ -41,6 +42,8 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
 /// A policy in force: the compiled form and which stored version it is.
 #[derive(Debug)]
 pub struct LoadedPolicy {
+    /// The tenant whose version it is (`default` for the shared one).
+    pub tenant: String,
     /// The compiled policy.
     pub policy: Policy,
     /// The stored revision (1, 2, 3, … per tenant).
@@ -131,6 +134,15 @@ pub enum Cause {
     Reload,
     /// A tenant's first version, from its file at start.
     Seed,
+    /// The parent of a version that failed to evaluate too often, published back.
+    AutoRollback {
+        /// The revision rolled back (it becomes `failed`).
+        failed: i64,
+        /// The revision whose source is published again.
+        from: i64,
+        /// The figures it was decided on.
+        verdict: Verdict,
+    },
     /// `POST /v1/policy/shadow`: a candidate to run beside the active version, never
     /// enforced; `from` when it is an earlier revision's source.
     Shadow {
@@ -147,13 +159,17 @@ impl Cause {
             Self::Reload => "reload",
             Self::Seed => "seed",
             Self::Shadow { .. } => "shadow",
+            Self::AutoRollback { .. } => "auto_rollback",
         }
     }
 
     /// Whether the version must be greater than the active one: a rollback publishes an
     /// older document again on purpose, and a shadow is not enforced.
     fn must_be_newer(&self) -> bool {
-        !matches!(self, Self::Rollback { .. } | Self::Shadow { .. })
+        !matches!(
+            self,
+            Self::Rollback { .. } | Self::Shadow { .. } | Self::AutoRollback { .. }
+        )
     }
 
     fn is_shadow(&self) -> bool {
@@ -217,7 +233,17 @@ pub struct Policies {
     shadows: ArcSwap<BTreeMap<String, Arc<Shadow>>>,
     /// Where decisions offer their actions to the shadows.
     shadow_queue: ShadowQueue,
+    /// When a new version is rolled back for its evaluation errors.
+    auto_rollback: Mutex<AutoRollback>,
+    /// Newly activated versions under watch, by the tenant whose version they are.
+    watches: ArcSwap<BTreeMap<String, Arc<Watch>>>,
+    /// Automatic rollbacks this replica made, by tenant.
+    rollbacks: Mutex<BTreeMap<String, u64>>,
 }
+
+/// The author recorded on versions published by automatic rollback; they are not watched
+/// themselves, so a rollback never cascades.
+pub const AUTO_ROLLBACK_AUTHOR: &str = "auto_rollback";
 
 /// How many times a submission is decided again after losing a race to another publish.
 const SUBMIT_ATTEMPTS: usize = 8;
@@ -238,6 +264,9 @@ impl Policies {
             shadow_queue: ShadowQueue::start().map_err(|e| LoadError {
                 problems: vec![format!("cannot start the shadow evaluator: {e}")],
             })?,
+            auto_rollback: Mutex::new(AutoRollback::default()),
+            watches: ArcSwap::from_pointee(BTreeMap::new()),
+            rollbacks: Mutex::new(BTreeMap::new()),
         };
         let stored = policies.heads().await?;
         let mut problems = Vec::new();
@@ -330,6 +359,12 @@ impl Policies {
                 .first()
                 .map_or(0, |v| v.revision);
             let active = self.store.policy(&submission.tenant, None).await?;
+            if let Cause::AutoRollback { failed, .. } = &submission.cause
+                && let Some(active) = active.as_ref().filter(|a| a.info.revision != *failed)
+            {
+                // Another replica (or a person) replaced it first.
+                return Ok(Submitted::Unchanged(active.info.clone()));
+            }
             if let Some(active) = active.as_ref().filter(|_| !submission.cause.is_shadow()) {
                 if active.info.hash == hash {
                     return Ok(Submitted::Unchanged(active.info.clone()));
@@ -376,7 +411,11 @@ impl Policies {
                     info: info.clone(),
                     source: submission.source.clone(),
                 },
-                previous_becomes: policy_status::SUPERSEDED,
+                previous_becomes: if matches!(submission.cause, Cause::AutoRollback { .. }) {
+                    policy_status::FAILED
+                } else {
+                    policy_status::SUPERSEDED
+                },
                 event,
             };
             match self.store.publish_policy(publish).await? {
@@ -386,8 +425,7 @@ impl Policies {
                     return Ok(Submitted::Published(info));
                 }
                 Published::Written => {
-                    self.activate(&info.tenant, policy, info.revision, hash)
-                        .await;
+                    self.activate(&info, policy).await;
                     return Ok(Submitted::Published(info));
                 }
                 Published::Conflict { .. } => compiled = Some(policy),
@@ -396,25 +434,28 @@ impl Policies {
         Err(SubmitError::Contended)
     }
 
-    /// Swaps `policy` in for `tenant` unless a newer revision is in force already.
-    async fn activate(&self, tenant: &str, policy: Policy, revision: i64, hash: String) {
+    /// Swaps the version `info` in for its tenant unless a newer revision is in force
+    /// already.
+    async fn activate(&self, info: &PolicyVersionInfo, policy: Policy) {
         let _turn = self.turn.lock().await;
-        self.swap(tenant, policy, revision, hash);
+        self.swap(info, policy);
     }
 
-    /// Swaps in, holding the turn.
-    fn swap(&self, tenant: &str, policy: Policy, revision: i64, hash: String) {
+    /// Swaps in, holding the turn, and opens the watch of a version that replaced another.
+    fn swap(&self, info: &PolicyVersionInfo, policy: Policy) {
+        let tenant = info.tenant.as_str();
         let old = self.current.load_full();
-        if old.own(tenant).is_some_and(|p| p.revision >= revision) {
+        if old.own(tenant).is_some_and(|p| p.revision >= info.revision) {
             return;
         }
         let mut set = PolicySet::clone(&old);
         set.by_tenant.insert(
             tenant.to_owned(),
             Arc::new(LoadedPolicy {
+                tenant: tenant.to_owned(),
                 policy,
-                revision,
-                hash,
+                revision: info.revision,
+                hash: info.hash.clone(),
             }),
         );
         self.current.store(Arc::new(set));
@@ -422,6 +463,96 @@ impl Policies {
             failures.remove(tenant);
         }
         retire(old);
+        let settings = self.auto_rollback.lock().map(|s| *s).unwrap_or_default();
+        let mut watches = BTreeMap::clone(&self.watches.load());
+        match info.parent {
+            Some(parent)
+                if settings.max_error_rate.is_some() && info.author != AUTO_ROLLBACK_AUTHOR =>
+            {
+                watches.insert(
+                    tenant.to_owned(),
+                    Arc::new(Watch::new(info.revision, parent, settings)),
+                );
+            }
+            _ => {
+                watches.remove(tenant);
+            }
+        }
+        self.watches.store(Arc::new(watches));
+    }
+
+    /// Sets when a new version is rolled back for its evaluation errors (from the next
+    /// activation on).
+    pub fn set_auto_rollback(&self, settings: AutoRollback) {
+        if let Ok(mut current) = self.auto_rollback.lock() {
+            *current = settings;
+        }
+    }
+
+    /// Automatic rollbacks this replica made, by tenant.
+    pub fn rollbacks(&self) -> BTreeMap<String, u64> {
+        self.rollbacks.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Counts a decision of `loaded` for its watch, if one is open; the decision that
+    /// closes the watch over the threshold starts the rollback (in the background).
+    pub fn observe(self: &Arc<Self>, loaded: &LoadedPolicy, failed: bool) {
+        let watches = self.watches.load();
+        let Some(watch) = watches.get(&loaded.tenant) else {
+            return;
+        };
+        if watch.revision != loaded.revision {
+            return;
+        }
+        if let Some(verdict) = watch.observe(failed) {
+            let (policies, watch) = (Arc::clone(self), Arc::clone(watch));
+            let tenant = loaded.tenant.clone();
+            tokio::spawn(async move { policies.roll_back(&tenant, &watch, verdict).await });
+        }
+    }
+
+    /// Publishes the watched version's parent back, the watched one becoming `failed`.
+    async fn roll_back(&self, tenant: &str, watch: &Watch, verdict: Verdict) {
+        tracing::warn!(
+            tenant,
+            revision = watch.revision,
+            decisions = verdict.decisions,
+            errors = verdict.errors,
+            "a new policy version fails to evaluate too often; rolling back to its parent"
+        );
+        let parent = match self.store.policy(tenant, Some(watch.parent)).await {
+            Ok(Some(parent)) => parent,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(tenant, error = %e, "cannot read the version to roll back to");
+                return;
+            }
+        };
+        let submission = Submission {
+            tenant: tenant.to_owned(),
+            source: parent.source,
+            author: AUTO_ROLLBACK_AUTHOR.to_owned(),
+            comment: Some(format!(
+                "revision {} failed to evaluate {} of its first {} decisions here",
+                watch.revision, verdict.errors, verdict.decisions
+            )),
+            cause: Cause::AutoRollback {
+                failed: watch.revision,
+                from: watch.parent,
+                verdict,
+            },
+            now_ms: crate::state::now_ms(),
+        };
+        match self.submit(submission).await {
+            Ok(Submitted::Published(info)) => {
+                if let Ok(mut rollbacks) = self.rollbacks.lock() {
+                    *rollbacks.entry(tenant.to_owned()).or_default() += 1;
+                }
+                tracing::warn!(tenant, revision = info.revision, "rolled back");
+            }
+            Ok(Submitted::Unchanged(_)) => {}
+            Err(e) => tracing::error!(tenant, error = %e, "the automatic rollback failed"),
+        }
     }
 
     /// The candidate running in shadow for `tenant` on this replica.
@@ -575,7 +706,7 @@ impl Policies {
             .map_err(|_| format!("the compile of `{tenant}`'s policy failed"))?;
         match compiled {
             Ok(policy) => {
-                self.swap(tenant, policy, stored.info.revision, stored.info.hash);
+                self.swap(&stored.info, policy);
                 tracing::info!(
                     tenant,
                     revision = stored.info.revision,
@@ -794,6 +925,18 @@ fn published_event(info: &PolicyVersionInfo, cause: &Cause) -> NewEvent {
         }
         if let Cause::Rollback { from } | Cause::Shadow { from: Some(from) } = cause {
             fields.insert("from_revision".into(), Value::from(*from));
+        }
+        if let Cause::AutoRollback {
+            failed,
+            from,
+            verdict,
+        } = cause
+        {
+            fields.insert("from_revision".into(), Value::from(*from));
+            fields.insert("failed_revision".into(), Value::from(*failed));
+            fields.insert("decisions".into(), Value::from(verdict.decisions));
+            fields.insert("errors".into(), Value::from(verdict.errors));
+            fields.insert("max_error_rate".into(), Value::from(verdict.max_error_rate));
         }
     }
     NewEvent {

@@ -3476,3 +3476,105 @@ async fn a_shadow_policy_counts_disagreements_without_changing_an_answer() {
         );
     }
 }
+
+/// Issue 11: a new version whose first decisions fail to evaluate too often is rolled back
+/// to its parent by itself: the bad version becomes `failed`, the rollback is a version
+/// with the figures in its event, and `/metrics` counts it.
+#[tokio::test]
+async fn a_version_that_fails_to_evaluate_is_rolled_back_automatically() {
+    for Db { store, _dir } in stores().await {
+        let s = server(store).await;
+        s.state
+            .policies()
+            .set_auto_rollback(warden_server::rollback::AutoRollback {
+                max_error_rate: Some(0.5),
+                decisions: 10,
+                window: Duration::from_secs(600),
+            });
+        let yaml = "application/yaml";
+        let good = POLICY.replace("version: 1.0.0", "version: 1.1.0");
+        let (status, body) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&s.admin), yaml, &good)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        // Reads a payload field most actions lack: an evaluation error, so a deny.
+        let bad = good.replace("version: 1.1.0", "version: 1.2.0").replace(
+            "  - id: support-may-act\n",
+            "  - id: needs-amount\n    actions: [\"ticket.*\"]\n    when: action.payload.amount > 10\n    effect: deny\n  - id: support-may-act\n",
+        );
+        let (status, body) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&s.admin), yaml, &bad)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let bad_revision = body["policy"]["revision"].as_i64().unwrap();
+        for _ in 0..10 {
+            let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+            assert_eq!(d["effect"], "deny", "{d}");
+            assert_eq!(d["reasons"][0]["code"], "evaluation_error", "{d}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, d) = s.decide(json!({"type": "ticket.update"})).await;
+            if d["policy_version"] == "1.1.0" {
+                assert_eq!(d["effect"], "allow");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never rolled back: {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, versions) = s
+            .call(Method::GET, "/v1/policy/versions", Some(&s.admin), "")
+            .await;
+        let statuses: Vec<(i64, &str, &str)> = versions["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["revision"].as_i64().unwrap(),
+                    v["status"].as_str().unwrap(),
+                    v["author"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(statuses[0], (bad_revision + 1, "active", "auto_rollback"));
+        assert_eq!((statuses[1].0, statuses[1].1), (bad_revision, "failed"));
+        let published = s.events(kind::POLICY_PUBLISHED).await;
+        let rollback = &published.last().unwrap().event.detail;
+        assert_eq!(rollback["cause"], "auto_rollback");
+        assert_eq!(
+            (
+                rollback["failed_revision"].as_i64(),
+                rollback["from_revision"].as_i64()
+            ),
+            (Some(bad_revision), Some(bad_revision - 1))
+        );
+        assert_eq!(
+            (rollback["decisions"].as_u64(), rollback["errors"].as_u64()),
+            (Some(10), Some(10))
+        );
+        let (_, metrics) = s.call(Method::GET, "/metrics", Some(&s.operator), "").await;
+        assert!(
+            metrics
+                .as_str()
+                .unwrap()
+                .contains("warden_policy_auto_rollbacks{tenant=\"acme\"} 1"),
+            "{metrics}"
+        );
+        // The rollback is not itself watched: more failures would not cascade, and a
+        // person may publish again.
+        let (status, body) = s
+            .call_typed(
+                Method::POST,
+                "/v1/policy",
+                Some(&s.admin),
+                yaml,
+                &good.replace("1.1.0", "1.3.0"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}

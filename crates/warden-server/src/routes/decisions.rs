@@ -259,6 +259,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             );
             let t0 = Instant::now();
             let decision = loaded.policy.evaluate(&action, &env);
+            state.policies().observe(loaded, decision.failure.is_some());
             // Off the critical path: at most a copy of the action and an enqueue.
             state
                 .policies()

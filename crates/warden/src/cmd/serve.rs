@@ -75,12 +75,30 @@ pub struct Args {
     /// HMAC-SHA256 under `WARDEN_WEBHOOK_SECRET`; repeat for more tenants.
     #[arg(long = "approval-webhook", value_name = "TENANT=URL", value_parser = parse_webhook)]
     approval_webhooks: Vec<(String, String)>,
+    /// Publish a new policy version's parent back when more than this fraction of the
+    /// new version's first decisions on a replica fail to evaluate; 0 turns it off.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_rate)]
+    auto_rollback_error_rate: f64,
+    /// How many of a new version's first decisions `--auto-rollback-error-rate` judges…
+    #[arg(long, default_value_t = 100)]
+    auto_rollback_decisions: u64,
+    /// …or how long after it goes live, whichever ends first.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    auto_rollback_window: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
 }
 
 /// `TENANT=URL`, with an http:// or https:// URL.
+/// A fraction from 0 to 1.
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("`{raw}` is not a fraction from 0 to 1")),
+    }
+}
+
 fn parse_webhook(raw: &str) -> Result<(String, String), String> {
     let (tenant, url) = raw
         .split_once('=')
@@ -117,6 +135,12 @@ async fn serve(args: Args) -> Result<Outcome> {
                 args.policies.display()
             )
         })?;
+    policies.set_auto_rollback(warden_server::rollback::AutoRollback {
+        max_error_rate: (args.auto_rollback_error_rate > 0.0)
+            .then_some(args.auto_rollback_error_rate),
+        decisions: args.auto_rollback_decisions.max(1),
+        window: args.auto_rollback_window,
+    });
     let loaded: Vec<String> = policies
         .current()
         .versions()

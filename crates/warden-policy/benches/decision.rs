@@ -2,6 +2,9 @@
 //! on other actions, against cedar-policy on the equivalent policy set and against the `cel`
 //! crate's interpreter on a single condition.
 //!
+//! Then replaying a candidate policy over a stored decision snapshot (issue 11), per replay and
+//! as a batch's throughput, with and without reading the snapshot's bytes first.
+//!
 //! Each decision is timed on its own (two `Instant::now()` calls around it), so the median
 //! and p99 are of single decisions, including the timer's own overhead, which is printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,7 +12,7 @@
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use warden_policy::{Action, Env, Policy, Timestamp, Verdict};
+use warden_policy::{Action, Env, Policy, Replayed, Snapshot, Timestamp, Verdict};
 
 const NEXUS: &str = include_str!("../../../examples/nexus/nexus.yaml");
 const SIZES: [usize; 5] = [0, 10, 100, 1_000, 10_000];
@@ -111,6 +114,19 @@ fn measure(mut f: impl FnMut()) -> Stats {
         median: samples[n / 2],
         p99: samples[n * 99 / 100],
     }
+}
+
+/// Calls per second of `f`, on one core, timed as one batch (no per-call timer).
+fn per_second(mut f: impl FnMut()) -> f64 {
+    const BATCH: u32 = 1_000_000;
+    for _ in 0..10_000 {
+        f();
+    }
+    let t = Instant::now();
+    for _ in 0..BATCH {
+        f();
+    }
+    f64::from(BATCH) / t.elapsed().as_secs_f64()
 }
 
 fn ns(d: Duration) -> String {
@@ -236,5 +252,60 @@ fn main() {
         "cel crate interpreter, one condition incl. handing it the action: median {}, p99 {}",
         ns(interpreted.median),
         ns(interpreted.p99)
+    );
+
+    // Replaying a candidate over recorded traffic: Nexus records the snapshot, and the
+    // candidate is Nexus with a stricter confidence bar, which flips this allow to a deny.
+    let snapshot = base.snapshot(&action);
+    let bytes = snapshot.to_json_bytes();
+    assert_eq!(
+        base.replay(&snapshot, &env),
+        Replayed::Decided(Verdict::Allow)
+    );
+    println!();
+    println!(
+        "snapshot of the action ({} bytes): {}",
+        bytes.len(),
+        String::from_utf8_lossy(&bytes)
+    );
+    for n in [0, 10_000] {
+        let stricter =
+            warden_policy(n).replace("action.confidence < 0.85", "action.confidence < 0.95");
+        let candidate = Policy::parse(&stricter).unwrap();
+        assert_eq!(
+            candidate.replay(&snapshot, &env),
+            Replayed::Decided(Verdict::Deny)
+        );
+        let replay = measure(|| {
+            black_box(candidate.replay(black_box(&snapshot), black_box(&env)));
+        });
+        let replays = per_second(|| {
+            black_box(candidate.replay(black_box(&snapshot), black_box(&env)));
+        });
+        let read = |b: &[u8]| Snapshot::from_json_bytes(b).unwrap();
+        let decoded = measure(|| {
+            black_box(candidate.replay(&read(black_box(&bytes)), black_box(&env)));
+        });
+        let decodes = per_second(|| {
+            black_box(candidate.replay(&read(black_box(&bytes)), black_box(&env)));
+        });
+        println!(
+            "replay, candidate N = {n:>5}: median {}, p99 {}, {:>9.0}/s on one core; \
+             with from_json_bytes: median {}, p99 {}, {:>9.0}/s",
+            ns(replay.median),
+            ns(replay.p99),
+            replays,
+            ns(decoded.median),
+            ns(decoded.p99),
+            decodes
+        );
+    }
+    let recording = measure(|| {
+        black_box(base.snapshot(black_box(&action)).to_json_bytes());
+    });
+    println!(
+        "recording (snapshot + to_json_bytes, per decision): median {}, p99 {}",
+        ns(recording.median),
+        ns(recording.p99)
     );
 }

@@ -6,6 +6,7 @@
 use serde_json::Value;
 use std::fmt;
 
+use crate::expr::schema::ActionField;
 use crate::json::JsonError;
 pub use crate::json::MAX_DEPTH;
 
@@ -86,6 +87,17 @@ pub struct ActionType(String);
 impl ActionType {
     /// Accepts one or more segments of `[A-Za-z0-9_-]` joined by dots, at most 200 bytes.
     pub fn new(name: &str) -> Result<Self, String> {
+        Self::check(name)?;
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The same check as [`ActionType::new`], keeping the string it is given.
+    fn from_string(name: String) -> Result<Self, String> {
+        Self::check(&name)?;
+        Ok(Self(name))
+    }
+
+    fn check(name: &str) -> Result<(), String> {
         if name.is_empty() {
             return Err("must not be empty".into());
         }
@@ -102,7 +114,7 @@ impl ActionType {
                 "`{name}` is not a dotted name (letters, digits, `_` and `-`, separated by dots)"
             ));
         }
-        Ok(Self(name.to_owned()))
+        Ok(())
     }
 
     /// The name.
@@ -216,81 +228,12 @@ impl Action {
         }
         let mut take = |name: &str| fields.remove(name).filter(|v| !v.is_null());
         let kind = match take("type") {
-            Some(Value::String(name)) => {
-                ActionType::new(&name).map_err(|message| ActionError::Invalid {
-                    field: "type",
-                    message,
-                })?
-            }
-            Some(other) => return Err(wrong_type("type", "a string", &other)),
+            Some(v) => action_type(v)?,
             None => return Err(ActionError::Json("missing field `type`".into())),
         };
-        let confidence = match take("confidence") {
-            None => None,
-            Some(Value::Number(n)) => {
-                let c = n.as_f64().unwrap_or(f64::NAN);
-                Some(Confidence::new(c).ok_or_else(|| ActionError::Invalid {
-                    field: "confidence",
-                    message: format!("{n} is outside [0, 1]"),
-                })?)
-            }
-            Some(other) => return Err(wrong_type("confidence", "a number", &other)),
-        };
-        let target = match take("target") {
-            None => None,
-            Some(Value::Object(mut t)) => {
-                if let Some(unknown) = t.keys().find(|k| *k != "type" && *k != "id") {
-                    return Err(ActionError::Json(format!(
-                        "unknown field `{}` in `target`; a target has `type` and `id`",
-                        unknown.escape_debug()
-                    )));
-                }
-                Some(Target {
-                    kind: text(t.remove("type"), "target.type", Text::Identifier)?,
-                    id: text(t.remove("id"), "target.id", Text::Reference)?,
-                })
-            }
-            Some(other) => return Err(wrong_type("target", "an object", &other)),
-        };
-        let usage = match take("usage") {
-            None => None,
-            Some(Value::Object(mut u)) => {
-                if let Some(unknown) = u
-                    .keys()
-                    .find(|k| !["tokens", "cost_usd", "tool_calls"].contains(&k.as_str()))
-                {
-                    return Err(ActionError::Json(format!(
-                        "unknown field `{}` in `usage`; usage has `tokens`, `cost_usd` and \
-                         `tool_calls`",
-                        unknown.escape_debug()
-                    )));
-                }
-                let cost_usd = match u.remove("cost_usd").filter(|v| !v.is_null()) {
-                    None => None,
-                    Some(Value::Number(n)) => match n.as_f64() {
-                        Some(c) if c.is_finite() && c >= 0.0 => Some(c),
-                        _ => {
-                            return Err(ActionError::Invalid {
-                                field: "usage.cost_usd",
-                                message: format!("{n} is not a non-negative amount"),
-                            });
-                        }
-                    },
-                    Some(other) => return Err(wrong_type("usage.cost_usd", "a number", &other)),
-                };
-                Some(Usage {
-                    tokens: count(u.remove("tokens"), "usage.tokens")?,
-                    cost_usd,
-                    tool_calls: count(u.remove("tool_calls"), "usage.tool_calls")?,
-                })
-            }
-            Some(other) => return Err(wrong_type("usage", "an object", &other)),
-        };
-        let object = |value: Option<Value>, field: &'static str| match value {
-            None => Ok(Value::Null),
-            Some(v @ Value::Object(_)) => Ok(v),
-            Some(other) => Err(wrong_type(field, "an object", &other)),
-        };
+        let confidence = confidence(take("confidence"))?;
+        let target = target(take("target"))?;
+        let usage = usage(take("usage"))?;
         Ok(Self {
             id: text(take("id"), "id", Text::Reference)?,
             kind,
@@ -306,6 +249,163 @@ impl Action {
             context: object(take("context"), "context")?,
             usage,
         })
+    }
+
+    /// An action of the type given as JSON, checked as [`Action::from_value`] checks it.
+    pub(crate) fn of_type(value: Value) -> Result<Self, ActionError> {
+        Ok(Self::new(action_type(value)?))
+    }
+
+    /// Sets one field (a record's field creates the record), checked as
+    /// [`Action::from_value`] checks it; `null` clears it. For the snapshot reader, which
+    /// holds an action's fields one by one.
+    pub(crate) fn set(&mut self, field: ActionField, value: Value) -> Result<(), ActionError> {
+        use ActionField as F;
+        let value = Some(value).filter(|v| !v.is_null());
+        match field {
+            F::Type => match value {
+                Some(v) => self.kind = action_type(v)?,
+                None => return Err(ActionError::Json("missing field `type`".into())),
+            },
+            F::Id => self.id = text(value, "id", Text::Reference)?,
+            F::Target => self.target = target(value)?,
+            F::TargetType => {
+                let kind = text(value, "target.type", Text::Identifier)?;
+                self.target.get_or_insert_with(Target::default).kind = kind;
+            }
+            F::TargetId => {
+                let id = text(value, "target.id", Text::Reference)?;
+                self.target.get_or_insert_with(Target::default).id = id;
+            }
+            F::Confidence => self.confidence = confidence(value)?,
+            F::Mode => self.mode = text(value, "mode", Text::Mode)?,
+            F::Agent => self.agent = text(value, "agent", Text::Identifier)?,
+            F::OnBehalfOf => {
+                self.on_behalf_of = text(value, "on_behalf_of", Text::Identifier)?;
+            }
+            F::App => self.app = text(value, "app", Text::Identifier)?,
+            F::Workflow => self.workflow = text(value, "workflow", Text::Identifier)?,
+            F::RunId => self.run_id = text(value, "run_id", Text::Identifier)?,
+            F::Payload | F::Context => {
+                // The action's own object counts as one level.
+                if value.as_ref().is_some_and(|v| value_depth(v) >= MAX_DEPTH) {
+                    return Err(ActionError::TooDeep);
+                }
+                let (slot, name) = match field {
+                    F::Payload => (&mut self.payload, "payload"),
+                    _ => (&mut self.context, "context"),
+                };
+                *slot = object(value, name)?;
+            }
+            F::Usage => self.usage = usage(value)?,
+            F::UsageTokens => {
+                let tokens = count(value, "usage.tokens")?;
+                self.usage.get_or_insert_with(Usage::default).tokens = tokens;
+            }
+            F::UsageCostUsd => {
+                let cost_usd = cost(value)?;
+                self.usage.get_or_insert_with(Usage::default).cost_usd = cost_usd;
+            }
+            F::UsageToolCalls => {
+                let tool_calls = count(value, "usage.tool_calls")?;
+                self.usage.get_or_insert_with(Usage::default).tool_calls = tool_calls;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn action_type(value: Value) -> Result<ActionType, ActionError> {
+    match value {
+        Value::String(name) => {
+            ActionType::from_string(name).map_err(|message| ActionError::Invalid {
+                field: "type",
+                message,
+            })
+        }
+        other => Err(wrong_type("type", "a string", &other)),
+    }
+}
+
+fn confidence(value: Option<Value>) -> Result<Option<Confidence>, ActionError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            let c = n.as_f64().unwrap_or(f64::NAN);
+            Ok(Some(Confidence::new(c).ok_or_else(|| {
+                ActionError::Invalid {
+                    field: "confidence",
+                    message: format!("{n} is outside [0, 1]"),
+                }
+            })?))
+        }
+        Some(other) => Err(wrong_type("confidence", "a number", &other)),
+    }
+}
+
+fn target(value: Option<Value>) -> Result<Option<Target>, ActionError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Object(mut t)) => {
+            if let Some(unknown) = t.keys().find(|k| *k != "type" && *k != "id") {
+                return Err(ActionError::Json(format!(
+                    "unknown field `{}` in `target`; a target has `type` and `id`",
+                    unknown.escape_debug()
+                )));
+            }
+            Ok(Some(Target {
+                kind: text(t.remove("type"), "target.type", Text::Identifier)?,
+                id: text(t.remove("id"), "target.id", Text::Reference)?,
+            }))
+        }
+        Some(other) => Err(wrong_type("target", "an object", &other)),
+    }
+}
+
+fn usage(value: Option<Value>) -> Result<Option<Usage>, ActionError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Object(mut u)) => {
+            if let Some(unknown) = u
+                .keys()
+                .find(|k| !["tokens", "cost_usd", "tool_calls"].contains(&k.as_str()))
+            {
+                return Err(ActionError::Json(format!(
+                    "unknown field `{}` in `usage`; usage has `tokens`, `cost_usd` and \
+                     `tool_calls`",
+                    unknown.escape_debug()
+                )));
+            }
+            let cost_usd = cost(u.remove("cost_usd"))?;
+            Ok(Some(Usage {
+                tokens: count(u.remove("tokens"), "usage.tokens")?,
+                cost_usd,
+                tool_calls: count(u.remove("tool_calls"), "usage.tool_calls")?,
+            }))
+        }
+        Some(other) => Err(wrong_type("usage", "an object", &other)),
+    }
+}
+
+fn cost(value: Option<Value>) -> Result<Option<f64>, ActionError> {
+    match value.filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(c) if c.is_finite() && c >= 0.0 => Ok(Some(c)),
+            _ => Err(ActionError::Invalid {
+                field: "usage.cost_usd",
+                message: format!("{n} is not a non-negative amount"),
+            }),
+        },
+        Some(other) => Err(wrong_type("usage.cost_usd", "a number", &other)),
+    }
+}
+
+fn object(value: Option<Value>, field: &'static str) -> Result<Value, ActionError> {
+    match value {
+        None => Ok(Value::Null),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(other) => Err(wrong_type(field, "an object", &other)),
     }
 }
 
@@ -433,7 +533,8 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-fn value_depth(value: &Value) -> usize {
+/// How deeply a JSON value nests (a scalar is 0, `{}` is 1).
+pub(crate) fn value_depth(value: &Value) -> usize {
     match value {
         Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
         Value::Object(map) => 1 + map.values().map(value_depth).max().unwrap_or(0),

@@ -81,22 +81,35 @@ impl AuditSpec {
         self.redacted & (1 << field as u32) != 0
     }
 
-    /// The kept fields of `action`, and the masks for everything else recorded about it.
-    pub fn view(&self, action: &Action) -> AuditView {
-        let redacted = self.redacted;
-        if self.keep.is_empty() && self.redact.is_empty() {
-            return AuditView::default();
-        }
+    /// Whether the whole value at `path` would hold something redacted: a redaction covers
+    /// the path, or lies inside it.
+    pub(crate) fn blocks(&self, path: &FieldPath) -> bool {
+        self.redacted & (1 << path.field as u32) != 0
+            || self.redact.iter().any(|r| r.covers(path) || path.covers(r))
+    }
+
+    /// The redacted values of `action` that free text must not show (strings and numbers
+    /// of at least `MIN_MASKED_TEXT` characters), longest first, so a value that contains
+    /// another is masked whole.
+    pub(crate) fn masked_values(&self, action: &Action) -> Vec<String> {
         let mut masks = Vec::new();
         for path in &self.redact {
             if let Some(value) = lookup(action, path) {
                 collect_leaves(&value, &mut masks);
             }
         }
-        // Longest first, so a value that contains another is masked whole.
         masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
         masks.dedup();
+        masks
+    }
 
+    /// The kept fields of `action`, and the masks for everything else recorded about it.
+    pub fn view(&self, action: &Action) -> AuditView {
+        let redacted = self.redacted;
+        if self.keep.is_empty() && self.redact.is_empty() {
+            return AuditView::default();
+        }
+        let masks = self.masked_values(action);
         let mut kept = Map::new();
         for (path, key) in self.keep.iter().zip(&self.keep_text) {
             let Some(value) = lookup(action, path) else {

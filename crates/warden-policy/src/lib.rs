@@ -44,6 +44,6 @@ pub use document::{PolicyError, PolicyErrors};
 pub use expr::schema::ActionField;
 pub use policy::{
     ApprovalRequirement, AuditSpec, Charge, Counter, DiffError, DiffSide, Effect, Expiry,
-    FieldChange, LimitKind, PermitSettings, Policy, PolicyDiff, Rule, RuleChange, RuleEntry,
-    RuleId, Tier, Version,
+    FieldChange, LimitKind, PermitSettings, Policy, PolicyDiff, Replayed, Rule, RuleChange,
+    RuleEntry, RuleId, Snapshot, SnapshotError, Tier, Version,
 };

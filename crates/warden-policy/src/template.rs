@@ -1,5 +1,6 @@
 //! Reason templates: text with `{{ expression }}` holes over the same variables as `when`.
 
+use crate::expr::schema::FieldPath;
 use crate::expr::{Expr, ExprError, Vars};
 
 /// A compiled reason template.
@@ -44,6 +45,15 @@ impl Template {
             parts.push(Part::Text(rest.to_owned()));
         }
         Ok(Self { parts })
+    }
+
+    /// Adds every action path the template's holes read to `out`.
+    pub(crate) fn reads(&self, out: &mut Vec<FieldPath>) {
+        for part in &self.parts {
+            if let Part::Hole { expr, .. } = part {
+                expr.reads(out);
+            }
+        }
     }
 
     /// Renders the template. A hole that cannot be evaluated for this action shows its own

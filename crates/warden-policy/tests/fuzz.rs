@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use warden_policy::{Action, Env, Policy, ReasonCode, Timestamp, Verdict};
+use std::sync::LazyLock;
+use warden_policy::{Action, Env, Policy, ReasonCode, Replayed, Snapshot, Timestamp, Verdict};
 
 const NEXUS: &str = include_str!("../../../examples/nexus/nexus.yaml");
 
@@ -204,6 +205,27 @@ proptest! {
                     prop_assert_eq!(d.reasons[0].code, ReasonCode::DefaultEffect);
                 }
             }
+        }
+    }
+
+    /// A policy replayed over the snapshots it takes gives the verdicts it evaluates to:
+    /// whatever a condition reads is held, however it reads it (nothing here is redacted).
+    #[test]
+    fn replaying_a_policy_over_its_own_snapshots_agrees_with_evaluating(when in cel(), a in action()) {
+        let one_rule = format!(
+            "version: 1.0.0\ndefault: allow\nagents: {{\"support-*\": {{tier: draft}}}}\nrules:\n  - id: r\n    actions: [\"*\"]\n    effect: deny\n    when: {}\n",
+            serde_json::to_string(&when).unwrap(),
+        );
+        static NEXUS_UNREDACTED: LazyLock<Policy> = LazyLock::new(|| {
+            Policy::parse(&NEXUS.replace("redact: [context.user.email]", "redact: []")).unwrap()
+        });
+        let a = Action::from_value(a).unwrap();
+        let one_rule = Policy::parse(&one_rule).ok();
+        for policy in [one_rule.as_ref(), Some(&*NEXUS_UNREDACTED)].into_iter().flatten() {
+            let bytes = policy.snapshot(&a).to_json_bytes();
+            let stored = Snapshot::from_json_bytes(&bytes).unwrap();
+            let evaluated = policy.evaluate(&a, &env()).verdict;
+            prop_assert_eq!(policy.replay(&stored, &env()), Replayed::Decided(evaluated));
         }
     }
 

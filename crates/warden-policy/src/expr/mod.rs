@@ -134,6 +134,11 @@ impl Expr {
         }
     }
 
+    /// Adds every action path the expression reads to `out` (see `Node::reads`).
+    pub(crate) fn reads(&self, out: &mut Vec<schema::FieldPath>) {
+        self.node.reads(out);
+    }
+
     /// Evaluates and appends the value as text, for reason templates.
     pub(crate) fn render(&self, vars: &Vars<'_>, out: &mut String) -> Result<(), EvalError> {
         let mut cx = eval::Cx::default();

@@ -5,7 +5,7 @@
 //! zones are built once, and the `map`/`filter` step `accu + [x]` becomes an in-place
 //! append, so evaluation does no name lookups and no avoidable copies.
 
-use super::schema::ActionField;
+use super::schema::{ActionField, FieldPath, Shape};
 use super::time::TimePart;
 use super::value::CelType;
 use jiff::tz::TimeZone;
@@ -149,4 +149,75 @@ pub(super) struct Comprehension {
     pub cond: Node,
     pub step: Node,
     pub result: Node,
+}
+
+impl Root {
+    /// The action path this root (with `steps` into a JSON field) reads, if it reads the
+    /// action at all: `agent` and its fields come from `action.agent`, `tenant` and `now`
+    /// from the environment.
+    fn reads(self, steps: &[Box<str>], out: &mut Vec<FieldPath>) {
+        let field = match self {
+            Root::Field(f) => f,
+            Root::Context => ActionField::Context,
+            Root::Agent | Root::AgentId | Root::AgentTier => ActionField::Agent,
+            Root::Tenant | Root::Now => return,
+            // Never a value (the compiler refuses bare `action`); were it one, it would be
+            // all of the action.
+            Root::Action => {
+                out.extend(ActionField::children(None).map(|field| FieldPath {
+                    field,
+                    steps: Vec::new(),
+                }));
+                return;
+            }
+        };
+        // Steps only ever continue a JSON field; anywhere else the whole field is read.
+        let steps = if field.shape() == Shape::Json {
+            steps.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        out.push(FieldPath { field, steps });
+    }
+}
+
+impl Node {
+    /// Adds every action path the tree reads to `out`, each standing for the whole value
+    /// there: `context.user.role` reads that value, `size(context.user)` or
+    /// `has(context.user.x)` all of `context.user`, since the operand is evaluated whole.
+    /// Every variant is listed, so a new node cannot be forgotten here.
+    pub(super) fn reads(&self, out: &mut Vec<FieldPath>) {
+        match self {
+            Node::Lit(_) | Node::Json(_) | Node::Local(_) => {}
+            Node::Path(root, steps) => root.reads(steps, out),
+            Node::Present(root) => root.reads(&[], out),
+            Node::Select(a, _)
+            | Node::Has(a, _)
+            | Node::Not(a)
+            | Node::Neg(a)
+            | Node::Matches(a, _)
+            | Node::TimePart(_, a, _)
+            | Node::NotStrictlyFalse(a) => a.reads(out),
+            Node::Index(a, b) | Node::And(a, b) | Node::Or(a, b) | Node::Binary(_, a, b) => {
+                a.reads(out);
+                b.reads(out);
+            }
+            Node::Cond(a, b, c) => {
+                a.reads(out);
+                b.reads(out);
+                c.reads(out);
+            }
+            Node::Call(_, args) => args.iter().for_each(|n| n.reads(out)),
+            Node::List(items) | Node::Append(_, items) => items.iter().for_each(|n| n.reads(out)),
+            Node::Map(entries) => entries.iter().for_each(|(k, v)| {
+                k.reads(out);
+                v.reads(out);
+            }),
+            Node::Comprehension(c) => {
+                for n in [&c.range, &c.init, &c.cond, &c.step, &c.result] {
+                    n.reads(out);
+                }
+            }
+        }
+    }
 }

@@ -199,6 +199,15 @@ impl ActionField {
         self.def().path
     }
 
+    /// The canonical spelling of the whole field: `context` for the context (which is also
+    /// a variable of its own), the full path for everything else.
+    pub(crate) fn canonical(self) -> &'static str {
+        match self {
+            F::Context => "context",
+            other => other.path(),
+        }
+    }
+
     /// The record this field belongs to, if it is not directly on the action.
     pub fn parent(self) -> Option<ActionField> {
         self.def().parent
@@ -291,6 +300,57 @@ impl ActionField {
             other => other.get(a).is_some(),
         }
     }
+
+    /// Copies the field (a record with everything in it) from `from` into `to`. A record's
+    /// field creates the record in `to` only when `from` carries a value for it, so `to`
+    /// carries the field exactly when `from` does. The type is always carried: `to` has one.
+    pub(crate) fn copy(self, from: &Action, to: &mut Action) {
+        fn record<R: Default, T: Clone>(
+            to: &mut Option<R>,
+            value: Option<&T>,
+            slot: fn(&mut R) -> &mut Option<T>,
+        ) {
+            if let Some(value) = value {
+                *slot(to.get_or_insert_with(R::default)) = Some(value.clone());
+            }
+        }
+        let target = from.target.as_ref();
+        let usage = from.usage.as_ref();
+        match self {
+            F::Type => to.kind.clone_from(&from.kind),
+            F::Id => to.id.clone_from(&from.id),
+            F::Target => to.target.clone_from(&from.target),
+            F::TargetType => record(&mut to.target, target.and_then(|t| t.kind.as_ref()), |t| {
+                &mut t.kind
+            }),
+            F::TargetId => record(&mut to.target, target.and_then(|t| t.id.as_ref()), |t| {
+                &mut t.id
+            }),
+            F::Confidence => to.confidence = from.confidence,
+            F::Mode => to.mode.clone_from(&from.mode),
+            F::Agent => to.agent.clone_from(&from.agent),
+            F::OnBehalfOf => to.on_behalf_of.clone_from(&from.on_behalf_of),
+            F::App => to.app.clone_from(&from.app),
+            F::Workflow => to.workflow.clone_from(&from.workflow),
+            F::RunId => to.run_id.clone_from(&from.run_id),
+            F::Payload => to.payload.clone_from(&from.payload),
+            F::Context => to.context.clone_from(&from.context),
+            F::Usage => to.usage.clone_from(&from.usage),
+            F::UsageTokens => record(&mut to.usage, usage.and_then(|u| u.tokens.as_ref()), |u| {
+                &mut u.tokens
+            }),
+            F::UsageCostUsd => record(
+                &mut to.usage,
+                usage.and_then(|u| u.cost_usd.as_ref()),
+                |u| &mut u.cost_usd,
+            ),
+            F::UsageToolCalls => record(
+                &mut to.usage,
+                usage.and_then(|u| u.tool_calls.as_ref()),
+                |u| &mut u.tool_calls,
+            ),
+        }
+    }
 }
 
 /// A path into the action as `audit.keep` / `audit.redact` write it, resolved to one
@@ -357,10 +417,7 @@ impl FieldPath {
 
     /// The canonical spelling: `context.…` for the context, `action.…` for everything else.
     pub(crate) fn canonical(&self) -> String {
-        let mut out = String::from(match self.field {
-            F::Context => "context",
-            other => other.path(),
-        });
+        let mut out = String::from(self.field.canonical());
         for step in &self.steps {
             out.push('.');
             out.push_str(step);

@@ -7,6 +7,7 @@ use super::model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, Limits, Per, PermitSettings,
     RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
+use super::snapshot::{Plan, Reads};
 use super::{AuditSpec, Policy};
 use crate::decision::{Obligations, Verdict};
 use crate::document::{Entries, PolicyError, PolicyErrors, RawPolicy, RawRule};
@@ -372,20 +373,28 @@ impl Checker {
         if self.errors.len() > before {
             return None;
         }
+        let scope = raw
+            .scope
+            .as_ref()
+            .map(|s| Scope {
+                app: s.app.clone(),
+                workflow: s.workflow.clone(),
+            })
+            .unwrap_or_default();
+        let reads = Reads::new(
+            &agents,
+            &tiers,
+            &scope,
+            when.as_ref().map(|(_, e)| e),
+            reason.as_ref(),
+        );
         Some(Rule {
             id: id?,
             description: raw.description.clone(),
             actions,
             agents,
             tiers,
-            scope: raw
-                .scope
-                .as_ref()
-                .map(|s| Scope {
-                    app: s.app.clone(),
-                    workflow: s.workflow.clone(),
-                })
-                .unwrap_or_default(),
+            scope,
             when,
             effect: effect?,
             reason,
@@ -396,6 +405,7 @@ impl Checker {
             set,
             protected: raw.protected.unwrap_or(false),
             preset,
+            reads,
         })
     }
 }
@@ -619,6 +629,7 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         return Err(PolicyErrors(vec![PolicyError::nowhere("invalid version")]));
     };
     let index = Index::build(&rules);
+    let snapshots = Plan::new(&rules, &audit);
     Ok(Policy {
         version,
         default,
@@ -631,5 +642,6 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         audit,
         proposals,
         guidance,
+        snapshots,
     })
 }

@@ -6,12 +6,27 @@ use crate::action::{Action, Confidence, Env};
 use crate::decision::{
     ConfidenceChange, Decision, EvaluationFailure, Obligations, Reason, ReasonCode, Verdict,
 };
-use crate::expr::Vars;
+use crate::expr::schema::FieldPath;
+use crate::expr::{EvalError, Vars};
+use std::convert::Infallible;
 
 impl Policy {
     /// Evaluates an action. Never fails: an evaluation error is a deny with reason code
     /// `evaluation_error`, its detail in [`Decision::failure`].
     pub fn evaluate(&self, action: &Action, env: &Env) -> Decision {
+        let (vars, tier) = self.vars(action, env);
+        let candidates = self.index.candidates(action.kind.as_str());
+        let mut matched: Vec<&Rule> = Vec::with_capacity(candidates.len());
+        let admit_all = |_: &[FieldPath]| Ok::<(), Infallible>(());
+        match self.matching(&candidates, &vars, tier, admit_all, |r| matched.push(r)) {
+            Ok(()) => self.combine(&matched, &vars),
+            Err(Stop::Failed(rule, e)) => self.failed(rule, e.to_string(), action),
+            Err(Stop::Refused(never)) => match never {},
+        }
+    }
+
+    /// The variables conditions see, and the agent's tier, from this policy's bindings.
+    pub(super) fn vars<'a>(&self, action: &'a Action, env: &'a Env) -> (Vars<'a>, Option<Tier>) {
         let agent = action.agent.as_deref();
         let tier = agent.and_then(|a| self.agents.tier_of(a));
         let vars = Vars {
@@ -20,39 +35,56 @@ impl Policy {
             tier: tier.map(Tier::as_str),
             env,
         };
-        let candidates = self.index.candidates(action.kind.as_str());
-        let mut matched: Vec<&Rule> = Vec::with_capacity(candidates.len());
-        for &i in candidates.iter() {
+        (vars, tier)
+    }
+
+    /// Goes through `candidates` in policy order: `admit` sees what a rule's filters read,
+    /// then, when the filters pass, what its condition reads; `matched` sees every rule that
+    /// matches. Evaluation admits every rule; a replay refuses one that reads a path its
+    /// snapshot does not hold. The first condition that cannot be evaluated stops it all,
+    /// since the decision then fails closed whatever the other rules say.
+    pub(super) fn matching<'p, E>(
+        &'p self,
+        candidates: &[u32],
+        vars: &Vars<'_>,
+        tier: Option<Tier>,
+        mut admit: impl FnMut(&[FieldPath]) -> Result<(), E>,
+        mut matched: impl FnMut(&'p Rule),
+    ) -> Result<(), Stop<'p, E>> {
+        let agent = vars.agent;
+        for &i in candidates {
             let rule = &self.rules[i as usize];
-            if !rule.applies(agent, tier, action) {
+            admit(rule.reads.filters()).map_err(Stop::Refused)?;
+            if !rule.applies(agent, tier, vars.action) {
                 continue;
             }
             let hit = match &rule.when {
                 None => true,
-                Some((_, expr)) => match expr.eval_bool(&vars) {
-                    Ok(hit) => hit,
-                    Err(e) => return self.failed(rule, e.to_string(), action),
-                },
+                Some((_, expr)) => {
+                    admit(rule.reads.condition()).map_err(Stop::Refused)?;
+                    expr.eval_bool(vars).map_err(|e| Stop::Failed(rule, e))?
+                }
             };
             if hit {
-                matched.push(rule);
+                matched(rule);
             }
         }
-        self.combine(&matched, &vars)
+        Ok(())
     }
 
-    fn combine(&self, matched: &[&Rule], vars: &Vars<'_>) -> Decision {
-        let strongest = matched
-            .iter()
-            .map(|r| r.effect)
-            .filter(|e| *e != Effect::Modify)
-            .max_by_key(|e| e.strength());
-        let verdict = match strongest {
+    /// The verdict when `strongest` is the strongest effect that decides (see [`stronger`]).
+    pub(super) fn verdict(&self, strongest: Option<Effect>) -> Verdict {
+        match strongest {
             Some(Effect::Deny) => Verdict::Deny,
             Some(Effect::RequireApproval) => Verdict::RequireApproval,
             Some(Effect::Allow) => Verdict::Allow,
             Some(Effect::Modify) | None => self.default,
-        };
+        }
+    }
+
+    fn combine(&self, matched: &[&Rule], vars: &Vars<'_>) -> Decision {
+        let strongest = matched.iter().fold(None, |s, r| stronger(s, r.effect));
+        let verdict = self.verdict(strongest);
         let mut ordered: Vec<&Rule> = matched.to_vec();
         // Stable: rules of equal strength keep policy order.
         ordered.sort_by_key(|r| std::cmp::Reverse(r.effect.strength()));
@@ -174,6 +206,24 @@ impl Policy {
                 detail,
             }),
         }
+    }
+}
+
+/// Why going through the candidates stopped early.
+pub(super) enum Stop<'p, E> {
+    /// A rule's condition could not be evaluated.
+    Failed(&'p Rule, EvalError),
+    /// `admit` refused a rule.
+    Refused(E),
+}
+
+/// What decides once one more rule with `effect` matches: the stronger of the two, where
+/// deny > require_approval > allow, and modify never decides.
+pub(super) fn stronger(so_far: Option<Effect>, effect: Effect) -> Option<Effect> {
+    match so_far {
+        _ if effect == Effect::Modify => so_far,
+        Some(s) if s.strength() >= effect.strength() => so_far,
+        _ => Some(effect),
     }
 }
 

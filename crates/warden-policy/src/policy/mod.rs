@@ -8,7 +8,8 @@
 //!
 //! `model.rs` holds the pieces, `compile.rs` validates a document into them, `presets.rs`
 //! writes the tier presets as ordinary rules, `agents.rs` maps agents to tiers, `index.rs`
-//! finds a type's candidate rules and `evaluate.rs` evaluates and combines.
+//! finds a type's candidate rules, `evaluate.rs` evaluates and combines, and `snapshot.rs`
+//! records what a decision read and replays a candidate policy over such records.
 
 mod agents;
 mod charges;
@@ -20,6 +21,7 @@ mod index;
 mod missing;
 mod model;
 mod presets;
+mod snapshot;
 
 #[cfg(test)]
 mod tests;
@@ -32,12 +34,14 @@ pub use model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, LIMIT_NAMES, Limits, Per,
     PermitSettings, RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
+pub use snapshot::{Replayed, Snapshot, SnapshotError};
 
 use crate::decision::Verdict;
 use crate::document::{self, PolicyErrors, RawPolicy};
 use crate::glob::Glob;
 use agents::AgentMap;
 use index::Index;
+use snapshot::Plan;
 
 /// A validated, compiled policy, ready to evaluate.
 #[derive(Debug, Clone)]
@@ -53,6 +57,8 @@ pub struct Policy {
     audit: AuditSpec,
     proposals: bool,
     guidance: Vec<Guidance>,
+    /// What this policy's snapshots hold, worked out once.
+    snapshots: Plan,
 }
 
 impl Policy {

@@ -3,6 +3,7 @@
 //!
 //! Values with an invariant (`RuleId`, `Version`) can only be built through their checks.
 
+use super::snapshot::Reads;
 use crate::decision::{Obligations, Verdict};
 use crate::expr::Expr;
 use crate::glob::Glob;
@@ -274,6 +275,8 @@ pub struct Rule {
     pub(super) set: Obligations,
     pub(super) protected: bool,
     pub(super) preset: Option<Tier>,
+    /// The action paths the rule reads, for snapshots and replays.
+    pub(super) reads: Reads,
 }
 
 impl Rule {

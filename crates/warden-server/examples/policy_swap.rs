@@ -10,9 +10,15 @@
 //! Reports failed requests (must be 0), the median decision, and the swap pause: the
 //! longest decision that overlapped a swap minus the median.
 //!
+//! `shadow`: one replica on an in-memory SQLite store at peak (`CONCURRENCY` deciders
+//! without pause), alternately without and with a shadow policy running, `SECONDS` each,
+//! three times; prints
+//! decisions per second of each phase and the overhead.
+//!
 //! ```text
 //! cargo run --release -p warden-server --example policy_swap -- follow postgres://postgres@127.0.0.1/test 200
 //! cargo run --release -p warden-server --example policy_swap -- swap 10000 20
+//! cargo run --release -p warden-server --example policy_swap -- shadow 5
 //! ```
 
 use std::sync::Arc;
@@ -47,8 +53,12 @@ async fn main() -> anyhow::Result<()> {
             let rounds: usize = args.next().map_or(Ok(20), |n| n.parse())?;
             swap(rules, rounds).await
         }
+        Some("shadow") => {
+            let seconds: u64 = args.next().map_or(Ok(5), |n| n.parse())?;
+            shadow(Duration::from_secs(seconds)).await
+        }
         _ => bail!(
-            "usage: policy_swap follow (sqlite|postgres://…) [ROUNDS] | swap [RULES] [ROUNDS]"
+            "usage: policy_swap follow (sqlite|postgres://…) [ROUNDS] | swap [RULES] [ROUNDS] | shadow [SECONDS]"
         ),
     }
 }
@@ -261,5 +271,86 @@ async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
         ms(worst.saturating_sub(median)),
         ms(percentile(&publish_sorted, 0.5)),
     );
+    Ok(())
+}
+
+/// Decisions per second through `router` for `length`, from `CONCURRENCY` tasks.
+async fn throughput(router: &axum::Router, token: &str, length: Duration) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (router, token, stop) = (router.clone(), token.to_owned(), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::post("/v1/decisions")
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        r#"{"type": "ticket.update", "confidence": 0.9, "payload": {"note": "a short note"}}"#,
+                    ))
+                    .context("request")?;
+                let response = router.clone().oneshot(request).await?;
+                if !response.status().is_success() {
+                    bail!("a decision failed: {}", response.status());
+                }
+                response.into_body().collect().await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn shadow(length: Duration) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("policies");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("default.yaml"), policy("1.0.0", 100))?;
+    // In memory: the disk's fsync time would hide what the shadow costs in CPU.
+    let store = warden_store::open("sqlite::memory:").await?;
+    store.migrate().await?;
+    let state = replica(Arc::clone(&store), &folder).await?;
+    let spec = KeySpec {
+        tenant: "acme".to_owned(),
+        roles: vec![Role::Controller],
+        ..KeySpec::default()
+    };
+    let (issued, _) = keys::create(store.as_ref(), spec, "bench", 1).await?;
+    let router = app(state.clone());
+    throughput(&router, &issued.token, Duration::from_secs(1)).await?;
+    let mut rows = Vec::new();
+    for round in 1..=3 {
+        let without = throughput(&router, &issued.token, length).await?;
+        let mut candidate = submission(&format!("2.0.{round}"), 100);
+        candidate.tenant = "acme".to_owned();
+        candidate.cause = Cause::Shadow { from: None };
+        state.policies().submit(candidate).await?;
+        let with = throughput(&router, &issued.token, length).await?;
+        let tally = state
+            .policies()
+            .shadow("acme")
+            .map(|s| s.tally())
+            .unwrap_or_default();
+        state
+            .policies()
+            .end_shadow("acme", "bench", warden_server::state::now_ms())
+            .await?;
+        rows.push((without, with, tally.decisions, tally.dropped));
+    }
+    for (without, with, shadowed, dropped) in rows {
+        println!(
+            "peak without shadow {without:.0}/s, with shadow {with:.0}/s: overhead {:.1}% ({shadowed} shadowed, {dropped} dropped)",
+            (1.0 - with / without) * 100.0
+        );
+    }
     Ok(())
 }

@@ -402,15 +402,29 @@ async fn flush_auth_failures(state: AppState) {
 const COUNTER_SWEEP: Duration = Duration::from_secs(60);
 
 /// Deletes expired counters every [`COUNTER_SWEEP`], so invented run ids and past windows
-/// cannot grow the table without bound. Every replica sweeps; the deletes are idempotent.
+/// cannot grow the table without bound, and clears decision snapshots past their retention.
+/// Every replica sweeps; the deletes are idempotent.
 async fn sweep_counters(state: AppState) {
     let mut tick = tokio::time::interval(COUNTER_SWEEP);
     loop {
         tick.tick().await;
-        match state.store().prune_counters(crate::state::now_ms()).await {
+        let now = crate::state::now_ms();
+        match state.store().prune_counters(now).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "expired counters deleted"),
             Err(e) => tracing::warn!(error = %e, "counter sweep failed; will retry"),
+        }
+        // Decision snapshots are kept for the retention window only.
+        let retention =
+            i64::try_from(state.limits().snapshot_retention.as_millis()).unwrap_or(i64::MAX);
+        match state
+            .store()
+            .clear_snapshots(now.saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(cleared = n, "expired decision snapshots cleared"),
+            Err(e) => tracing::warn!(error = %e, "snapshot sweep failed; will retry"),
         }
     }
 }

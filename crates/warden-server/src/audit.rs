@@ -118,6 +118,16 @@ impl AuditKey {
 }
 
 impl AuditKey {
+    /// The key decision snapshots are sealed with, derived from this one so the data dir
+    /// holds a single secret.
+    pub fn snapshot_key(&self) -> crate::snapshots::SnapshotKey {
+        let mut mac = (*self.0).clone();
+        mac.update(b"warden:snapshot-key:v1");
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&mac.finalize().into_bytes());
+        crate::snapshots::SnapshotKey::from_bytes(key)
+    }
+
     /// The keyed digest of an action as evaluated: every field but the idempotency key, in
     /// canonical JSON (sorted keys at every depth), so key order and whitespace in the
     /// request do not matter but any difference in meaning does. Keyed, like payload

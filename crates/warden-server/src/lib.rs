@@ -26,6 +26,7 @@ pub mod policies;
 pub mod rollback;
 pub mod routes;
 pub mod shadow;
+pub mod snapshots;
 pub mod state;
 pub mod wire;
 

@@ -41,6 +41,8 @@ pub struct Limits {
     /// Long-polls on approvals and questions open at once; past it, 503. Waits count
     /// here, not against `max_in_flight`, and are not cut by `request_timeout`.
     pub max_waiters: usize,
+    /// How long decision snapshots are kept for replay; zero keeps none.
+    pub snapshot_retention: Duration,
     /// How often every tenant's active policy version is compared with the store's, in
     /// case a change signal was lost (changes are normally followed at once).
     pub policy_poll: Duration,
@@ -61,6 +63,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(15),
             max_waiters: 10_000,
             policy_poll: crate::policies::DEFAULT_POLL,
+            snapshot_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -75,6 +78,7 @@ struct Inner {
     policies: Arc<Policies>,
     audit: AuditWriter,
     audit_key: AuditKey,
+    snapshot_key: crate::snapshots::SnapshotKey,
     keys: KeyCache,
     auth_failures: AuthFailures,
     body_budget: BodyBudget,
@@ -99,6 +103,7 @@ impl AppState {
             store,
             policies,
             audit,
+            snapshot_key: audit_key.snapshot_key(),
             audit_key,
             keys: KeyCache::new(limits.key_cache_ttl),
             auth_failures: AuthFailures::new(limits.auth_failure_limit, limits.auth_failure_window),
@@ -146,6 +151,10 @@ impl AppState {
     /// The digest key.
     pub fn audit_key(&self) -> &AuditKey {
         &self.0.audit_key
+    }
+    /// The key decision snapshots are sealed with.
+    pub fn snapshot_key(&self) -> &crate::snapshots::SnapshotKey {
+        &self.0.snapshot_key
     }
     /// Recently verified keys.
     pub fn keys(&self) -> &KeyCache {

@@ -1133,6 +1133,18 @@ impl Store for Breakable {
     ) -> Result<tokio::sync::broadcast::Receiver<warden_store::PolicySignal>, StoreError> {
         self.inner.policy_signals().await
     }
+    async fn snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<warden_store::StoredSnapshot>, StoreError> {
+        self.inner.snapshots(tenant, since_ms, after, limit).await
+    }
+    async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        self.inner.clear_snapshots(older_than_ms).await
+    }
     async fn end_policy_shadow(
         &self,
         tenant: &str,

@@ -49,7 +49,7 @@ pub use migrations::{Migration, migrations};
 pub use model::{
     Append, Appended, BrokenLink, ChainProblem, Charge, CounterFilter, CounterKey, CounterRow,
     CounterValue, Event, EventFilter, KeyRecord, NewDecision, NewEvent, NewKey, PermitConsumed,
-    PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision, VerifyReport, kind,
+    PermitUse, PurgeReport, SYSTEM_TENANT, StoredDecision, StoredSnapshot, VerifyReport, kind,
 };
 pub use policy_version::{
     PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
@@ -251,6 +251,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn policy_signals(
         &self,
     ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError>;
+
+    /// The tenant's kept snapshots of decisions made at or after `since_ms`, oldest first,
+    /// at most `limit`, after the `(created_at_ms, decision_id)` position `after` when given.
+    async fn snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<StoredSnapshot>, StoreError>;
+
+    /// Clears the snapshots of decisions made before `older_than_ms` (the decisions stay)
+    /// and returns how many.
+    async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
     /// Ends the tenant's shadow version (it becomes superseded) with its event, under the
     /// chain lock, and signals every replica. `None`, and nothing written, when the tenant

@@ -54,6 +54,10 @@ const SQLITE: &[Migration] = &[
         name: "0007_policy_versions",
         sql: include_str!("../../../migrations/sqlite/0007_policy_versions.sql"),
     },
+    Migration {
+        name: "0008_decision_snapshots",
+        sql: include_str!("../../../migrations/sqlite/0008_decision_snapshots.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -84,6 +88,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0007_policy_versions",
         sql: include_str!("../../../migrations/postgres/0007_policy_versions.sql"),
+    },
+    Migration {
+        name: "0008_decision_snapshots",
+        sql: include_str!("../../../migrations/postgres/0008_decision_snapshots.sql"),
     },
 ];
 

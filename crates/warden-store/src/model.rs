@@ -137,6 +137,19 @@ pub struct Event {
     pub event: NewEvent,
 }
 
+/// A decision's kept snapshot, as replays read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// The decision.
+    pub decision_id: String,
+    /// When it was made, unix milliseconds.
+    pub created_at_ms: i64,
+    /// The decision body as answered (JSON text): what the replay compares with.
+    pub body: String,
+    /// The sealed snapshot.
+    pub snapshot: String,
+}
+
 /// A decision to store alongside the event that records it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDecision {
@@ -154,6 +167,8 @@ pub struct NewDecision {
     pub body: String,
     /// When it was made, unix milliseconds.
     pub created_at_ms: i64,
+    /// The sealed snapshot of its input, kept for replay (opaque to the store).
+    pub snapshot: Option<String>,
 }
 
 /// A decision read back from the store.

@@ -19,7 +19,7 @@ use crate::approval::{
 use crate::error::StoreError;
 use crate::model::{
     Append, Appended, CounterFilter, CounterRow, Event, EventFilter, KeyRecord, NewEvent, NewKey,
-    PermitConsumed, PermitUse, PurgeReport, StoredDecision, VerifyReport,
+    PermitConsumed, PermitUse, PurgeReport, StoredDecision, StoredSnapshot, VerifyReport,
 };
 use crate::policy_version::{
     PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
@@ -396,6 +396,20 @@ impl Store for Split {
             Some(listener) => Ok(listener.subscribe_policies()),
             None => Ok(self.policy_signals.subscribe()),
         }
+    }
+
+    async fn snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<StoredSnapshot>, StoreError> {
+        self.sql.snapshots(tenant, since_ms, after, limit).await
+    }
+
+    async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        self.sql.clear_snapshots(older_than_ms).await
     }
 
     // On sqlx's writer inside the chain lock, as `update_approval`: no large row.

@@ -22,7 +22,7 @@ use crate::migrations::migrations;
 use crate::model::{
     Append, Appended, CounterFilter, CounterKey, CounterRow, Event, EventFilter, KeyRecord,
     NewDecision, NewEvent, NewKey, PermitConsumed, PermitUse, PurgeReport, SYSTEM_TENANT,
-    StoredDecision, VerifyReport, kind,
+    StoredDecision, StoredSnapshot, VerifyReport, kind,
 };
 use crate::policy_version::{
     self, PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
@@ -220,8 +220,8 @@ where
     ) -> Result<(), StoreError> {
         let sql = multi_row_insert::<DB>(
             "INSERT INTO decisions \
-             (id, tenant, idempotency_key, body, created_at_ms, action_digest) VALUES ",
-            6,
+             (id, tenant, idempotency_key, body, created_at_ms, action_digest, snapshot) VALUES ",
+            7,
             rows.len(),
         );
         let mut query = sqlx::query(&sql);
@@ -232,7 +232,8 @@ where
                 .bind(d.idempotency_key.as_deref())
                 .bind(d.body.as_str())
                 .bind(d.created_at_ms)
-                .bind(d.action_digest.as_deref());
+                .bind(d.action_digest.as_deref())
+                .bind(d.snapshot.as_deref());
         }
         query.execute(&mut *conn).await?;
         Ok(())
@@ -1575,6 +1576,51 @@ where
         &self,
     ) -> Result<tokio::sync::broadcast::Receiver<PolicySignal>, StoreError> {
         Ok(self.policy_signals.subscribe())
+    }
+
+    async fn snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<StoredSnapshot>, StoreError> {
+        let (after_ms, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let rows = sqlx::query(
+            "SELECT id, created_at_ms, body, snapshot FROM decisions \
+             WHERE tenant = $1 AND created_at_ms >= $2 AND snapshot IS NOT NULL \
+             AND (created_at_ms > $3 OR (created_at_ms = $4 AND id > $5)) \
+             ORDER BY created_at_ms, id LIMIT $6",
+        )
+        .bind(tenant)
+        .bind(since_ms)
+        .bind(after_ms)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredSnapshot {
+                    decision_id: row.try_get("id")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    body: row.try_get("body")?,
+                    snapshot: row.try_get("snapshot")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        let cleared = sqlx::query(
+            "UPDATE decisions SET snapshot = NULL \
+             WHERE created_at_ms < $1 AND snapshot IS NOT NULL",
+        )
+        .bind(older_than_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(DB::rows_affected(&cleared))
     }
 
     async fn end_policy_shadow(

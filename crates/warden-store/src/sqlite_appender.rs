@@ -33,8 +33,8 @@ const KEY_HOLDER: &str = "SELECT id, tenant, idempotency_key, body, created_at_m
     action_digest FROM decisions WHERE tenant = ?1 AND idempotency_key = ?2";
 
 const INSERT_DECISION: &str = "INSERT INTO decisions \
-    (id, tenant, idempotency_key, body, created_at_ms, action_digest) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    (id, tenant, idempotency_key, body, created_at_ms, action_digest, snapshot) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// The single-row insert of an event, with `?N` placeholders in column order.
 fn insert_event() -> &'static str {
@@ -285,7 +285,8 @@ fn chain(tx: &rusqlite::Transaction<'_>, batch: Vec<Append>) -> Result<Vec<Appen
                     d.idempotency_key,
                     d.body,
                     d.created_at_ms,
-                    d.action_digest
+                    d.action_digest,
+                    d.snapshot
                 ])
                 // Keys were looked up under the lock: the collision is on a decision id.
                 .map_err(|e| unique_as(e, || StoreError::DuplicateDecision(d.id.clone())))?;

@@ -297,6 +297,123 @@ fn refused_publishes_say_why_and_leave_the_active_version_alone() {
 // Helpers
 // ---------------------------------------------------------------------------------------
 
+/// Issue 11: `warden policy replay` replays a candidate over the decisions the server kept
+/// snapshots of, and says what it would flip; the payload's values are nowhere in the
+/// database in plain text.
+#[test]
+fn a_candidate_is_replayed_over_recent_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let controller = key(dir.path(), "controller", "acme");
+    let secret = "4111-1111-1111-1111";
+    for (kind, amount) in [
+        ("payment.refund", 70),
+        ("payment.refund", 70),
+        ("payment.refund", 20),
+        ("ticket.update", 0),
+    ] {
+        let body = format!(
+            r#"{{"type": "{kind}", "payload": {{"amount": {amount}, "card": "{secret}"}}}}"#
+        );
+        let answer = post(&server, "/v1/decisions", &controller, &body);
+        assert!(answer.contains(r#""effect":"allow""#), "{answer}");
+    }
+    std::fs::write(dir.path().join("candidate.yaml"), V2).unwrap();
+    let replay = [
+        "--json",
+        "replay",
+        "candidate.yaml",
+        "--tenant",
+        "acme",
+        "--db",
+        "warden.db",
+        "--data-dir",
+        ".",
+        "--since",
+        "1h",
+    ];
+    let out = warden(dir.path(), &policy_args(&replay), &[]);
+    let report: Value = serde_json::from_str(assert_success(&out).trim()).unwrap();
+    assert_eq!(report["replayed"], 4, "{report}");
+    assert_eq!(report["same"], 2, "{report}");
+    assert_eq!(report["flips"]["allow→deny"]["count"], 2, "{report}");
+    assert_eq!(report["unreadable"], 0);
+    // A candidate reading a field the snapshots never held cannot be judged: unknown.
+    std::fs::write(
+        dir.path().join("curious.yaml"),
+        V1.replace(
+            "action.payload.amount < 100",
+            "action.payload.card != \"x\"",
+        ),
+    )
+    .unwrap();
+    let curious = [
+        "--json",
+        "replay",
+        "curious.yaml",
+        "--tenant",
+        "acme",
+        "--db",
+        "warden.db",
+        "--data-dir",
+        ".",
+    ];
+    let out = warden(dir.path(), &policy_args(&curious), &[]);
+    let report: Value = serde_json::from_str(assert_success(&out).trim()).unwrap();
+    assert_eq!(report["unknown"]["action.payload.card"], 3, "{report}");
+    // The human form names the flips.
+    let out = warden(dir.path(), &policy_args(&replay[1..]), &[]);
+    let text = assert_success(&out);
+    assert!(text.contains("allow→deny: 2"), "{text}");
+    drop(server);
+    for file in ["warden.db", "warden.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(file)) {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the card number is in {file} in plain text"
+            );
+        }
+    }
+}
+
+/// `warden keys create --role ROLE --tenant TENANT` on the server's database.
+fn key(dir: &Path, role: &str, tenant: &str) -> String {
+    let out = warden(
+        dir,
+        &[
+            "keys",
+            "create",
+            "--role",
+            role,
+            "--tenant",
+            tenant,
+            "--db",
+            "warden.db",
+        ],
+        &[],
+    );
+    assert_success(&out)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A JSON POST over plain HTTP/1.1; the whole response as text.
+fn post(server: &Server, path: &str, token: &str, body: &str) -> String {
+    let addr = server.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// A running `warden serve` in a folder with `policies/acme.yaml`, killed when dropped
 /// however the test ends.
 struct Server {

@@ -250,6 +250,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     let decision_id = crate::ids::ulid(now);
     let policies = state.policies().current();
     let mut charges = Vec::new();
+    let mut snapshot = None;
     let (mut body, decision, view) = match policies.for_tenant(&caller.tenant) {
         Some(loaded) => {
             // The clock always reads within CEL's range (years 1 to 9999).
@@ -260,6 +261,13 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
             let t0 = Instant::now();
             let decision = loaded.policy.evaluate(&action, &env);
             state.policies().observe(loaded, decision.failure.is_some());
+            // What the rules read, redacted and sealed, for replays of candidate policies.
+            if !state.limits().snapshot_retention.is_zero() {
+                let kept = loaded.policy.snapshot(&action).to_json_bytes();
+                snapshot = state
+                    .snapshot_key()
+                    .seal(&caller.tenant, &decision_id, &kept);
+            }
             // Off the critical path: at most a copy of the action and an enqueue.
             state
                 .policies()
@@ -432,6 +440,7 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
                 action_digest: digest.clone(),
                 body: stored,
                 created_at_ms: now,
+                snapshot,
             }),
             // Only a direct allow is charged with its decision.
             charges: if body.effect == "allow" {

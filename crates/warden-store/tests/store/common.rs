@@ -208,6 +208,7 @@ pub fn with_decision(event: NewEvent, key: Option<&str>) -> Append {
         idempotency_key: key.map(str::to_owned),
         action_digest: key.map(|k| format!("digest of {k}")),
         created_at_ms: event.time_ms,
+        snapshot: Some(format!("sealed at {}", event.time_ms)),
     };
     Append {
         event,

@@ -198,3 +198,43 @@ async fn a_version_is_published_only_on_the_history_its_publisher_saw() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn snapshots_are_read_in_order_by_tenant_and_cleared_after_their_window() {
+    each_backend(async |db| {
+        let store = &*db.store;
+        let mut batch = Vec::new();
+        for (n, tenant) in ["acme", "acme", "globex", "acme"].iter().enumerate() {
+            let time = 100 + n as i64;
+            batch.push(with_decision(event(&format!("e{n}"), tenant, time), None));
+        }
+        store.append(batch).await.unwrap();
+        let first = store.snapshots("acme", 0, None, 2).await.unwrap();
+        assert_eq!(
+            first
+                .iter()
+                .map(|s| s.decision_id.as_str())
+                .collect::<Vec<_>>(),
+            ["d-e0", "d-e1"]
+        );
+        assert_eq!(first[0].snapshot, "sealed at 100");
+        let after = Some((first[1].created_at_ms, first[1].decision_id.clone()));
+        let rest = store.snapshots("acme", 0, after, 2).await.unwrap();
+        assert_eq!(
+            rest.iter()
+                .map(|s| s.decision_id.as_str())
+                .collect::<Vec<_>>(),
+            ["d-e3"]
+        );
+        assert_eq!(
+            store.snapshots("acme", 102, None, 10).await.unwrap().len(),
+            1
+        );
+        // Cleared before 102: the decisions stay, their snapshots go.
+        assert_eq!(store.clear_snapshots(102).await.unwrap(), 2);
+        assert_eq!(store.snapshots("acme", 0, None, 10).await.unwrap().len(), 1);
+        assert!(store.decision("acme", "d-e0").await.unwrap().is_some());
+        assert_eq!(store.clear_snapshots(102).await.unwrap(), 0);
+    })
+    .await;
+}

@@ -86,10 +86,20 @@ enum Command {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// What a candidate document would change, replayed over the tenant's recent
+    /// decisions (their kept snapshots, read from the database with the server's key):
+    /// effects that flip, by kind, with examples; decisions it cannot judge, by field.
+    #[command(
+        after_help = "Example:\n  warden policy replay candidate.yaml --since 24h --tenant acme --db ./warden.db --data-dir ."
+    )]
+    Replay(super::replay::ReplayArgs),
 }
 
-/// Runs the subcommand against the server.
+/// Runs the subcommand: against the server, or (`replay`) over the database.
 pub fn run(args: Args, json: bool) -> Result<Outcome> {
+    if let Command::Replay(replay) = args.command {
+        return super::replay::run(replay, args.tenant, json);
+    }
     super::block_on(run_async(args, json))
 }
 
@@ -208,6 +218,8 @@ async fn run_async(args: Args, json: bool) -> Result<Outcome> {
                 },
             )?;
         }
+        // `run` sends it over the database before any server is asked.
+        Command::Replay(_) => anyhow::bail!("a replay reads the database, not the server"),
         Command::Rollback { version, comment } => {
             // Resolved to its revision first, so that exactly the document named here is
             // restored and the message can say which revision it was.

@@ -85,6 +85,10 @@ pub struct Args {
     /// …or how long after it goes live, whichever ends first.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     auto_rollback_window: Duration,
+    /// How long each decision's input snapshot (sealed, redacted) is kept for
+    /// `warden policy replay`; 0 keeps none.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    snapshot_retention: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -187,6 +191,7 @@ async fn serve(args: Args) -> Result<Outcome> {
         header_timeout: args.header_timeout,
         shutdown_grace: args.shutdown_grace,
         max_waiters: args.max_waiters,
+        snapshot_retention: args.snapshot_retention,
         ..Limits::default()
     };
     let secret = std::env::var(WEBHOOK_SECRET_ENV)

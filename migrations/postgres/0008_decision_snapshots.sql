@@ -1,0 +1,9 @@
+-- Warden schema 0008: the input of each decision, kept for replay.
+--
+-- Additive only: never edit this file once applied.
+
+-- The fields of the action the tenant's rules read, with `audit.redact` applied, sealed
+-- with ChaCha20-Poly1305 under the server's snapshot key (`base64(nonce ‖ ciphertext)`,
+-- bound to the tenant and decision id). Written in the same statement as the decision;
+-- cleared once older than the retention window. NULL when none was kept.
+ALTER TABLE decisions ADD COLUMN snapshot TEXT;

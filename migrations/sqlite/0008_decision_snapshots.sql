@@ -7,3 +7,6 @@
 -- bound to the tenant and decision id). Written in the same statement as the decision;
 -- cleared once older than the retention window. NULL when none was kept.
 ALTER TABLE decisions ADD COLUMN snapshot TEXT;
+
+-- Replays page through one tenant's kept snapshots in time order.
+CREATE INDEX decisions_snapshots ON decisions (tenant, created_at_ms, id) WHERE snapshot IS NOT NULL;

@@ -15,14 +15,18 @@
 //! three times; prints
 //! decisions per second of each phase and the overhead.
 //!
+//! `snapshots N DIR`: N decisions through one replica on `DIR/warden.db` (data dir `DIR`),
+//! each kept with its snapshot, for `warden policy replay` to be measured on.
+//!
 //! ```text
 //! cargo run --release -p warden-server --example policy_swap -- follow postgres://postgres@127.0.0.1/test 200
 //! cargo run --release -p warden-server --example policy_swap -- swap 10000 20
 //! cargo run --release -p warden-server --example policy_swap -- shadow 5
+//! cargo run --release -p warden-server --example policy_swap -- snapshots 100000 /tmp/replay
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -52,6 +56,11 @@ async fn main() -> anyhow::Result<()> {
             let rules: usize = args.next().map_or(Ok(10_000), |n| n.parse())?;
             let rounds: usize = args.next().map_or(Ok(20), |n| n.parse())?;
             swap(rules, rounds).await
+        }
+        Some("snapshots") => {
+            let count: u64 = args.next().map_or(Ok(100_000), |n| n.parse())?;
+            let dir = args.next().unwrap_or_else(|| "replay-bench".to_owned());
+            snapshots(count, std::path::Path::new(&dir)).await
         }
         Some("shadow") => {
             let seconds: u64 = args.next().map_or(Ok(5), |n| n.parse())?;
@@ -352,5 +361,63 @@ async fn shadow(length: Duration) -> anyhow::Result<()> {
             (1.0 - with / without) * 100.0
         );
     }
+    Ok(())
+}
+
+async fn snapshots(count: u64, dir: &std::path::Path) -> anyhow::Result<()> {
+    let folder = dir.join("policies");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("default.yaml"), policy("1.0.0", 100))?;
+    let path = dir.join("warden.db").display().to_string();
+    let store = warden_store::open(&path).await?;
+    store.migrate().await?;
+    let policies = Arc::new(Policies::open(Arc::clone(&store), &folder).await?);
+    let metrics = Arc::new(Metrics::default());
+    let (audit, task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
+    std::mem::forget(task);
+    // The key the CLI derives the snapshot key from (WARDEN_AUDIT_KEY or the data dir).
+    let key = AuditKey::load(None, dir)?;
+    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, Limits {
+        max_in_flight: 10_000,
+        ..Limits::default()
+    });
+    let spec = KeySpec {
+        tenant: "default".to_owned(),
+        roles: vec![Role::Controller],
+        ..KeySpec::default()
+    };
+    let (issued, _) = keys::create(store.as_ref(), spec, "bench", 1).await?;
+    let router = app(state);
+    let made = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for _ in 0..CONCURRENCY {
+        let (router, token, made) = (router.clone(), issued.token.clone(), Arc::clone(&made));
+        tasks.push(tokio::spawn(async move {
+            while made.fetch_add(1, Ordering::Relaxed) < count {
+                let request = Request::post("/v1/decisions")
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        r#"{"type": "ticket.update", "confidence": 0.9, "payload": {"note": "a short note"}}"#,
+                    ))
+                    .context("request")?;
+                let response = router.clone().oneshot(request).await?;
+                if !response.status().is_success() {
+                    bail!("a decision failed: {}", response.status());
+                }
+                response.into_body().collect().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    println!(
+        "{count} decisions with snapshots in {} ({:.1} s)",
+        path,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -1587,14 +1587,14 @@ where
     ) -> Result<Vec<StoredSnapshot>, StoreError> {
         let (after_ms, after_id) = after.unwrap_or((i64::MIN, String::new()));
         let rows = sqlx::query(
+            // A row-value comparison, so the keyset is one range of the index.
             "SELECT id, created_at_ms, body, snapshot FROM decisions \
              WHERE tenant = $1 AND created_at_ms >= $2 AND snapshot IS NOT NULL \
-             AND (created_at_ms > $3 OR (created_at_ms = $4 AND id > $5)) \
-             ORDER BY created_at_ms, id LIMIT $6",
+             AND (created_at_ms, id) > ($3, $4) \
+             ORDER BY created_at_ms, id LIMIT $5",
         )
         .bind(tenant)
         .bind(since_ms)
-        .bind(after_ms)
         .bind(after_ms)
         .bind(after_id)
         .bind(i64::from(limit))

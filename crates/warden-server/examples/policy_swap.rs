@@ -377,10 +377,17 @@ async fn snapshots(count: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     std::mem::forget(task);
     // The key the CLI derives the snapshot key from (WARDEN_AUDIT_KEY or the data dir).
     let key = AuditKey::load(None, dir)?;
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, Limits {
-        max_in_flight: 10_000,
-        ..Limits::default()
-    });
+    let state = AppState::new(
+        Arc::clone(&store),
+        policies,
+        audit,
+        key,
+        metrics,
+        Limits {
+            max_in_flight: 10_000,
+            ..Limits::default()
+        },
+    );
     let spec = KeySpec {
         tenant: "default".to_owned(),
         roles: vec![Role::Controller],

@@ -177,9 +177,18 @@ impl ShadowQueue {
     }
 }
 
+/// How long the evaluator sleeps when the queue is empty. It polls rather than blocks so
+/// that offering never has to wake a thread: a wake-up per decision cost more than the
+/// shadow's evaluation itself.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(5);
+
 fn evaluate(queue: &Receiver<Offer>) {
-    while let Ok(offer) = queue.recv() {
-        offer.shadow.record(&offer);
+    loop {
+        match queue.try_recv() {
+            Ok(offer) => offer.shadow.record(&offer),
+            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::sleep(IDLE),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+        }
     }
 }
 

@@ -211,10 +211,14 @@ fn replay_page(
 impl Summary {
     fn record(&mut self, row: &StoredSnapshot, outcome: Found, examples: usize) {
         self.replayed += 1;
-        let live = serde_json::from_str::<Value>(&row.body)
-            .ok()
-            .and_then(|b| b.get("effect").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| "deny".to_owned());
+        // Only the effect of the recorded answer; a body that has none counts as a deny.
+        #[derive(serde::Deserialize)]
+        struct Answered<'a> {
+            #[serde(borrow)]
+            effect: std::borrow::Cow<'a, str>,
+        }
+        let answered = serde_json::from_str::<Answered<'_>>(&row.body).ok();
+        let live = answered.as_ref().map_or("deny", |a| a.effect.as_ref());
         match outcome {
             Found::Unreadable => self.unreadable += 1,
             Found::Unknown(path) => *self.unknown.entry(path).or_default() += 1,

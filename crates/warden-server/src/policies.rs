@@ -152,7 +152,9 @@ pub enum Cause {
 }
 
 impl Cause {
-    fn name(&self) -> &'static str {
+    /// How events name it: `publish`, `rollback`, `reload`, `seed`, `shadow`,
+    /// `auto_rollback`.
+    pub fn name(&self) -> &'static str {
         match self {
             Self::Publish => "publish",
             Self::Rollback { .. } => "rollback",

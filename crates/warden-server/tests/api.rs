@@ -3117,7 +3117,20 @@ async fn policy_versions_are_published_listed_diffed_and_rolled_back() {
             "tenants without their own follow default"
         );
 
-        // Every publish is in the chain, with its cause and hash; refusals wrote nothing.
+        // Refusals are audited as such (who, why), and wrote nothing else.
+        let refusals = s.events(kind::POLICY_REFUSED).await;
+        let codes: Vec<&str> = refusals
+            .iter()
+            .map(|e| e.event.detail["error"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, ["version_not_newer", "policy_invalid"]);
+        assert!(
+            refusals[1].event.detail["detail"]
+                .as_str()
+                .unwrap()
+                .contains("2:10:")
+        );
+        // Every publish is in the chain, with its cause and hash.
         let published = s.events(kind::POLICY_PUBLISHED).await;
         let causes: Vec<(&str, &str)> = published
             .iter()
@@ -3434,6 +3447,16 @@ async fn a_shadow_policy_counts_disagreements_without_changing_an_answer() {
             .await;
         assert_eq!(shown["status"], "shadow");
 
+        // A repeated key is no reference, and no document either.
+        let (status, body) = s
+            .call(
+                Method::POST,
+                "/v1/policy/shadow",
+                Some(&s.admin),
+                r#"{"version": "1", "version": "1.1.0"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         // A stored version can be shadowed by reference (here the shadow's own, as a new
         // revision); it replaces the running shadow, whose tally starts again.
         let (status, body) = s

@@ -46,9 +46,11 @@ pub mod kind {
     pub const POLICY_SHADOW_STARTED: &str = "policy_shadow_started";
     /// Shadow mode ended (`detail` holds the tally of this replica).
     pub const POLICY_SHADOW_ENDED: &str = "policy_shadow_ended";
+    /// A policy change (publish, rollback, shadow) was refused; nothing else was written.
+    pub const POLICY_REFUSED: &str = "policy_refused";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -67,6 +69,7 @@ pub mod kind {
         POLICY_ACTIVATION_FAILED,
         POLICY_SHADOW_STARTED,
         POLICY_SHADOW_ENDED,
+        POLICY_REFUSED,
     ];
 }
 

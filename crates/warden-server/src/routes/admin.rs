@@ -267,6 +267,8 @@ pub enum EventKind {
     PolicyShadowStarted,
     /// Shadow mode ended.
     PolicyShadowEnded,
+    /// A policy change was refused.
+    PolicyRefused,
 }
 
 /// A decision's effect.
@@ -528,6 +530,7 @@ mod tests {
             EventKind::PolicyActivationFailed,
             EventKind::PolicyShadowStarted,
             EventKind::PolicyShadowEnded,
+            EventKind::PolicyRefused,
         ]
         .iter()
         .map(|k| {

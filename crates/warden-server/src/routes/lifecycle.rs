@@ -304,6 +304,11 @@ pub(crate) async fn submit(
     state: &AppState,
     submission: Submission,
 ) -> Result<(StatusCode, Json<PublishedBody>), ApiError> {
+    let (tenant, by, cause) = (
+        submission.tenant.clone(),
+        submission.author.clone(),
+        submission.cause.name(),
+    );
     match state.policies().submit(submission).await {
         Ok(Submitted::Published(info)) => Ok((
             StatusCode::CREATED,
@@ -319,8 +324,38 @@ pub(crate) async fn submit(
                 policy: PolicyVersionBody::of(&info, None),
             }),
         )),
-        Err(e) => Err(submit_error(e)),
+        Err(e) => Err(refused(state, &tenant, &by, cause, e).await),
     }
+}
+
+/// Audits a refused change of policy (`policy_refused`: who, what and why; the change itself
+/// wrote nothing) and answers it.
+pub(crate) async fn refused(
+    state: &AppState,
+    tenant: &str,
+    by: &str,
+    cause: &str,
+    e: SubmitError,
+) -> ApiError {
+    let error = submit_error(e);
+    if !matches!(error.code(), "store_unavailable") {
+        let now = now_ms();
+        let detail: String = error.detail().chars().take(500).collect();
+        let event = warden_store::NewEvent {
+            id: crate::ids::ulid(now),
+            time_ms: now,
+            tenant: tenant.to_owned(),
+            kind: warden_store::kind::POLICY_REFUSED.to_owned(),
+            detail: serde_json::json!({
+                "by": by, "cause": cause, "error": error.code(), "detail": detail,
+            }),
+            ..warden_store::NewEvent::default()
+        };
+        if state.audit().record(event).await.is_err() {
+            tracing::error!("a refused policy change could not be audited");
+        }
+    }
+    error
 }
 
 /// The answer to a refused submission.
@@ -781,10 +816,15 @@ pub async fn start_shadow(
     let DocumentBody(text) = body?;
     // `{"version": V}` alone names a stored version (a document with nothing but a
     // version would be pointless to shadow).
-    let reference = serde_json::from_str::<serde_json::Map<String, Value>>(&text)
+    // Strictly: a repeated key is no reference, and the document's own parser refuses it.
+    let reference = warden_policy::json::parse_strict(text.as_bytes())
         .ok()
-        .filter(|m| m.len() == 1)
-        .and_then(|m| m.get("version").and_then(Value::as_str).map(str::to_owned));
+        .and_then(|v| match v {
+            Value::Object(m) if m.len() == 1 => {
+                m.get("version").and_then(Value::as_str).map(str::to_owned)
+            }
+            _ => None,
+        });
     let (source, from) = match reference {
         Some(reference) => {
             let stored = resolve(&state, &tenant, &reference_param("version", reference)?).await?;
@@ -802,8 +842,11 @@ pub async fn start_shadow(
             cause: Cause::Shadow { from },
             now_ms: now_ms(),
         })
-        .await
-        .map_err(submit_error)?;
+        .await;
+    let submitted = match submitted {
+        Ok(submitted) => submitted,
+        Err(e) => return Err(refused(&state, &tenant, &caller.key_id, "shadow", e).await),
+    };
     let (Submitted::Published(info) | Submitted::Unchanged(info)) = submitted;
     Ok((
         StatusCode::CREATED,

@@ -1,4 +1,4 @@
--- Warden schema 0008: the input of each decision, kept for replay.
+-- Warden schema 0008: the input of each decision, kept for replay; shadow tallies.
 --
 -- Additive only: never edit this file once applied.
 
@@ -10,3 +10,14 @@ ALTER TABLE decisions ADD COLUMN snapshot TEXT;
 
 -- Replays page through one tenant's kept snapshots in time order.
 CREATE INDEX decisions_snapshots ON decisions (tenant, created_at_ms, id) WHERE snapshot IS NOT NULL;
+
+-- What each replica's shadow evaluator counted (JSON), so that any replica answers with the
+-- whole fleet's tally. Rows of ended shadows stay as history.
+CREATE TABLE shadow_tallies (
+    tenant         TEXT NOT NULL,
+    revision       BIGINT NOT NULL,
+    replica        TEXT NOT NULL,
+    tally          TEXT NOT NULL,
+    updated_at_ms  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, revision, replica)
+);

@@ -241,6 +241,8 @@ pub struct Policies {
     watches: ArcSwap<BTreeMap<String, Arc<Watch>>>,
     /// Automatic rollbacks this replica made, by tenant.
     rollbacks: Mutex<BTreeMap<String, u64>>,
+    /// This process among the replicas, for the shadow tallies it records.
+    replica: String,
 }
 
 /// The author recorded on versions published by automatic rollback; they are not watched
@@ -269,6 +271,7 @@ impl Policies {
             auto_rollback: Mutex::new(AutoRollback::default()),
             watches: ArcSwap::from_pointee(BTreeMap::new()),
             rollbacks: Mutex::new(BTreeMap::new()),
+            replica: crate::ids::random_base32(16),
         };
         let stored = policies.heads().await?;
         let mut problems = Vec::new();
@@ -578,16 +581,60 @@ impl Policies {
         }
     }
 
-    /// Ends the tenant's shadow with its `policy_shadow_ended` event (holding this
-    /// replica's tally), on every replica. `None` when it has none.
+    /// Records this replica's tally of `shadow` in the store.
+    async fn record_tally(&self, shadow: &Shadow) -> Result<(), warden_store::StoreError> {
+        let tally = serde_json::to_string(&shadow.tally()).unwrap_or_default();
+        self.store
+            .record_shadow_tally(
+                &shadow.info.tenant,
+                shadow.info.revision,
+                &self.replica,
+                &tally,
+                crate::state::now_ms(),
+            )
+            .await
+    }
+
+    /// Records every local shadow's tally: on the follower's tick, so a fleet tally is at
+    /// most a tick behind on other replicas.
+    async fn record_tallies(&self) {
+        for shadow in self.shadows.load().values() {
+            if let Err(e) = self.record_tally(shadow).await {
+                tracing::warn!(error = %e, "cannot record a shadow tally; will try again");
+            }
+        }
+    }
+
+    /// What the tenant's shadow found on every replica: this one's count now, the others'
+    /// as last recorded.
+    pub async fn fleet_tally(&self, shadow: &Shadow) -> Result<Tally, warden_store::StoreError> {
+        self.record_tally(shadow).await?;
+        let mut fleet = Tally::default();
+        for text in self
+            .store
+            .shadow_tallies(&shadow.info.tenant, shadow.info.revision)
+            .await?
+        {
+            if let Ok(tally) = serde_json::from_str::<Tally>(&text) {
+                fleet.merge(tally);
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Ends the tenant's shadow with its `policy_shadow_ended` event (holding the tally of
+    /// every replica), on every replica. `None` when it has none.
     pub async fn end_shadow(
         &self,
         tenant: &str,
         by: &str,
         now_ms: i64,
     ) -> Result<Option<(PolicyVersionInfo, Tally)>, warden_store::StoreError> {
+        let tally = match self.shadow(tenant) {
+            Some(shadow) => self.fleet_tally(&shadow).await?,
+            None => Tally::default(),
+        };
         let _turn = self.turn.lock().await;
-        let tally = self.shadow(tenant).map(|s| s.tally()).unwrap_or_default();
         let event = NewEvent {
             id: crate::ids::ulid(now_ms),
             time_ms: now_ms,
@@ -851,7 +898,10 @@ impl Policies {
                     | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => signals = None,
                 },
-                _ = tick.tick() => self.resync().await,
+                _ = tick.tick() => {
+                    self.resync().await;
+                    self.record_tallies().await;
+                }
             }
         }
     }

@@ -30,8 +30,8 @@ pub struct Shadow {
     dropped: AtomicU64,
 }
 
-/// What the shadow found, on this replica, since it started here.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the shadow found: on one replica since it started there, or (merged) on all.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     /// Decisions evaluated under both.
     pub decisions: u64,
@@ -45,7 +45,7 @@ pub struct Tally {
 }
 
 /// One kind of disagreement.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Disagreement {
     /// How many.
     pub count: u64,
@@ -54,7 +54,7 @@ pub struct Disagreement {
 }
 
 /// A disagreement, described without the action's values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Example {
     /// The decision it shadowed.
     pub decision_id: String,
@@ -66,6 +66,21 @@ pub struct Example {
     pub live_rules: Vec<String>,
     /// Rules that matched under the candidate.
     pub shadow_rules: Vec<String>,
+}
+
+impl Tally {
+    /// Adds `other`'s counts to these; examples up to [`EXAMPLES`] per kind.
+    pub fn merge(&mut self, other: Tally) {
+        self.decisions += other.decisions;
+        self.agreed += other.agreed;
+        self.dropped += other.dropped;
+        for (kind, theirs) in other.disagreements {
+            let ours = self.disagreements.entry(kind).or_default();
+            ours.count += theirs.count;
+            let room = EXAMPLES.saturating_sub(ours.examples.len());
+            ours.examples.extend(theirs.examples.into_iter().take(room));
+        }
+    }
 }
 
 impl Shadow {
@@ -262,5 +277,17 @@ mod tests {
         assert_eq!(flips.examples[0].live_rules, ["tickets"]);
         assert_eq!(flips.examples[0].shadow_rules[0], "no-resolve");
         assert!(!format!("{tally:?}").contains("s3cret"));
+
+        // Two replicas' tallies add up; examples stay capped.
+        let mut fleet = tally.clone();
+        fleet.merge(tally.clone());
+        assert_eq!((fleet.decisions, fleet.agreed), (8, 4));
+        assert_eq!(fleet.disagreements["allow→deny"].count, 4);
+        assert_eq!(fleet.disagreements["allow→deny"].examples.len(), 4);
+        let mut many = Tally::default();
+        for _ in 0..30 {
+            many.merge(tally.clone());
+        }
+        assert_eq!(many.disagreements["allow→deny"].examples.len(), EXAMPLES);
     }
 }

@@ -1145,6 +1145,21 @@ impl Store for Breakable {
     async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         self.inner.clear_snapshots(older_than_ms).await
     }
+    async fn record_shadow_tally(
+        &self,
+        tenant: &str,
+        revision: i64,
+        replica: &str,
+        tally: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_shadow_tally(tenant, revision, replica, tally, now_ms)
+            .await
+    }
+    async fn shadow_tallies(&self, tenant: &str, revision: i64) -> Result<Vec<String>, StoreError> {
+        self.inner.shadow_tallies(tenant, revision).await
+    }
     async fn end_policy_shadow(
         &self,
         tenant: &str,
@@ -3612,4 +3627,72 @@ async fn a_version_that_fails_to_evaluate_is_rolled_back_automatically() {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+}
+
+/// Issue 11: a shadow's tally is the whole fleet's: decisions made on either replica are
+/// counted, whichever replica is asked.
+#[tokio::test]
+async fn a_shadow_tally_counts_every_replica() {
+    let Some((first, second)) = pg_replicas("shadow").await else {
+        return;
+    };
+    let a = server(first).await;
+    let mut b = server(second).await;
+    b.controller = a.controller.clone();
+    b.admin = a.admin.clone();
+    for s in [&a, &b] {
+        tokio::spawn(Arc::clone(s.state.policies()).follow(Duration::from_millis(100)));
+    }
+    let candidate = POLICY.replace("version: 1.0.0", "version: 1.1.0").replace(
+        r#"actions: ["ticket.*", email.send]"#,
+        r#"actions: ["ticket.*"]"#,
+    );
+    let (status, body) = a
+        .call_typed(
+            Method::POST,
+            "/v1/policy/shadow",
+            Some(&a.admin),
+            "application/yaml",
+            &candidate,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.state.policies().shadow("acme").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica B never followed the shadow"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (s, n) in [(&a, 2), (&b, 3)] {
+        for _ in 0..n {
+            let (_, d) = s.decide(json!({"type": "email.send"})).await;
+            assert_eq!(d["effect"], "allow");
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for s in [&a, &b] {
+        loop {
+            let (_, tally) = s
+                .call(Method::GET, "/v1/policy/shadow", Some(&s.admin), "")
+                .await;
+            if tally["decisions"] == 5 {
+                assert_eq!(tally["disagreements"][0]["count"], 5, "{tally}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{tally}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (status, ended) = b
+        .call(Method::DELETE, "/v1/policy/shadow", Some(&b.admin), "")
+        .await;
+    assert_eq!(
+        (status, ended["decisions"].as_u64()),
+        (StatusCode::OK, Some(5)),
+        "{ended}"
+    );
+    let events = a.events(kind::POLICY_SHADOW_ENDED).await;
+    assert_eq!(events[0].event.detail["decisions"], 5);
 }

@@ -266,6 +266,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// and returns how many.
     async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
+    /// Records what `replica` counted for the tenant's shadow `revision` (opaque JSON text),
+    /// replacing its earlier count.
+    async fn record_shadow_tally(
+        &self,
+        tenant: &str,
+        revision: i64,
+        replica: &str,
+        tally: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Every replica's recorded count for the tenant's shadow `revision`.
+    async fn shadow_tallies(&self, tenant: &str, revision: i64) -> Result<Vec<String>, StoreError>;
+
     /// Ends the tenant's shadow version (it becomes superseded) with its event, under the
     /// chain lock, and signals every replica. `None`, and nothing written, when the tenant
     /// has no shadow.

@@ -412,6 +412,23 @@ impl Store for Split {
         self.sql.clear_snapshots(older_than_ms).await
     }
 
+    async fn record_shadow_tally(
+        &self,
+        tenant: &str,
+        revision: i64,
+        replica: &str,
+        tally: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.sql
+            .record_shadow_tally(tenant, revision, replica, tally, now_ms)
+            .await
+    }
+
+    async fn shadow_tallies(&self, tenant: &str, revision: i64) -> Result<Vec<String>, StoreError> {
+        self.sql.shadow_tallies(tenant, revision).await
+    }
+
     // On sqlx's writer inside the chain lock, as `update_approval`: no large row.
     async fn end_policy_shadow(
         &self,

@@ -1623,6 +1623,40 @@ where
         Ok(DB::rows_affected(&cleared))
     }
 
+    async fn record_shadow_tally(
+        &self,
+        tenant: &str,
+        revision: i64,
+        replica: &str,
+        tally: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO shadow_tallies (tenant, revision, replica, tally, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, revision, replica) \
+             DO UPDATE SET tally = excluded.tally, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(tenant)
+        .bind(revision)
+        .bind(replica)
+        .bind(tally)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn shadow_tallies(&self, tenant: &str, revision: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tally FROM shadow_tallies WHERE tenant = $1 AND revision = $2 ORDER BY replica",
+        )
+        .bind(tenant)
+        .bind(revision)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get("tally")?)).collect()
+    }
+
     async fn end_policy_shadow(
         &self,
         tenant: &str,

@@ -709,12 +709,13 @@ pub async fn diff(
     }))
 }
 
-/// The candidate running in shadow and what it found on this replica.
+/// The candidate running in shadow and what it found on every replica.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ShadowBody {
     /// The stored shadow version.
     pub policy: PolicyVersionBody,
-    /// Decisions evaluated under both, on this replica since it started the shadow.
+    /// Decisions evaluated under both, on every replica (this one's count now, the others'
+    /// as they last recorded it, at most 2 s ago).
     pub decisions: u64,
     /// Of those, the ones both gave the same effect.
     pub agreed: u64,
@@ -854,7 +855,7 @@ pub async fn start_shadow(
     ))
 }
 
-/// The running shadow and what it found on this replica.
+/// The running shadow and what it found on every replica.
 #[utoipa::path(
     get,
     path = "/v1/policy/shadow",
@@ -883,11 +884,16 @@ pub async fn show_shadow(
         .policies()
         .shadow(&tenant)
         .ok_or_else(|| ApiError::not_found("no shadow policy runs for this tenant"))?;
-    Ok(Json(ShadowBody::of(&shadow.info, shadow.tally())))
+    let tally = state
+        .policies()
+        .fleet_tally(&shadow)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(ShadowBody::of(&shadow.info, tally)))
 }
 
-/// Ends shadow mode on every replica; answers with this replica's final tally, which the
-/// `policy_shadow_ended` event records.
+/// Ends shadow mode on every replica; answers with the final tally of every replica, which
+/// the `policy_shadow_ended` event records.
 #[utoipa::path(
     delete,
     path = "/v1/policy/shadow",

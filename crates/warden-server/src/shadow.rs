@@ -53,8 +53,9 @@ pub struct Disagreement {
     pub examples: Vec<Example>,
 }
 
-/// A disagreement, described without the action's values.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A disagreement, described without the action's values (as `GET /v1/policy/shadow`
+/// shows it, too).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Example {
     /// The decision it shadowed.
     pub decision_id: String,

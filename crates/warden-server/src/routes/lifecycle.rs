@@ -236,6 +236,15 @@ pub(crate) fn target_tenant(
     Ok(caller.tenant.clone())
 }
 
+/// The tenant of a route whose one query parameter is `tenant` (see [`target_tenant`]).
+fn tenant_param(caller: &Caller, uri: &Uri, changes: bool) -> Result<String, ApiError> {
+    let mut named = None;
+    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
+        named = Some(identifier_param(&name, value)?);
+    }
+    target_tenant(caller, named, changes)
+}
+
 fn store_error(e: warden_store::StoreError) -> ApiError {
     tracing::error!(error = %e, "a policy version could not be read or written");
     ApiError::store_unavailable()
@@ -394,11 +403,7 @@ pub async fn active(
     caller: Caller,
     uri: Uri,
 ) -> Result<Json<PolicyVersionBody>, ApiError> {
-    let mut named = None;
-    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
-        named = Some(identifier_param(&name, value)?);
-    }
-    let tenant = target_tenant(&caller, named, false)?;
+    let tenant = tenant_param(&caller, &uri, false)?;
     let store = state.store();
     let mut stored = store.policy(&tenant, None).await.map_err(store_error)?;
     if stored.is_none() {
@@ -497,11 +502,7 @@ pub async fn version(
     Path(reference): Path<String>,
     uri: Uri,
 ) -> Result<Json<PolicyVersionBody>, ApiError> {
-    let mut named = None;
-    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
-        named = Some(identifier_param(&name, value)?);
-    }
-    let tenant = target_tenant(&caller, named, false)?;
+    let tenant = tenant_param(&caller, &uri, false)?;
     let reference = reference_param("version", reference)?;
     Ok(Json(PolicyVersionBody::stored(
         resolve(&state, &tenant, &reference).await?,
@@ -586,11 +587,7 @@ pub async fn rollback(
     uri: Uri,
     body: Result<JsonBody, ApiError>,
 ) -> Result<(StatusCode, Json<PublishedBody>), ApiError> {
-    let mut named = None;
-    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
-        named = Some(identifier_param(&name, value)?);
-    }
-    let tenant = target_tenant(&caller, named, true)?;
+    let tenant = tenant_param(&caller, &uri, true)?;
     let JsonBody(bytes) = body?;
     let request: RollbackRequest = parse_json(&bytes)?;
     let reference = reference_param("version", request.version)?;
@@ -733,22 +730,7 @@ pub struct DisagreementBody {
     /// How many.
     pub count: u64,
     /// The first ones: no payload or context values.
-    pub examples: Vec<ShadowExampleBody>,
-}
-
-/// A disagreement, without the action's values.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ShadowExampleBody {
-    /// The live decision.
-    pub decision_id: String,
-    /// Its action type.
-    pub action_type: String,
-    /// Its agent.
-    pub agent: Option<String>,
-    /// Rules that matched under the active version.
-    pub live_rules: Vec<String>,
-    /// Rules that matched under the candidate.
-    pub shadow_rules: Vec<String>,
+    pub examples: Vec<crate::shadow::Example>,
 }
 
 impl ShadowBody {
@@ -764,17 +746,7 @@ impl ShadowBody {
                 .map(|(kind, d)| DisagreementBody {
                     kind,
                     count: d.count,
-                    examples: d
-                        .examples
-                        .into_iter()
-                        .map(|e| ShadowExampleBody {
-                            decision_id: e.decision_id,
-                            action_type: e.action_type,
-                            agent: e.agent,
-                            live_rules: e.live_rules,
-                            shadow_rules: e.shadow_rules,
-                        })
-                        .collect(),
+                    examples: d.examples,
                 })
                 .collect(),
         }
@@ -809,11 +781,7 @@ pub async fn start_shadow(
     uri: Uri,
     body: Result<DocumentBody, ApiError>,
 ) -> Result<(StatusCode, Json<ShadowBody>), ApiError> {
-    let mut named = None;
-    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
-        named = Some(identifier_param(&name, value)?);
-    }
-    let tenant = target_tenant(&caller, named, true)?;
+    let tenant = tenant_param(&caller, &uri, true)?;
     let DocumentBody(text) = body?;
     // `{"version": V}` alone names a stored version (a document with nothing but a
     // version would be pointless to shadow).
@@ -875,11 +843,7 @@ pub async fn show_shadow(
     caller: Caller,
     uri: Uri,
 ) -> Result<Json<ShadowBody>, ApiError> {
-    let mut named = None;
-    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
-        named = Some(identifier_param(&name, value)?);
-    }
-    let tenant = target_tenant(&caller, named, false)?;
+    let tenant = tenant_param(&caller, &uri, false)?;
     let shadow = state
         .policies()
         .shadow(&tenant)
@@ -913,11 +877,7 @@ pub async fn end_shadow(
     caller: Caller,
     uri: Uri,
 ) -> Result<Json<ShadowBody>, ApiError> {
-    let mut named = None;
-    for (name, value) in query_pairs(uri.query(), &["tenant"])? {
-        named = Some(identifier_param(&name, value)?);
-    }
-    let tenant = target_tenant(&caller, named, true)?;
+    let tenant = tenant_param(&caller, &uri, true)?;
     let (info, tally) = state
         .policies()
         .end_shadow(&tenant, &caller.key_id, now_ms())

@@ -86,13 +86,21 @@ fn policy(version: &str, rules: usize) -> String {
     text
 }
 
-async fn replica(store: Arc<dyn Store>, policies: &std::path::Path) -> anyhow::Result<AppState> {
+/// The audit key of the benchmarks that need no particular one.
+fn bench_key() -> anyhow::Result<AuditKey> {
+    Ok(AuditKey::from_bytes(&[7u8; 32])?)
+}
+
+async fn replica(
+    store: Arc<dyn Store>,
+    policies: &std::path::Path,
+    key: AuditKey,
+) -> anyhow::Result<AppState> {
     let policies = Arc::new(Policies::open(Arc::clone(&store), policies).await?);
     let metrics = Arc::new(Metrics::default());
     let (audit, task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     // The writer runs as long as the process.
     std::mem::forget(task);
-    let key = AuditKey::from_bytes(&[7u8; 32])?;
     let state = AppState::new(
         store,
         Arc::clone(&policies),
@@ -107,6 +115,36 @@ async fn replica(store: Arc<dyn Store>, policies: &std::path::Path) -> anyhow::R
     tokio::spawn(policies.follow(Duration::from_millis(100)));
     Ok(state)
 }
+
+/// A controller key of `tenant`.
+async fn controller(store: &dyn Store, tenant: &str) -> anyhow::Result<String> {
+    let spec = KeySpec {
+        tenant: tenant.to_owned(),
+        roles: vec![Role::Controller],
+        ..KeySpec::default()
+    };
+    Ok(keys::create(store, spec, "bench", 1).await?.0.token)
+}
+
+/// One decision through `router`: its status and body.
+async fn decide(
+    router: &axum::Router,
+    token: &str,
+    body: &'static str,
+) -> anyhow::Result<(axum::http::StatusCode, axum::body::Bytes)> {
+    let request = Request::post("/v1/decisions")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .context("request")?;
+    let response = router.clone().oneshot(request).await?;
+    let status = response.status();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
+}
+
+/// The action `throughput` and `snapshots` decide.
+const NOTE: &str =
+    r#"{"type": "ticket.update", "confidence": 0.9, "payload": {"note": "a short note"}}"#;
 
 fn submission(version: &str, rules: usize) -> Submission {
     Submission {
@@ -148,8 +186,8 @@ async fn follow(db: &str, rounds: usize) -> anyhow::Result<()> {
     } else {
         bail!("the database is `sqlite` or a postgres:// url");
     };
-    let a = replica(first, &folder).await?;
-    let b = replica(second, &folder).await?;
+    let a = replica(first, &folder, bench_key()?).await?;
+    let b = replica(second, &folder, bench_key()?).await?;
     let mut lags = Vec::with_capacity(rounds);
     for n in 1..=rounds {
         let version = format!("1.0.{n}");
@@ -195,37 +233,28 @@ async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
     let path = dir.path().join("warden.db").display().to_string();
     let store = warden_store::open(&path).await?;
     store.migrate().await?;
-    let state = replica(Arc::clone(&store), &folder).await?;
-    let spec = KeySpec {
-        tenant: "acme".to_owned(),
-        roles: vec![Role::Controller],
-        ..KeySpec::default()
-    };
-    let (issued, _) = keys::create(store.as_ref(), spec, "bench", 1).await?;
+    let state = replica(Arc::clone(&store), &folder, bench_key()?).await?;
+    let token = controller(store.as_ref(), "acme").await?;
     let router = app(state.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
-        let (router, token, stop) = (router.clone(), issued.token.clone(), Arc::clone(&stop));
+        let (router, token, stop) = (router.clone(), token.clone(), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
             // (start, end) of every decision, and how many failed.
             let mut spans = Vec::new();
             let mut failed = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let request = Request::post("/v1/decisions")
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/json")
-                    .body(Body::from(
-                        r#"{"type": "ticket.update", "confidence": 0.9}"#,
-                    ))
-                    .context("request")?;
                 let t0 = Instant::now();
-                let response = router.clone().oneshot(request).await?;
-                let ok = response.status().is_success();
-                let body = response.into_body().collect().await?.to_bytes();
+                let (status, body) = decide(
+                    &router,
+                    &token,
+                    r#"{"type": "ticket.update", "confidence": 0.9}"#,
+                )
+                .await?;
                 let t1 = Instant::now();
-                if !ok || !body.windows(15).any(|w| w == br#""effect":"allow"#) {
+                if !status.is_success() || !body.windows(15).any(|w| w == br#""effect":"allow"#) {
                     failed += 1;
                 }
                 spans.push((t0, t1));
@@ -292,18 +321,10 @@ async fn throughput(router: &axum::Router, token: &str, length: Duration) -> any
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let request = Request::post("/v1/decisions")
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/json")
-                    .body(Body::from(
-                        r#"{"type": "ticket.update", "confidence": 0.9, "payload": {"note": "a short note"}}"#,
-                    ))
-                    .context("request")?;
-                let response = router.clone().oneshot(request).await?;
-                if !response.status().is_success() {
-                    bail!("a decision failed: {}", response.status());
+                let (status, _) = decide(&router, &token, NOTE).await?;
+                if !status.is_success() {
+                    bail!("a decision failed: {status}");
                 }
-                response.into_body().collect().await?;
                 done += 1;
             }
             anyhow::Ok(done)
@@ -327,23 +348,18 @@ async fn shadow(length: Duration) -> anyhow::Result<()> {
     // In memory: the disk's fsync time would hide what the shadow costs in CPU.
     let store = warden_store::open("sqlite::memory:").await?;
     store.migrate().await?;
-    let state = replica(Arc::clone(&store), &folder).await?;
-    let spec = KeySpec {
-        tenant: "acme".to_owned(),
-        roles: vec![Role::Controller],
-        ..KeySpec::default()
-    };
-    let (issued, _) = keys::create(store.as_ref(), spec, "bench", 1).await?;
+    let state = replica(Arc::clone(&store), &folder, bench_key()?).await?;
+    let token = controller(store.as_ref(), "acme").await?;
     let router = app(state.clone());
-    throughput(&router, &issued.token, Duration::from_secs(1)).await?;
+    throughput(&router, &token, Duration::from_secs(1)).await?;
     let mut rows = Vec::new();
     for round in 1..=3 {
-        let without = throughput(&router, &issued.token, length).await?;
+        let without = throughput(&router, &token, length).await?;
         let mut candidate = submission(&format!("2.0.{round}"), 100);
         candidate.tenant = "acme".to_owned();
         candidate.cause = Cause::Shadow { from: None };
         state.policies().submit(candidate).await?;
-        let with = throughput(&router, &issued.token, length).await?;
+        let with = throughput(&router, &token, length).await?;
         let tally = state
             .policies()
             .shadow("acme")
@@ -371,49 +387,21 @@ async fn snapshots(count: u64, dir: &std::path::Path) -> anyhow::Result<()> {
     let path = dir.join("warden.db").display().to_string();
     let store = warden_store::open(&path).await?;
     store.migrate().await?;
-    let policies = Arc::new(Policies::open(Arc::clone(&store), &folder).await?);
-    let metrics = Arc::new(Metrics::default());
-    let (audit, task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
-    std::mem::forget(task);
     // The key the CLI derives the snapshot key from (WARDEN_AUDIT_KEY or the data dir).
-    let key = AuditKey::load(None, dir)?;
-    let state = AppState::new(
-        Arc::clone(&store),
-        policies,
-        audit,
-        key,
-        metrics,
-        Limits {
-            max_in_flight: 10_000,
-            ..Limits::default()
-        },
-    );
-    let spec = KeySpec {
-        tenant: "default".to_owned(),
-        roles: vec![Role::Controller],
-        ..KeySpec::default()
-    };
-    let (issued, _) = keys::create(store.as_ref(), spec, "bench", 1).await?;
+    let state = replica(Arc::clone(&store), &folder, AuditKey::load(None, dir)?).await?;
+    let token = controller(store.as_ref(), "default").await?;
     let router = app(state);
     let made = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let started = Instant::now();
     for _ in 0..CONCURRENCY {
-        let (router, token, made) = (router.clone(), issued.token.clone(), Arc::clone(&made));
+        let (router, token, made) = (router.clone(), token.clone(), Arc::clone(&made));
         tasks.push(tokio::spawn(async move {
             while made.fetch_add(1, Ordering::Relaxed) < count {
-                let request = Request::post("/v1/decisions")
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/json")
-                    .body(Body::from(
-                        r#"{"type": "ticket.update", "confidence": 0.9, "payload": {"note": "a short note"}}"#,
-                    ))
-                    .context("request")?;
-                let response = router.clone().oneshot(request).await?;
-                if !response.status().is_success() {
-                    bail!("a decision failed: {}", response.status());
+                let (status, _) = decide(&router, &token, NOTE).await?;
+                if !status.is_success() {
+                    bail!("a decision failed: {status}");
                 }
-                response.into_body().collect().await?;
             }
             anyhow::Ok(())
         }));

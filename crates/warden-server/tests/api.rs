@@ -3696,3 +3696,85 @@ async fn a_shadow_tally_counts_every_replica() {
     let events = a.events(kind::POLICY_SHADOW_ENDED).await;
     assert_eq!(events[0].event.detail["decisions"], 5);
 }
+
+/// Issue 11, as an attacker would try the lifecycle routes: another tenant's versions stay
+/// out of reach, a revoked admin key changes nothing, and two replicas publishing the same
+/// version at once publish it once.
+#[tokio::test]
+async fn the_lifecycle_routes_hold_against_other_tenants_revoked_keys_and_races() {
+    let Some((first, second)) = pg_replicas("race").await else {
+        return;
+    };
+    let a = server(first).await;
+    let mut b = server(second).await;
+    b.admin = a.admin.clone();
+    let yaml = "application/yaml";
+    let v2 = POLICY.replace("version: 1.0.0", "version: 2.0.0");
+    // Two replicas, the same new version, at once: one publish, one refusal, one event.
+    let (ra, rb) = tokio::join!(
+        a.call_typed(Method::POST, "/v1/policy", Some(&a.admin), yaml, &v2),
+        b.call_typed(Method::POST, "/v1/policy", Some(&b.admin), yaml, &v2),
+    );
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort();
+    assert!(
+        statuses == [StatusCode::OK, StatusCode::CREATED]
+            || statuses == [StatusCode::CREATED, StatusCode::CONFLICT],
+        "{ra:?} {rb:?}"
+    );
+    let published: Vec<_> = a
+        .events(kind::POLICY_PUBLISHED)
+        .await
+        .into_iter()
+        .filter(|e| e.event.tenant == "acme")
+        .collect();
+    assert_eq!(published.len(), 1);
+
+    // Another tenant's admin sees and changes only its own history.
+    let globex = a.key("globex", vec![Role::Admin], None).await;
+    let (status, body) = a
+        .call(Method::GET, "/v1/policy/versions/1", Some(&globex), "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = a
+        .call(
+            Method::GET,
+            "/v1/policy/diff?from=1&tenant=acme",
+            Some(&globex),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = a
+        .call(
+            Method::POST,
+            "/v1/policy/rollback?tenant=acme",
+            Some(&globex),
+            r#"{"version": "1"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A revoked admin key publishes nothing and is audited as a failed authentication.
+    let id = keys::parse_token(&a.admin).unwrap().0.to_owned();
+    assert!(a.store.revoke_key(&id, 2).await.unwrap());
+    let v3 = POLICY.replace("version: 1.0.0", "version: 3.0.0");
+    for s in [&a, &b] {
+        let (status, _) = s
+            .call_typed(Method::POST, "/v1/policy", Some(&s.admin), yaml, &v3)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = s
+            .call(Method::DELETE, "/v1/policy/shadow", Some(&s.admin), "")
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (_, active) = a
+        .call(Method::GET, "/v1/policy", Some(&a.operator), "")
+        .await;
+    assert_eq!(active["version"], "1.0.0", "default's, untouched");
+    let (_, acme) = a
+        .call(Method::GET, "/v1/policy?tenant=acme", Some(&a.operator), "")
+        .await;
+    assert_eq!(acme["version"], "2.0.0");
+}

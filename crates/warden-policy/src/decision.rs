@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// The final answer for an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// The action may run.
     Allow,

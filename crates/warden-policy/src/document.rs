@@ -305,8 +305,17 @@ pub(crate) struct RawPolicy {
     pub rate_limits: Vec<RawRateLimit>,
     pub audit: Option<RawAudit>,
     pub proposals: Option<Spanned<String>>,
+    pub proposal_limits: Option<RawProposalLimits>,
     #[serde(default)]
     pub guidance: Vec<RawGuidance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProposalLimits {
+    #[serde(default)]
+    pub max_budget: Entries<Spanned<String>>,
+    pub max_approval_expiry: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

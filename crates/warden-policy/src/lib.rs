@@ -32,6 +32,7 @@ mod expr;
 pub mod glob;
 pub mod json;
 pub mod policy;
+pub mod review;
 mod template;
 pub mod testing;
 

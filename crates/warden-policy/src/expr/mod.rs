@@ -17,6 +17,7 @@ mod eval;
 mod library;
 mod node;
 pub(crate) mod schema;
+pub(crate) mod symbolic;
 mod time;
 mod value;
 
@@ -132,6 +133,24 @@ impl Expr {
                 other.type_name()
             )),
         }
+    }
+
+    /// Whether the condition holds whenever some part of it that reads only the action's
+    /// payload holds: the whole condition, or one side of a top-level `||`. The agent writes
+    /// the payload, so such a condition on an allow is a way around the rest of the policy.
+    pub(crate) fn payload_escape(&self) -> bool {
+        fn escape(node: &node::Node) -> bool {
+            if let node::Node::Or(a, b) = node {
+                return escape(a) || escape(b);
+            }
+            let mut reads = Vec::new();
+            node.reads(&mut reads);
+            !reads.is_empty()
+                && reads
+                    .iter()
+                    .all(|p| p.field == schema::ActionField::Payload)
+        }
+        escape(&self.node)
     }
 
     /// Adds every action path the expression reads to `out` (see `Node::reads`).

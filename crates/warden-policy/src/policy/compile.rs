@@ -5,7 +5,7 @@ use super::agents::AgentMap;
 use super::index::Index;
 use super::model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, Limits, Per, PermitSettings,
-    RateLimit, Rule, RuleId, Scope, Tier, Version,
+    ProposalLimits, RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
 use super::snapshot::{Plan, Reads};
 use super::{AuditSpec, Policy};
@@ -460,10 +460,14 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         let glob = Glob::new(pattern.as_str());
         if glob.is_exact() {
             agents.exact.insert(pattern.as_str().to_owned(), tier);
+            agents.exact_globs.push((glob, tier));
         } else {
             agents.patterns.push((glob, tier));
         }
     }
+    agents
+        .exact_globs
+        .sort_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
     // Most specific first; ties in name order, which the map already gives.
     agents
         .patterns
@@ -612,6 +616,17 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         }
     };
 
+    let proposal_limits = match &raw.proposal_limits {
+        None => ProposalLimits::default(),
+        Some(l) => ProposalLimits {
+            max_budget: c.limits(&l.max_budget),
+            max_approval_expiry: l
+                .max_approval_expiry
+                .as_ref()
+                .and_then(|d| c.duration(d, "max_approval_expiry")),
+        },
+    };
+
     let guidance = raw
         .guidance
         .iter()
@@ -641,6 +656,7 @@ pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
         rate_limits,
         audit,
         proposals,
+        proposal_limits,
         guidance,
         snapshots,
     })

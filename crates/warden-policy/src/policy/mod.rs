@@ -32,7 +32,7 @@ pub use diff::{DiffError, DiffSide, FieldChange, PolicyDiff, RuleChange, RuleEnt
 pub use missing::MissingRule;
 pub use model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, LIMIT_NAMES, Limits, Per,
-    PermitSettings, RateLimit, Rule, RuleId, Scope, Tier, Version,
+    PermitSettings, ProposalLimits, RateLimit, Rule, RuleId, Scope, Tier, Version,
 };
 pub use snapshot::{Replayed, Snapshot, SnapshotError};
 
@@ -56,6 +56,7 @@ pub struct Policy {
     rate_limits: Vec<RateLimit>,
     audit: AuditSpec,
     proposals: bool,
+    proposal_limits: ProposalLimits,
     guidance: Vec<Guidance>,
     /// What this policy's snapshots hold, worked out once.
     snapshots: Plan,
@@ -102,6 +103,10 @@ impl Policy {
     pub fn proposals_enabled(&self) -> bool {
         self.proposals
     }
+    /// Ceilings no proposal may exceed.
+    pub fn proposal_limits(&self) -> &ProposalLimits {
+        &self.proposal_limits
+    }
     /// Guidance sections.
     pub fn guidance(&self) -> &[Guidance] {
         &self.guidance
@@ -110,5 +115,11 @@ impl Policy {
     /// The tier bound to an agent id: the most specific matching `agents:` entry.
     pub fn tier_of(&self, agent: &str) -> Option<Tier> {
         self.agents.tier_of(agent)
+    }
+
+    /// The `agents:` entries in the order `tier_of` tries them: exact ids (sorted), then
+    /// patterns most specific first.
+    pub fn agent_entries(&self) -> Vec<(&Glob, Tier)> {
+        self.agents.entries()
     }
 }

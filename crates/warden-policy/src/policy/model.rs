@@ -308,6 +308,10 @@ impl Rule {
     pub fn when(&self) -> Option<&str> {
         self.when.as_ref().map(|(s, _)| s.as_str())
     }
+    /// The compiled condition.
+    pub(crate) fn condition(&self) -> Option<&Expr> {
+        self.when.as_ref().map(|(_, e)| e)
+    }
     /// The effect.
     pub fn effect(&self) -> Effect {
         self.effect
@@ -415,6 +419,16 @@ pub struct RateLimit {
     pub limit: u64,
     /// The window.
     pub window: Duration,
+}
+
+/// Ceilings no proposal may exceed (`proposal_limits:`); a proposal past one is asked to
+/// revise with the value clamped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProposalLimits {
+    /// The highest budget limits a proposal may set.
+    pub max_budget: Limits,
+    /// The longest `approval.expires_in` a proposal may set.
+    pub max_approval_expiry: Option<Duration>,
 }
 
 /// A plain-language section for the agent's prompt; never enforced.

@@ -76,6 +76,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The recorded action type, when the snapshot holds it.
+    pub fn action_type(&self) -> Option<&str> {
+        self.action.as_ref().map(|a| a.kind.as_str())
+    }
+
     /// The compact JSON form (see [`Snapshot`]).
     pub fn to_json_bytes(&self) -> Vec<u8> {
         #[expect(

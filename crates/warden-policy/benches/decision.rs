@@ -14,7 +14,9 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 use warden_policy::{Action, Env, Policy, Replayed, Snapshot, Timestamp, Verdict};
 
-const NEXUS: &str = include_str!("../../../examples/nexus/nexus.yaml");
+mod common;
+
+use common::warden_policy;
 const SIZES: [usize; 5] = [0, 10, 100, 1_000, 10_000];
 /// Per measurement: at most this many samples, and about this much time.
 const MAX_SAMPLES: usize = 200_000;
@@ -27,26 +29,6 @@ const ACTION: &str = r#"{
   "context": {"ticket": {"flags": ["vip"], "priority": "high"}, "user": {"role": "agent"}},
   "usage": {"tokens": 1200, "cost_usd": 0.004, "tool_calls": 1}
 }"#;
-
-/// The Nexus policy plus `n` conditional rules on other actions: half exact names, a quarter
-/// prefix patterns, a quarter exact names in another namespace.
-fn warden_policy(n: usize) -> String {
-    let mut text = NEXUS.to_owned();
-    for i in 0..n {
-        let actions = match i % 4 {
-            0 | 1 => format!("[svc{i}.op]"),
-            2 => format!("[\"svc{i}.*\"]"),
-            _ => format!("[other{i}.run]"),
-        };
-        text.push_str(&format!(
-            "  - id: filler-{i}\n    actions: {actions}\n    when: action.payload.amount > {i}\n    effect: deny\n"
-        ));
-    }
-    // The filler rules go under `rules:`; move the sections after it below them.
-    let (head, rest) = text.split_once("\nbudgets:").unwrap();
-    let (tail, fillers) = rest.split_at(rest.find("  - id: filler-").unwrap_or(rest.len()));
-    format!("{head}\n{fillers}\nbudgets:{tail}")
-}
 
 /// The Nexus policy plus one more candidate rule for `ticket.resolve` whose condition reads
 /// the hour in Berlin (false at the benchmark's `now`, so the decision is unchanged).

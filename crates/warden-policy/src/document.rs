@@ -202,6 +202,33 @@ fn lowercase_first(text: &str) -> String {
     }
 }
 
+/// The node a JSON value would load as, without writing and scanning its text (the review
+/// builds candidates as JSON). Spans are blank, so errors from it carry no position.
+pub(crate) fn json_to_node(value: &Value) -> Node {
+    use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
+    let blank = Span::new_blank;
+    let scalar = |text: &str, coerce: bool| {
+        let mut node = MarkedScalarNode::new(blank(), text.to_owned());
+        node.set_coerce(coerce);
+        node
+    };
+    match value {
+        Value::Null => Node::from(scalar("null", true)),
+        Value::Bool(b) => Node::from(scalar(if *b { "true" } else { "false" }, true)),
+        Value::Number(n) => Node::from(scalar(&n.to_string(), true)),
+        Value::String(s) => Node::from(scalar(s, false)),
+        Value::Array(items) => Node::from(MarkedSequenceNode::new(
+            blank(),
+            items.iter().map(json_to_node).collect(),
+        )),
+        Value::Object(map) => Node::from(
+            map.iter()
+                .map(|(k, v)| (scalar(k, false), json_to_node(v)))
+                .collect::<MarkedMappingNode>(),
+        ),
+    }
+}
+
 /// Converts a node to JSON, typing unquoted scalars the way YAML readers expect
 /// (`0.7` is a number, `"0.7"` a string).
 pub(crate) fn node_to_json(node: &Node) -> Value {

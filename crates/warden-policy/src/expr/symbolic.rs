@@ -735,9 +735,9 @@ fn binary(sy: &mut dyn Symbols, op: BinOp, a: &Node, b: &Node) -> Sv {
 
 fn call(sy: &mut dyn Symbols, f: Func, args: &[Node]) -> Sv {
     let values: Vec<Sv> = args.iter().map(|a| encode(a, sy)).collect();
-    let refs: Vec<&Sv> = values.iter().collect();
-    let fallback = opaque_of(sy, &format!("call.{f:?}"), &refs);
+    let any_err = Bool::or(&values.iter().map(Sv::is_err).collect::<Vec<_>>());
     match (f, values.as_slice()) {
+        // library.rs: both must be strings, anything else is an error.
         (Func::StartsWith | Func::EndsWith | Func::Contains, [x, y]) => {
             let strs = Bool::and(&[x.is(tag::STR), y.is(tag::STR)]);
             let value = match f {
@@ -745,16 +745,17 @@ fn call(sy: &mut dyn Symbols, f: Func, args: &[Node]) -> Sv {
                 Func::EndsWith => y.s.suffix(&x.s),
                 _ => x.s.contains(&y.s),
             };
-            fallback
-                .unless(&strs, &Sv::boolean(value))
-                .unless(&either_err(x, y), &Sv::err())
+            Sv::err().unless(&strs, &Sv::boolean(value))
         }
-        (Func::Size, [x]) => fallback
-            .unless(&x.is(tag::STR), &Sv::integer(&x.s.length()))
-            .unless(&x.is_err(), &Sv::err()),
+        (Func::Size, [x]) => {
+            let sized = opaque_of(sy, "call.Size", &[x]);
+            sized
+                .unless(&x.is(tag::STR), &Sv::integer(&x.s.length()))
+                .unless(&x.is_err(), &Sv::err())
+        }
         _ => {
-            let any_err = Bool::or(&values.iter().map(Sv::is_err).collect::<Vec<_>>());
-            fallback.unless(&any_err, &Sv::err())
+            let refs: Vec<&Sv> = values.iter().collect();
+            opaque_of(sy, &format!("call.{f:?}"), &refs).unless(&any_err, &Sv::err())
         }
     }
 }

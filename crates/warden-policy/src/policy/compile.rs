@@ -19,8 +19,13 @@ use marked_yaml::{Span, Spanned};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+#[derive(Default)]
 pub(super) struct Checker {
     pub(super) errors: Vec<PolicyError>,
+    /// Conditions and reason templates already compiled, by their source: a document that
+    /// is mostly another (a proposal's candidate) reuses them instead of compiling again.
+    pub(super) known: HashMap<String, Expr>,
+    pub(super) known_templates: HashMap<String, Template>,
 }
 
 impl Checker {
@@ -95,6 +100,9 @@ impl Checker {
     }
 
     fn expr(&mut self, s: &Spanned<String>, what: &str) -> Option<Expr> {
+        if let Some(e) = self.known.get(s.as_str()) {
+            return Some(e.clone());
+        }
         match Expr::compile(s.as_str()) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -225,12 +233,15 @@ impl Checker {
         let reason = raw
             .reason
             .as_ref()
-            .and_then(|s| match Template::compile(s.as_str()) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    self.err(s.span(), format!("invalid reason template: {}", e.message));
-                    None
-                }
+            .and_then(|s| match self.known_templates.get(s.as_str()) {
+                Some(t) => Some(t.clone()),
+                None => match Template::compile(s.as_str()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        self.err(s.span(), format!("invalid reason template: {}", e.message));
+                        None
+                    }
+                },
             });
         let confidence_adjustment = match &raw.confidence_adjustment {
             Some(a) if !(a.is_finite() && (-1.0..=1.0).contains(&**a)) => {
@@ -410,8 +421,16 @@ impl Checker {
     }
 }
 
-pub(super) fn compile(raw: RawPolicy) -> Result<Policy, PolicyErrors> {
-    let mut c = Checker { errors: Vec::new() };
+pub(super) fn compile(raw: RawPolicy, like: Option<&Policy>) -> Result<Policy, PolicyErrors> {
+    let mut c = Checker::default();
+    for rule in like.map(Policy::rules).unwrap_or_default() {
+        if let Some((source, expr)) = &rule.when {
+            c.known.insert(source.clone(), expr.clone());
+        }
+        if let (Some(source), Some(t)) = (&rule.reason_source, &rule.reason) {
+            c.known_templates.insert(source.clone(), t.clone());
+        }
+    }
 
     let version = Version::parse(raw.version.as_str());
     if version.is_none() {

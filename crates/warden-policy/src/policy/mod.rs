@@ -68,7 +68,27 @@ impl Policy {
     pub fn parse(source: &str) -> Result<Self, PolicyErrors> {
         let node = document::load(source)?;
         let raw: RawPolicy = document::from_node(&node)?;
-        compile::compile(raw)
+        compile::compile(raw, None)
+    }
+
+    /// A document given as JSON, compiled like [`Policy::parse_like`] without its text;
+    /// errors carry no positions (parse the text for those).
+    pub(crate) fn from_document(
+        doc: &serde_json::Value,
+        like: &Policy,
+    ) -> Result<Self, PolicyErrors> {
+        let node = document::json_to_node(doc);
+        let raw: RawPolicy = document::from_node(&node)?;
+        compile::compile(raw, Some(like))
+    }
+
+    /// [`Policy::parse`] for a document that is mostly `like` (a new version of it, a
+    /// proposal's candidate): conditions and reason templates written exactly as in `like`
+    /// are reused instead of compiled again. The result is the same policy either way.
+    pub fn parse_like(source: &str, like: &Policy) -> Result<Self, PolicyErrors> {
+        let node = document::load(source)?;
+        let raw: RawPolicy = document::from_node(&node)?;
+        compile::compile(raw, Some(like))
     }
 
     /// The document's version.

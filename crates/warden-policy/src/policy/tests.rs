@@ -424,7 +424,7 @@ proposals: off
 fn every_preset_compiles() {
     for production in [&[][..], &[Glob::new("deploy.*")][..]] {
         for tier in Tier::ALL {
-            let mut c = super::compile::Checker { errors: Vec::new() };
+            let mut c = super::compile::Checker::default();
             let rules = c.preset(tier, production);
             assert!(c.errors.is_empty(), "{tier:?}: {:?}", c.errors);
             let expected = super::presets::document(tier, production).is_some();

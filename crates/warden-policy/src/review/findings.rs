@@ -5,25 +5,32 @@
 use super::{Change, Evidence, Finding};
 use crate::policy::{Effect, Limits, Policy, Rule};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// The rules the candidate adds or changes (by document content), in candidate order.
 pub(super) fn touched<'a>(live_doc: &Value, cand: &'a Policy, cand_doc: &Value) -> Vec<&'a Rule> {
-    let written = |doc: &Value, id: &str| -> Option<Value> {
-        doc.get("rules")?
-            .as_array()?
-            .iter()
-            .find(|r| r.get("id").and_then(Value::as_str) == Some(id))
-            .cloned()
-    };
+    let (before, after) = (by_id_of(live_doc), by_id_of(cand_doc));
     cand.rules()
         .iter()
         .filter(|r| r.preset().is_none())
         .filter(|r| {
             let id = r.id().as_str();
-            written(live_doc, id) != written(cand_doc, id)
+            before.get(id) != after.get(id)
         })
         .collect()
+}
+
+fn by_id_of(doc: &Value) -> HashMap<&str, &Value> {
+    doc.get("rules")
+        .and_then(Value::as_array)
+        .map(|rules| {
+            rules
+                .iter()
+                .filter_map(|r| Some((r.get("id")?.as_str()?, r)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Findings about the touched rules' shapes.

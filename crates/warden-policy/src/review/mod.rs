@@ -415,8 +415,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
     let live_doc = changes::document(inputs.live_source)?;
     let mut doc = live_doc.clone();
     changes::apply(&mut doc, &proposal.changes, 0)?;
-    let (source, cand) = changes::finish(doc, live.version())?;
-    let cand_doc = changes::document(&source)?;
+    let (source, cand_doc, cand) = changes::finish(doc, live)?;
     let candidate = Candidate {
         source,
         version: cand.version().to_string(),
@@ -425,12 +424,20 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
     let mut reasons = Vec::new();
     let mut findings = Vec::new();
 
+    // Each change on its own: forbidden, or what the proof says of its step.
+    let step = |from: &Policy, from_doc: &Value, to: &Policy, to_doc: &Value| {
+        let forbidden = forbidden::violations(from, from_doc, to, to_doc);
+        if forbidden.is_empty() {
+            compare(from, to, inputs.tenant, inputs.solver_timeout)
+        } else {
+            Comparison::forbidden(forbidden)
+        }
+    };
     let forbidden = forbidden::violations(live, &live_doc, &cand, &cand_doc);
     if !forbidden.is_empty() {
         reasons.extend(forbidden.iter().map(|f| format!("forbidden: {f}")));
-        let changes = per_change(proposal, inputs, |_, _, _, _| {
-            Comparison::forbidden(forbidden.clone())
-        })?;
+        let whole = || Comparison::forbidden(forbidden.clone());
+        let changes = per_change(proposal, inputs, whole, step)?;
         return Ok(Review {
             status: Status::Rejected,
             classification: Classification::Forbidden,
@@ -448,17 +455,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
     }
 
     let proof = compare(live, &cand, inputs.tenant, inputs.solver_timeout);
-    let changes = per_change(proposal, inputs, |from, from_doc, to, to_doc| {
-        if proposal.changes.len() == 1 {
-            return proof.clone();
-        }
-        let forbidden = forbidden::violations(from, from_doc, to, to_doc);
-        if forbidden.is_empty() {
-            compare(from, to, inputs.tenant, inputs.solver_timeout)
-        } else {
-            Comparison::forbidden(forbidden)
-        }
-    })?;
+    let changes = per_change(proposal, inputs, || proof.clone(), step)?;
     reasons.extend(proof.reasons.iter().cloned());
     let classification = proof.classification;
     let touched = findings::touched(&live_doc, &cand, &cand_doc);
@@ -544,20 +541,30 @@ fn subject(touched: &[&crate::policy::Rule], evidence: &[Evidence]) -> String {
 }
 
 /// Each change's own classification: the step from the document before it to the document
-/// after it. A single change is the whole proposal, so it is not proven twice.
+/// after it. A single change is the whole proposal, so it is neither applied nor proven
+/// twice: `whole` answers for it.
 fn per_change(
     proposal: &Proposal,
     inputs: &Inputs<'_>,
+    whole: impl FnOnce() -> Comparison,
     mut classify: impl FnMut(&Policy, &Value, &Policy, &Value) -> Comparison,
 ) -> Result<Vec<ChangeReview>, ReviewError> {
+    if let [change] = proposal.changes.as_slice() {
+        let c = whole();
+        return Ok(vec![ChangeReview {
+            index: 0,
+            op: change.op(),
+            classification: c.classification,
+            reasons: c.reasons,
+        }]);
+    }
     let mut out = Vec::with_capacity(proposal.changes.len());
     let mut before_doc = changes::document(inputs.live_source)?;
     let mut before = inputs.live.clone();
     for (i, change) in proposal.changes.iter().enumerate() {
         let mut doc = before_doc.clone();
         changes::apply(&mut doc, std::slice::from_ref(change), i)?;
-        let (source, after) = changes::finish(doc, before.version())?;
-        let after_doc = changes::document(&source)?;
+        let (_, after_doc, after) = changes::finish(doc, &before)?;
         let c = classify(&before, &before_doc, &after, &after_doc);
         out.push(ChangeReview {
             index: i,

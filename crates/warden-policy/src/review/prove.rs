@@ -80,7 +80,6 @@ const ATTEMPTS: usize = 6;
 /// Compares `live` and `candidate` for `tenant`; the solver may spend `timeout` on each
 /// question.
 pub fn compare(live: &Policy, candidate: &Policy, tenant: &str, timeout: Duration) -> Comparison {
-    let mut reasons = Vec::new();
     let stateful = state_broadening(live, candidate);
     let slice = Slice::new(live, candidate);
     if slice.is_empty() && stateful.is_empty() {
@@ -90,8 +89,95 @@ pub fn compare(live: &Policy, candidate: &Policy, tenant: &str, timeout: Duratio
             counterexamples: Vec::new(),
         };
     }
-    let mut world = World::new(tenant);
-    let type_ok = slice.type_constraint(&world.ty);
+    // When every changed rule names its types exactly, each type is a question of its own
+    // with the type a literal: the string solver then never has to reason about the type.
+    let exact: Option<Vec<&str>> = slice.types.as_ref().and_then(|t| {
+        let mut names: Vec<&str> = t
+            .iter()
+            .filter(|g| g.is_exact())
+            .map(|g| g.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        t.iter().all(Glob::is_exact).then_some(names)
+    });
+    let types: Vec<Option<&str>> = match exact {
+        Some(names) => names.into_iter().map(Some).collect(),
+        None => vec![None],
+    };
+    let mut reasons = Vec::new();
+    let mut counterexamples = Vec::new();
+    let mut broadening = false;
+    let mut same = true;
+    for ty in types {
+        let q = question(live, candidate, &slice, tenant, timeout, ty);
+        match q.found {
+            SatResult::Unsat => same &= q.same,
+            SatResult::Sat => {
+                broadening = true;
+                counterexamples.extend(q.counterexamples);
+                counterexamples.truncate(COUNTEREXAMPLES);
+            }
+            SatResult::Unknown => {
+                broadening = true;
+                reasons.push(format!(
+                    "the solver could not decide within {} ms ({}); treated as broadening",
+                    timeout.as_millis(),
+                    q.unknown.unwrap_or_else(|| "unknown".into())
+                ));
+            }
+        }
+    }
+    if broadening {
+        reasons.insert(
+            0,
+            "some action can get a more permissive decision under the candidate".to_owned(),
+        );
+        if counterexamples.is_empty() {
+            reasons.push(
+                "no concrete action was confirmed (the witness involves parts of a condition Warden models as opaque: regular expressions, conversions, double arithmetic, comprehensions); treated as broadening".to_owned(),
+            );
+        }
+    }
+    reasons.extend(stateful.iter().cloned());
+    let classification = if broadening || !stateful.is_empty() {
+        Classification::Broadening
+    } else if same {
+        reasons.push("proven: every action gets the same decision".into());
+        Classification::Neutral
+    } else {
+        reasons.push(
+            "proven: no action gets a more permissive decision, and some get a stricter one".into(),
+        );
+        Classification::Narrowing
+    };
+    Comparison {
+        classification,
+        reasons,
+        counterexamples,
+    }
+}
+
+/// One question's answer.
+struct Outcome {
+    /// Whether some action is treated more permissively.
+    found: SatResult,
+    unknown: Option<String>,
+    counterexamples: Vec<Counterexample>,
+    /// When none is: whether every action is treated the same.
+    same: bool,
+}
+
+fn question(
+    live: &Policy,
+    candidate: &Policy,
+    slice: &Slice<'_>,
+    tenant: &str,
+    timeout: Duration,
+    ty: Option<&str>,
+) -> Outcome {
+    let mut world = World::new(tenant, ty);
+    let type_ok = slice.type_constraint(&world);
     let l = encode(live, &slice.live, &mut world);
     let c = encode(candidate, &slice.candidate, &mut world);
     let mut base = world.constraints.clone();
@@ -102,66 +188,36 @@ pub fn compare(live: &Policy, candidate: &Policy, tenant: &str, timeout: Duratio
     // solver can take seconds; its "satisfiable" is checked by evaluating the witness, and its
     // "unsatisfiable" is confirmed by the default solver before it counts as a proof.
     let fast = solver(Some("z3str3"), timeout, &base);
+    fast.push();
     fast.assert(&more);
     let mut found = fast.check();
-    let mut witnesses = fast;
+    let mut sound = None;
     if found != SatResult::Sat {
-        let sound = solver(None, timeout, &base);
-        sound.assert(&more);
-        found = sound.check();
-        witnesses = sound;
+        let s = solver(None, timeout, &base);
+        s.assert(&more);
+        found = s.check();
+        sound = Some(s);
     }
-    let mut counterexamples = Vec::new();
-    match found {
-        SatResult::Unsat => {}
-        SatResult::Sat => {
-            counterexamples = examples(&witnesses, &world, live, candidate, tenant);
-            reasons.push(
-                "some action can get a more permissive decision under the candidate".to_owned(),
-            );
-            if counterexamples.is_empty() {
-                reasons.push(
-                    "the solver's witness involves parts of a condition Warden models as opaque (regular expressions, conversions, double arithmetic, comprehensions), so no concrete action was confirmed; treated as broadening".to_owned(),
-                );
-            }
-        }
-        SatResult::Unknown => reasons.push(format!(
-            "the solver could not decide within {} ms ({}); treated as broadening",
-            timeout.as_millis(),
-            witnesses
-                .get_reason_unknown()
-                .unwrap_or_else(|| "unknown".into())
-        )),
-    }
-    reasons.extend(stateful.iter().cloned());
-    if found != SatResult::Unsat || !stateful.is_empty() {
-        return Comparison {
-            classification: Classification::Broadening,
-            reasons,
-            counterexamples,
-        };
-    }
-    // Narrowing or neutral both stand proven; an unknown here is called narrowing.
-    let same = solver(Some("z3str3"), timeout, &base);
-    same.assert(differs(&l, &c));
-    let classification = match same.check() {
-        SatResult::Unsat => {
-            reasons.push("proven: every action gets the same decision".into());
-            Classification::Neutral
-        }
-        _ => {
-            reasons.push(
-                "proven: no action gets a more permissive decision, and some get a stricter one"
-                    .into(),
-            );
-            Classification::Narrowing
-        }
+    let mut out = Outcome {
+        found,
+        unknown: None,
+        counterexamples: Vec::new(),
+        same: false,
     };
-    Comparison {
-        classification,
-        reasons,
-        counterexamples,
+    let witnesses = sound.as_ref().unwrap_or(&fast);
+    match found {
+        SatResult::Sat => {
+            out.counterexamples = examples(witnesses, &world, live, candidate, tenant);
+        }
+        SatResult::Unknown => out.unknown = witnesses.get_reason_unknown(),
+        // Narrowing or neutral both stand proven; an unknown here is called narrowing.
+        SatResult::Unsat => {
+            fast.pop(1);
+            fast.assert(differs(&l, &c));
+            out.same = fast.check() == SatResult::Unsat;
+        }
     }
+    out
 }
 
 /// A solver over `base`, with its string solver and time limit.
@@ -262,21 +318,40 @@ struct Slice<'a> {
     types: Option<Vec<Glob>>,
 }
 
+/// What decides how a rule acts, as text: equal texts, equal rules.
 fn fingerprint(r: &Rule) -> String {
-    format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        r.id(),
-        r.actions(),
-        r.agents(),
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(128);
+    out.push_str(r.id().as_str());
+    for g in r
+        .actions()
+        .iter()
+        .chain([&Glob::new("|")])
+        .chain(r.agents())
+    {
+        out.push('\u{1}');
+        out.push_str(g.as_str());
+    }
+    let _ = write!(
+        out,
+        "\u{2}{:?}\u{2}{:?}\u{2}{}\u{2}{:?}",
         r.tiers(),
         r.scope(),
-        r.when(),
-        r.effect(),
-        r.approval(),
-        r.permit(),
-        r.set(),
-        r.preset()
-    )
+        r.when().unwrap_or("\u{3}"),
+        r.effect()
+    );
+    if r.approval().is_some() || r.permit().is_some() || !r.set().is_empty() || r.preset().is_some()
+    {
+        let _ = write!(
+            out,
+            "\u{2}{:?}\u{2}{:?}\u{2}{:?}\u{2}{:?}",
+            r.approval(),
+            r.permit(),
+            r.set(),
+            r.preset()
+        );
+    }
+    out
 }
 
 impl<'a> Slice<'a> {
@@ -347,10 +422,15 @@ impl<'a> Slice<'a> {
         self.types.as_ref().is_some_and(|t| t.is_empty())
     }
 
-    fn type_constraint(&self, ty: &Str) -> Bool {
+    fn type_constraint(&self, world: &World) -> Bool {
         match &self.types {
             None => Bool::from_bool(true),
-            Some(globs) => Bool::or(&globs.iter().map(|g| glob(g, ty)).collect::<Vec<_>>()),
+            Some(globs) => Bool::or(
+                &globs
+                    .iter()
+                    .map(|g| world.type_matches(g))
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 }
@@ -402,6 +482,8 @@ struct Cell {
 struct World {
     tenant: String,
     ty: Str,
+    /// The type, when the question fixes it.
+    ty_name: Option<String>,
     texts: BTreeMap<ActionField, (Bool, Str)>,
     target: Bool,
     usage: Bool,
@@ -435,8 +517,8 @@ fn int(i: i64) -> Int {
 }
 
 impl World {
-    fn new(tenant: &str) -> Self {
-        let ty = Str::new_const("action.type");
+    fn new(tenant: &str, ty_name: Option<&str>) -> Self {
+        let ty = ty_name.map_or_else(|| Str::new_const("action.type"), Str::from);
         let mut constraints = vec![ty.length().ge(int(1))];
         let mut texts = BTreeMap::new();
         for f in TEXTS {
@@ -482,6 +564,7 @@ impl World {
         World {
             tenant: tenant.to_owned(),
             ty,
+            ty_name: ty_name.map(str::to_owned),
             texts,
             target,
             usage,
@@ -495,6 +578,14 @@ impl World {
             literals: HashMap::new(),
             members: Vec::new(),
             constraints,
+        }
+    }
+
+    /// Whether the action's type matches `g`: decided here when the type is fixed.
+    fn type_matches(&self, g: &Glob) -> Bool {
+        match &self.ty_name {
+            Some(name) => Bool::from_bool(g.matches(name)),
+            None => glob(g, &self.ty),
         }
     }
 
@@ -690,9 +781,11 @@ impl Symbols for View<'_> {
     }
 
     fn apply(&mut self, name: &str, args: &[Dynamic], range: &Sort) -> Dynamic {
-        let domain: Vec<Sort> = args.iter().map(|a| a.get_sort()).collect();
-        let key = format!("{name}/{domain:?}/{range:?}");
+        // Sort kinds are plain enums; formatting a `Sort` would ask Z3 for its text.
+        let kinds: Vec<_> = args.iter().map(|a| a.sort_kind()).collect();
+        let key = format!("{name}/{kinds:?}/{:?}", range.kind());
         let f = self.world.functions.entry(key).or_insert_with(|| {
+            let domain: Vec<Sort> = args.iter().map(|a| a.get_sort()).collect();
             let refs: Vec<&Sort> = domain.iter().collect();
             FuncDecl::new(name, &refs, range)
         });
@@ -762,7 +855,6 @@ fn encode(policy: &Policy, rules: &[&Rule], world: &mut World) -> Encoded {
         let hit = Bool::and(&[has_agent.clone(), glob(g, &agent)]);
         tier = hit.ite(&int(tier_code(*t)), &tier);
     }
-    let ty = world.ty.clone();
     let mut view = View {
         world,
         tier: tier.clone(),
@@ -771,11 +863,16 @@ fn encode(policy: &Policy, rules: &[&Rule], world: &mut World) -> Encoded {
     let mut any_error = Vec::new();
     let mut matched: Vec<(&Rule, Bool)> = Vec::new();
     for rule in rules {
+        if let Some(name) = &view.world.ty_name
+            && !rule.actions().iter().any(|g| g.matches(name))
+        {
+            continue;
+        }
         let mut filters = vec![Bool::or(
             &rule
                 .actions()
                 .iter()
-                .map(|g| glob(g, &ty))
+                .map(|g| view.world.type_matches(g))
                 .collect::<Vec<_>>(),
         )];
         if !rule.agents().is_empty() {

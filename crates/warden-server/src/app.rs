@@ -5,7 +5,7 @@ use crate::audit::AuditTask;
 use crate::body;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::routes::{
-    admin, approvals, budgets, decisions, denials, health, lifecycle, permits, policy,
+    admin, approvals, budgets, decisions, denials, health, lifecycle, permits, policy, proposals,
 };
 use crate::state::AppState;
 use crate::state::Limits;
@@ -65,6 +65,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         lifecycle::show_shadow,
         lifecycle::end_shadow,
         policy::digest,
+        proposals::submit,
+        proposals::list,
+        proposals::show,
+        proposals::approve,
+        proposals::reject,
+        proposals::wait,
         admin::query,
         admin::verify,
         budgets::show,
@@ -99,6 +105,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         lifecycle::RollbackRequest,
         lifecycle::DiffBody,
         lifecycle::ShadowBody,
+        lifecycle::ChangesBody,
+        crate::proposals::ProposalView,
+        crate::proposals::ProposalSummary,
+        proposals::ProposalsBody,
+        proposals::ProposalRequest,
+        proposals::ApproveRequest,
+        proposals::RejectProposalRequest,
+        proposals::PolicyChangedBody,
         ErrorBody,
     )),
     modifiers(&BearerAuth)
@@ -145,6 +159,7 @@ pub fn app(state: AppState) -> Router {
     let waits = Router::new()
         .route("/v1/approvals/{id}/wait", get(approvals::wait))
         .route("/v1/questions/{id}/wait", get(approvals::wait_question))
+        .route("/v1/proposals/{id}/wait", get(proposals::wait))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route("/v1/decisions", post(decisions::create))
@@ -174,6 +189,13 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/policy/reload", post(admin::reload))
         .route("/v1/policy/digest", get(policy::digest))
+        .route(
+            "/v1/proposals",
+            post(proposals::submit).get(proposals::list),
+        )
+        .route("/v1/proposals/{id}", get(proposals::show))
+        .route("/v1/proposals/{id}/approve", post(proposals::approve))
+        .route("/v1/proposals/{id}/reject", post(proposals::reject))
         .route("/v1/denials", get(denials::recent))
         .route("/v1/audit", get(admin::query))
         .route("/v1/audit/verify", get(admin::verify))

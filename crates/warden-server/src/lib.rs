@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod ocsf;
 pub mod permits;
 pub mod policies;
+pub mod proposals;
 pub mod rollback;
 pub mod routes;
 pub mod shadow;

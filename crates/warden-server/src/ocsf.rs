@@ -116,7 +116,8 @@ fn status(event: &Event) -> (u8, &'static str) {
     }
 }
 
-/// Denials and failed authentications deserve a look; pending approvals a glance.
+/// Denials, failed authentications and flagged proposals deserve a look; pending approvals a
+/// glance.
 fn severity(event: &Event) -> (u8, &'static str) {
     let e = &event.event;
     match e.kind.as_str() {
@@ -125,7 +126,7 @@ fn severity(event: &Event) -> (u8, &'static str) {
             Some("require_approval") => (2, "Low"),
             _ => (1, "Informational"),
         },
-        kind::AUTH_FAILURE => (3, "Medium"),
+        kind::AUTH_FAILURE | kind::PROPOSAL_SECURITY_EVENT => (3, "Medium"),
         _ => (1, "Informational"),
     }
 }

@@ -115,6 +115,13 @@ pub enum SubmitError {
     /// Other publishes kept coming first.
     #[error("other publishes for this tenant kept coming first; try again")]
     Contended,
+    /// A proposal's candidate was analyzed against a live version that is no longer live.
+    #[error("the live policy changed since the proposal was analyzed")]
+    PolicyChanged,
+    /// The proposal the publish applies could not be written as expected (decided
+    /// elsewhere, or the proposals it supersedes changed); nothing was published.
+    #[error("the proposal changed meanwhile")]
+    ProposalStale(Box<warden_store::ProposalWritten>),
     /// The store failed.
     #[error("the store failed: {0}")]
     Store(#[from] warden_store::StoreError),
@@ -149,11 +156,22 @@ pub enum Cause {
         /// The revision whose source runs in shadow.
         from: Option<i64>,
     },
+    /// An agent's proposal, applied by its review or by a human: published only while the
+    /// live version (the tenant's own, else `default`'s) is still the one analyzed, with
+    /// the proposal's row written in the same transaction.
+    Proposal {
+        /// The proposal's id.
+        id: String,
+        /// The content hash of the live version its candidate was analyzed against.
+        analyzed: String,
+        /// The proposal's insert or update.
+        write: Box<warden_store::ProposalWrite>,
+    },
 }
 
 impl Cause {
     /// How events name it: `publish`, `rollback`, `reload`, `seed`, `shadow`,
-    /// `auto_rollback`.
+    /// `auto_rollback`, `proposal`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Publish => "publish",
@@ -162,6 +180,7 @@ impl Cause {
             Self::Seed => "seed",
             Self::Shadow { .. } => "shadow",
             Self::AutoRollback { .. } => "auto_rollback",
+            Self::Proposal { .. } => "proposal",
         }
     }
 
@@ -370,6 +389,19 @@ impl Policies {
                 // Another replica (or a person) replaced it first.
                 return Ok(Submitted::Unchanged(active.info.clone()));
             }
+            if let Cause::Proposal { analyzed, .. } = &submission.cause {
+                let live = match &active {
+                    Some(active) => Some(active.info.hash.clone()),
+                    None => self
+                        .store
+                        .policy(DEFAULT_TENANT, None)
+                        .await?
+                        .map(|d| d.info.hash),
+                };
+                if live.as_ref() != Some(analyzed) {
+                    return Err(SubmitError::PolicyChanged);
+                }
+            }
             if let Some(active) = active.as_ref().filter(|_| !submission.cause.is_shadow()) {
                 if active.info.hash == hash {
                     return Ok(Submitted::Unchanged(active.info.clone()));
@@ -422,6 +454,10 @@ impl Policies {
                     policy_status::SUPERSEDED
                 },
                 event,
+                proposal: match &submission.cause {
+                    Cause::Proposal { write, .. } => Some(write.as_ref().clone()),
+                    _ => None,
+                },
             };
             match self.store.publish_policy(publish).await? {
                 Published::Written if submission.cause.is_shadow() => {
@@ -434,6 +470,7 @@ impl Policies {
                     return Ok(Submitted::Published(info));
                 }
                 Published::Conflict { .. } => compiled = Some(policy),
+                Published::ProposalStale(found) => return Err(SubmitError::ProposalStale(found)),
             }
         }
         Err(SubmitError::Contended)
@@ -977,6 +1014,9 @@ fn published_event(info: &PolicyVersionInfo, cause: &Cause) -> NewEvent {
         }
         if let Cause::Rollback { from } | Cause::Shadow { from: Some(from) } = cause {
             fields.insert("from_revision".into(), Value::from(*from));
+        }
+        if let Cause::Proposal { id, .. } = cause {
+            fields.insert("proposal_id".into(), Value::String(id.clone()));
         }
         if let Cause::AutoRollback {
             failed,

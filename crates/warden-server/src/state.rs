@@ -46,6 +46,12 @@ pub struct Limits {
     /// How often every tenant's active policy version is compared with the store's, in
     /// case a change signal was lost (changes are normally followed at once).
     pub policy_poll: Duration,
+    /// Proposals one agent may submit per hour, counted in the store (so across replicas).
+    pub proposal_rate_limit: u32,
+    /// How far back a proposal's review replays recent decisions (their snapshots).
+    pub proposal_replay_window: Duration,
+    /// How long the review's solver may think about one question; past it, broadening.
+    pub proposal_solver_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +70,9 @@ impl Default for Limits {
             max_waiters: 10_000,
             policy_poll: crate::policies::DEFAULT_POLL,
             snapshot_retention: Duration::from_secs(7 * 24 * 3600),
+            proposal_rate_limit: 10,
+            proposal_replay_window: Duration::from_secs(7 * 24 * 3600),
+            proposal_solver_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -87,6 +96,8 @@ struct Inner {
     permits: Keyring,
     waiters: Waiters,
     webhooks: Webhooks,
+    /// Proposal reviews running at once: each may keep a core busy for seconds.
+    reviews: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -114,7 +125,16 @@ impl AppState {
             // A key of its own until `permits().install` loads the shared ones.
             permits: Keyring::default(),
             webhooks: Webhooks::default(),
+            reviews: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         }))
+    }
+
+    /// Slots for proposal reviews, one per core: a review holds one until it finishes,
+    /// even when its request has gone.
+    pub fn reviews(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.0.reviews
     }
 
     /// Sends approval events to `webhooks`. Call before the state is shared (cloned):

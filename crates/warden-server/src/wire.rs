@@ -210,7 +210,7 @@ impl DecisionBody {
 }
 
 /// What an agent denied with proposals enabled can do next, each step a request it can
-/// make now: read its recent denials, and read what it may do.
+/// make now: read its recent denials, read what it may do, and propose a change.
 pub fn next_steps(agent: Option<&str>) -> Vec<Value> {
     let mut steps = vec![serde_json::json!({
         "action": "inspect_recent_denials",
@@ -224,6 +224,11 @@ pub fn next_steps(agent: Option<&str>) -> Vec<Value> {
             "url": format!("/v1/policy/digest?agent={}", percent_encode(agent)),
         }));
     }
+    steps.push(serde_json::json!({
+        "action": "submit_proposal",
+        "method": "POST",
+        "url": "/v1/proposals",
+    }));
     steps
 }
 

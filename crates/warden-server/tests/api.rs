@@ -1167,6 +1167,48 @@ impl Store for Breakable {
     ) -> Result<Option<warden_store::PolicyVersionInfo>, StoreError> {
         self.inner.end_policy_shadow(tenant, event).await
     }
+    async fn recent_snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<warden_store::StoredSnapshot>, StoreError> {
+        self.inner.recent_snapshots(tenant, since_ms, limit).await
+    }
+    async fn decision_events(
+        &self,
+        tenant: &str,
+        decision_ids: &[String],
+    ) -> Result<Vec<warden_store::Event>, StoreError> {
+        self.inner.decision_events(tenant, decision_ids).await
+    }
+    async fn write_proposal(
+        &self,
+        write: warden_store::ProposalWrite,
+    ) -> Result<warden_store::ProposalWritten, StoreError> {
+        self.inner.write_proposal(write).await
+    }
+    async fn proposal(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<warden_store::ProposalRecord>, StoreError> {
+        self.inner.proposal(tenant, id).await
+    }
+    async fn proposals(
+        &self,
+        filter: &warden_store::ProposalFilter,
+    ) -> Result<Vec<warden_store::ProposalRecord>, StoreError> {
+        self.inner.proposals(filter).await
+    }
+    async fn count_proposals(
+        &self,
+        tenant: &str,
+        agent: &str,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.inner.count_proposals(tenant, agent, since_ms).await
+    }
 }
 
 #[tokio::test]
@@ -2821,8 +2863,14 @@ async fn a_deny_by_default_names_the_missing_rule_and_the_agent_reads_its_denial
             .collect();
         assert_eq!(
             steps,
-            ["/v1/denials?last=10", "/v1/policy/digest?agent=support-bot"]
+            [
+                "/v1/denials?last=10",
+                "/v1/policy/digest?agent=support-bot",
+                "/v1/proposals"
+            ]
         );
+        assert_eq!(body["next_steps"][2]["action"], "submit_proposal");
+        assert_eq!(body["next_steps"][2]["method"], "POST");
         // A rule's own deny misses no rule; it still says where to look.
         let (_, by_rule) = s
             .decide_as(
@@ -2832,7 +2880,7 @@ async fn a_deny_by_default_names_the_missing_rule_and_the_agent_reads_its_denial
             .await;
         assert_eq!(by_rule["effect"], "deny");
         assert_eq!(by_rule["rule_missing"], Value::Null);
-        assert_eq!(by_rule["next_steps"].as_array().unwrap().len(), 2);
+        assert_eq!(by_rule["next_steps"].as_array().unwrap().len(), 3);
 
         let (status, list) = s
             .call(Method::GET, "/v1/denials?last=5", Some(&agent), "")
@@ -3316,6 +3364,7 @@ async fn a_version_that_does_not_compile_here_is_never_activated() {
                 kind: kind::POLICY_PUBLISHED.into(),
                 ..warden_store::NewEvent::default()
             },
+            proposal: None,
         };
         let future = "version: 2.0.0\ndefault: deny\nfeature_from_the_future: true\n";
         assert_eq!(

@@ -30,6 +30,7 @@ mod migrations;
 mod model;
 mod policy_version;
 mod postgres;
+mod proposal;
 mod split;
 mod sql;
 mod sqlite;
@@ -54,6 +55,10 @@ pub use model::{
 pub use policy_version::{
     PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
     policy_status,
+};
+pub use proposal::{
+    ProposalFilter, ProposalLimit, ProposalRecord, ProposalWrite, ProposalWritten, Supersede,
+    proposal_status,
 };
 
 /// Which database a store runs on.
@@ -262,6 +267,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<StoredSnapshot>, StoreError>;
 
+    /// The tenant's kept snapshots of decisions made at or after `since_ms`, newest first, at
+    /// most `limit`: what a proposal's review replays.
+    async fn recent_snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredSnapshot>, StoreError>;
+
     /// Clears the snapshots of decisions made before `older_than_ms` (the decisions stay)
     /// and returns how many.
     async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError>;
@@ -288,6 +302,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         tenant: &str,
         event: NewEvent,
     ) -> Result<Option<PolicyVersionInfo>, StoreError>;
+
+    /// The `decision` events of the tenant's decisions with these ids, in the order found;
+    /// ids of another tenant's decisions, or of none, are left out.
+    async fn decision_events(
+        &self,
+        tenant: &str,
+        decision_ids: &[String],
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Writes a proposal change with its events in one transaction under the chain lock (see
+    /// [`ProposalWrite`] for when it writes nothing), and signals its waiters on every
+    /// replica (PostgreSQL: `NOTIFY` on the approvals' channel, inside the transaction).
+    /// A change that applies a proposal goes with its version through
+    /// [`Store::publish_policy`] instead.
+    async fn write_proposal(&self, write: ProposalWrite) -> Result<ProposalWritten, StoreError>;
+
+    /// The tenant's proposal with this id.
+    async fn proposal(&self, tenant: &str, id: &str) -> Result<Option<ProposalRecord>, StoreError>;
+
+    /// The tenant's proposals matching `filter`, newest first.
+    async fn proposals(&self, filter: &ProposalFilter) -> Result<Vec<ProposalRecord>, StoreError>;
+
+    /// How many proposals the tenant's `agent` submitted at or after `since_ms`: what its
+    /// rate limit counts, the same on every replica.
+    async fn count_proposals(
+        &self,
+        tenant: &str,
+        agent: &str,
+        since_ms: i64,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Where a database URL points.

@@ -58,6 +58,10 @@ const SQLITE: &[Migration] = &[
         name: "0008_decision_snapshots",
         sql: include_str!("../../../migrations/sqlite/0008_decision_snapshots.sql"),
     },
+    Migration {
+        name: "0009_proposals",
+        sql: include_str!("../../../migrations/sqlite/0009_proposals.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -92,6 +96,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0008_decision_snapshots",
         sql: include_str!("../../../migrations/postgres/0008_decision_snapshots.sql"),
+    },
+    Migration {
+        name: "0009_proposals",
+        sql: include_str!("../../../migrations/postgres/0009_proposals.sql"),
     },
 ];
 

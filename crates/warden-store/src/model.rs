@@ -48,9 +48,19 @@ pub mod kind {
     pub const POLICY_SHADOW_ENDED: &str = "policy_shadow_ended";
     /// A policy change (publish, rollback, shadow) was refused; nothing else was written.
     pub const POLICY_REFUSED: &str = "policy_refused";
+    /// An agent submitted a policy change; `detail` holds the review's outcome and counts,
+    /// never the rules' values.
+    pub const PROPOSAL_SUBMITTED: &str = "proposal_submitted";
+    /// A human approved or rejected a proposal (or a re-review changed its outcome).
+    pub const PROPOSAL_DECIDED: &str = "proposal_decided";
+    /// A newer proposal of the same agent about the same subject replaced a pending one.
+    pub const PROPOSAL_SUPERSEDED: &str = "proposal_superseded";
+    /// A proposal the review flagged: a repeat of a rejected change, or a revert of a recent
+    /// one (`detail`: agent, key id, counts).
+    pub const PROPOSAL_SECURITY_EVENT: &str = "proposal_security_event";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 23] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -70,6 +80,10 @@ pub mod kind {
         POLICY_SHADOW_STARTED,
         POLICY_SHADOW_ENDED,
         POLICY_REFUSED,
+        PROPOSAL_SUBMITTED,
+        PROPOSAL_DECIDED,
+        PROPOSAL_SUPERSEDED,
+        PROPOSAL_SECURITY_EVENT,
     ];
 }
 

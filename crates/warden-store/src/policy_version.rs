@@ -78,10 +78,14 @@ pub struct PolicyPublish {
     pub previous_becomes: &'static str,
     /// The `policy_published` event, chained in the same transaction.
     pub event: crate::NewEvent,
+    /// The proposal this version applies: inserted or updated in the same transaction, its
+    /// events chained before `event`, its applied revision and version set to this
+    /// version's. When it cannot be written, nothing is ([`Published::ProposalStale`]).
+    pub proposal: Option<crate::ProposalWrite>,
 }
 
 /// What [`crate::Store::publish_policy`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Published {
     /// Written: the version is active, its event chained, every replica signalled.
     Written,
@@ -93,6 +97,9 @@ pub enum Published {
         /// The active revision, if any.
         active: Option<i64>,
     },
+    /// Nothing written: the proposal the publish carries is no longer in the status it
+    /// expects, or the proposals it supersedes changed; what the store found.
+    ProposalStale(Box<crate::ProposalWritten>),
 }
 
 /// A change to some tenant's active policy, heard from this store or (PostgreSQL) any
@@ -122,8 +129,12 @@ pub(crate) const INSERT: &str = "INSERT INTO policy_versions (tenant, revision, 
     hash, source, parent, author, comment, created_at_ms, status) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-/// Refuses a publish that is neither of an active nor of a shadow version.
+/// Refuses a publish that is neither of an active nor of a shadow version, or that applies
+/// a malformed proposal.
 pub(crate) fn check(publish: &PolicyPublish) -> Result<(), crate::StoreError> {
+    if let Some(write) = &publish.proposal {
+        crate::proposal::check(write)?;
+    }
     let status = publish.policy.info.status.as_str();
     if status != policy_status::ACTIVE && status != policy_status::SHADOW {
         return Err(crate::StoreError::InvalidEvent {

@@ -24,6 +24,7 @@ use crate::model::{
 use crate::policy_version::{
     PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
 };
+use crate::proposal::{ProposalFilter, ProposalRecord, ProposalWrite, ProposalWritten};
 use crate::{Backend, Store};
 
 /// Work for the appender thread, and where its answer goes.
@@ -360,7 +361,13 @@ impl Store for Split {
 
     async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
         let tenant = publish.policy.info.tenant.clone();
-        let published = self.appender.publish_policy(publish).await?;
+        // A publish that applies a proposal runs on sqlx's writer inside the chain lock, like
+        // `update_approval`: the proposal's row and its waiters' signal belong to that store.
+        let published = if publish.proposal.is_some() {
+            self.sql.publish_policy(publish).await?
+        } else {
+            self.appender.publish_policy(publish).await?
+        };
         // PostgreSQL's listener hears the NOTIFY, this replica's own included.
         if self.listener.is_none() && published == Published::Written {
             let _ = self.policy_signals.send(PolicySignal::Changed(tenant));
@@ -408,6 +415,15 @@ impl Store for Split {
         self.sql.snapshots(tenant, since_ms, after, limit).await
     }
 
+    async fn recent_snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredSnapshot>, StoreError> {
+        self.sql.recent_snapshots(tenant, since_ms, limit).await
+    }
+
     async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         self.sql.clear_snapshots(older_than_ms).await
     }
@@ -442,5 +458,35 @@ impl Store for Split {
                 .send(PolicySignal::Changed(tenant.to_owned()));
         }
         Ok(ended)
+    }
+
+    async fn decision_events(
+        &self,
+        tenant: &str,
+        decision_ids: &[String],
+    ) -> Result<Vec<Event>, StoreError> {
+        self.sql.decision_events(tenant, decision_ids).await
+    }
+
+    // On sqlx's writer inside the chain lock, as `update_approval`.
+    async fn write_proposal(&self, write: ProposalWrite) -> Result<ProposalWritten, StoreError> {
+        self.sql.write_proposal(write).await
+    }
+
+    async fn proposal(&self, tenant: &str, id: &str) -> Result<Option<ProposalRecord>, StoreError> {
+        self.sql.proposal(tenant, id).await
+    }
+
+    async fn proposals(&self, filter: &ProposalFilter) -> Result<Vec<ProposalRecord>, StoreError> {
+        self.sql.proposals(filter).await
+    }
+
+    async fn count_proposals(
+        &self,
+        tenant: &str,
+        agent: &str,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.sql.count_proposals(tenant, agent, since_ms).await
     }
 }

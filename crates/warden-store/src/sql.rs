@@ -28,6 +28,9 @@ use crate::policy_version::{
     self, PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
     policy_status,
 };
+use crate::proposal::{
+    self, ProposalFilter, ProposalRecord, ProposalWrite, ProposalWritten, proposal_status,
+};
 use crate::{Backend, Store};
 
 /// What differs between the backends, as SQL text.
@@ -98,6 +101,14 @@ pub(crate) const SIGNAL_CAPACITY: usize = 4096;
 fn approval_columns() -> &'static str {
     static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     COLUMNS.get_or_init(|| append::APPROVAL_COLUMNS.join(", "))
+}
+
+/// A proposal change staged inside a transaction: what it did, the events to chain with it,
+/// and the proposals whose waiters to wake once it commits.
+struct StagedProposal {
+    written: ProposalWritten,
+    events: Vec<NewEvent>,
+    signal: Vec<String>,
 }
 
 /// A value bound to a dynamically built query.
@@ -612,6 +623,189 @@ where
             .fetch_optional(&mut *conn)
             .await?;
         row.map(|row| Self::approval_from_row(&row)).transpose()
+    }
+
+    fn proposal_from_row(row: &DB::Row) -> Result<ProposalRecord, StoreError> {
+        Ok(ProposalRecord {
+            id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
+            agent: row.try_get("agent")?,
+            key_id: row.try_get("key_id")?,
+            status: row.try_get("status")?,
+            subject: row.try_get("subject")?,
+            change_hash: row.try_get("change_hash")?,
+            body: row.try_get("body")?,
+            review: row.try_get("review")?,
+            review_token: row.try_get("review_token")?,
+            live_hash: row.try_get("live_hash")?,
+            applied_revision: row.try_get("applied_revision")?,
+            applied_version: row.try_get("applied_version")?,
+            decided_by: row.try_get("decided_by")?,
+            reason: row.try_get("reason")?,
+            superseded_by: row.try_get("superseded_by")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            decided_at_ms: row.try_get("decided_at_ms")?,
+        })
+    }
+
+    /// The proposal row, read inside `conn` (a transaction or not).
+    async fn find_proposal(
+        conn: &mut DB::Connection,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<ProposalRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM proposals WHERE tenant = $1 AND id = $2",
+            proposal::columns()
+        );
+        let row = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|row| Self::proposal_from_row(&row)).transpose()
+    }
+
+    /// Writes a proposal change inside `conn`'s transaction (which holds the chain lock) and
+    /// returns what to chain and whom to signal; anything but `Written` wrote nothing that
+    /// the caller may keep (it rolls back). `applied` is the version a publish makes.
+    async fn stage_proposal(
+        conn: &mut DB::Connection,
+        write: ProposalWrite,
+        applied: Option<(i64, &str)>,
+    ) -> Result<StagedProposal, StoreError> {
+        let stale = |written| StagedProposal {
+            written,
+            events: Vec::new(),
+            signal: Vec::new(),
+        };
+        match write {
+            ProposalWrite::Insert {
+                mut record,
+                mut events,
+                supersede,
+                limit,
+            } => {
+                if let Some(limit) = limit {
+                    let n: i64 = sqlx::query(proposal::COUNT_SINCE)
+                        .bind(record.tenant.as_str())
+                        .bind(record.agent.as_str())
+                        .bind(limit.since_ms)
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get("n")?;
+                    if u64::try_from(n).unwrap_or(0) >= limit.max {
+                        return Ok(stale(ProposalWritten::OverLimit));
+                    }
+                }
+                if let Some((revision, version)) = applied {
+                    record.applied_revision = Some(revision);
+                    record.applied_version = Some(version.to_owned());
+                }
+                let mut signal = vec![record.id.clone()];
+                if record.subject.is_empty() {
+                    if !supersede.is_empty() {
+                        return Ok(stale(ProposalWritten::Stale(None)));
+                    }
+                } else {
+                    let rows = sqlx::query(proposal::PENDING_OF_SUBJECT)
+                        .bind(record.tenant.as_str())
+                        .bind(record.agent.as_str())
+                        .bind(record.subject.as_str())
+                        .bind(proposal_status::NEEDS_HUMAN)
+                        .bind(proposal_status::REVISE_REQUESTED)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    let mut found = rows
+                        .iter()
+                        .map(|row| row.try_get::<String, _>("id"))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    found.sort_unstable();
+                    if !proposal::supersedes_exactly(&found, &supersede) {
+                        return Ok(stale(ProposalWritten::Stale(None)));
+                    }
+                    for old in supersede {
+                        let changed = sqlx::query(proposal::SUPERSEDE)
+                            .bind(record.id.as_str())
+                            .bind(record.created_at_ms)
+                            .bind(record.tenant.as_str())
+                            .bind(old.id.as_str())
+                            .execute(&mut *conn)
+                            .await?;
+                        if DB::rows_affected(&changed) == 1 {
+                            events.push(old.event);
+                            signal.push(old.id);
+                        }
+                    }
+                }
+                let mut query = sqlx::query(proposal::insert_sql());
+                for cell in proposal::row(&record) {
+                    query = bind_cell(query, cell);
+                }
+                query.execute(&mut *conn).await?;
+                Ok(StagedProposal {
+                    written: ProposalWritten::Written(record),
+                    events,
+                    signal,
+                })
+            }
+            ProposalWrite::Update {
+                mut record,
+                expected,
+                events,
+            } => {
+                if let Some((revision, version)) = applied {
+                    record.applied_revision = Some(revision);
+                    record.applied_version = Some(version.to_owned());
+                }
+                let sql = proposal::update_sql(expected.len());
+                let mut query = sqlx::query(&sql)
+                    .bind(record.status.as_str())
+                    .bind(record.review.as_str())
+                    .bind(record.review_token.as_str())
+                    .bind(record.live_hash.as_str())
+                    .bind(record.applied_revision)
+                    .bind(record.applied_version.as_deref())
+                    .bind(record.decided_by.as_deref())
+                    .bind(record.reason.as_deref())
+                    .bind(record.decided_at_ms)
+                    .bind(record.tenant.as_str())
+                    .bind(record.id.as_str());
+                for status in &expected {
+                    query = query.bind(status.as_str());
+                }
+                let changed = query.execute(&mut *conn).await?;
+                let now = Self::find_proposal(conn, &record.tenant, &record.id).await?;
+                if DB::rows_affected(&changed) != 1 {
+                    return Ok(stale(match now {
+                        Some(row) => ProposalWritten::Stale(Some(row)),
+                        None => ProposalWritten::NotFound,
+                    }));
+                }
+                let Some(now) = now else {
+                    return Ok(stale(ProposalWritten::NotFound));
+                };
+                Ok(StagedProposal {
+                    signal: vec![now.id.clone()],
+                    written: ProposalWritten::Written(now),
+                    events,
+                })
+            }
+        }
+    }
+
+    /// Announces changed proposals to every replica's waiters at commit (PostgreSQL), on
+    /// the approvals' channel: ids are ULIDs, so a waiter never mistakes one for another.
+    async fn notify_proposals(conn: &mut DB::Connection, ids: &[String]) -> Result<(), StoreError> {
+        if let Some(notify) = DB::NOTIFY_APPROVAL {
+            for id in ids {
+                sqlx::query(notify)
+                    .bind(id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// `(name, checksum)` of every recorded migration; empty when the table does not exist.
@@ -1462,6 +1656,7 @@ where
             policy,
             previous_becomes,
             event,
+            proposal,
         } = publish;
         let info = &policy.info;
         // Under the chain lock: publishes from every replica take turns with each other and
@@ -1472,6 +1667,20 @@ where
             tx.rollback().await?;
             return Ok(conflict);
         }
+        // The proposal it applies changes in this transaction, or nothing does.
+        let mut events = Vec::with_capacity(2);
+        let mut signal = Vec::new();
+        if let Some(write) = proposal {
+            let staged =
+                Self::stage_proposal(&mut tx, write, Some((info.revision, &info.version))).await?;
+            if !matches!(staged.written, ProposalWritten::Written(_)) {
+                tx.rollback().await?;
+                return Ok(Published::ProposalStale(Box::new(staged.written)));
+            }
+            events = staged.events;
+            signal = staged.signal;
+        }
+        events.push(event);
         sqlx::query(policy_version::RETIRE)
             .bind(previous_becomes)
             .bind(info.tenant.as_str())
@@ -1491,7 +1700,8 @@ where
             .bind(info.status.as_str())
             .execute(&mut *tx)
             .await?;
-        Self::chain_events(&mut tx, vec![event]).await?;
+        Self::chain_events(&mut tx, events).await?;
+        Self::notify_proposals(&mut tx, &signal).await?;
         if let Some(notify) = DB::NOTIFY_POLICY {
             sqlx::query(notify)
                 .bind(info.tenant.as_str())
@@ -1502,6 +1712,9 @@ where
         let _ = self
             .policy_signals
             .send(PolicySignal::Changed(info.tenant.clone()));
+        for id in signal {
+            let _ = self.signals.send(ApprovalSignal::Changed(id));
+        }
         Ok(Published::Written)
     }
 
@@ -1612,6 +1825,35 @@ where
             .collect()
     }
 
+    async fn recent_snapshots(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredSnapshot>, StoreError> {
+        let rows = sqlx::query(
+            // The snapshots index read backwards.
+            "SELECT id, created_at_ms, body, snapshot FROM decisions \
+             WHERE tenant = $1 AND created_at_ms >= $2 AND snapshot IS NOT NULL \
+             ORDER BY created_at_ms DESC, id DESC LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredSnapshot {
+                    decision_id: row.try_get("id")?,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    body: row.try_get("body")?,
+                    snapshot: row.try_get("snapshot")?,
+                })
+            })
+            .collect()
+    }
+
     async fn clear_snapshots(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         let cleared = sqlx::query(
             "UPDATE decisions SET snapshot = NULL \
@@ -1692,5 +1934,119 @@ where
             .send(PolicySignal::Changed(tenant.to_owned()));
         ended.status = policy_status::SUPERSEDED.to_owned();
         Ok(Some(ended))
+    }
+
+    async fn decision_events(
+        &self,
+        tenant: &str,
+        decision_ids: &[String],
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        // Evidence names at most a few dozen decisions: one indexed lookup each.
+        let sql = format!(
+            "SELECT {} FROM audit_events WHERE decision_id = $1 AND tenant = $2 AND kind = $3 \
+             ORDER BY seq LIMIT 1",
+            event_columns()
+        );
+        for id in decision_ids {
+            let row = sqlx::query(&sql)
+                .bind(id.as_str())
+                .bind(tenant)
+                .bind(kind::DECISION)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                events.push(
+                    Self::event_from_row(&row)?.map_err(|bad| StoreError::Corrupt {
+                        what: "audit event",
+                        id: bad.seq.to_string(),
+                        detail: bad.detail,
+                    })?,
+                );
+            }
+        }
+        Ok(events)
+    }
+
+    async fn write_proposal(&self, write: ProposalWrite) -> Result<ProposalWritten, StoreError> {
+        proposal::check(&write)?;
+        // Under the chain lock: the row read here is the row every other writer (any
+        // replica) sees next, so two approvers change a proposal once.
+        let mut tx = self.begin_chain_write().await?;
+        let staged = Self::stage_proposal(&mut tx, write, None).await?;
+        if !matches!(staged.written, ProposalWritten::Written(_)) {
+            tx.rollback().await?;
+            return Ok(staged.written);
+        }
+        Self::chain_events(&mut tx, staged.events).await?;
+        Self::notify_proposals(&mut tx, &staged.signal).await?;
+        tx.commit().await?;
+        for id in staged.signal {
+            let _ = self.signals.send(ApprovalSignal::Changed(id));
+        }
+        Ok(staged.written)
+    }
+
+    async fn proposal(&self, tenant: &str, id: &str) -> Result<Option<ProposalRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::find_proposal(&mut conn, tenant, id).await
+    }
+
+    async fn proposals(&self, filter: &ProposalFilter) -> Result<Vec<ProposalRecord>, StoreError> {
+        let mut sql = format!(
+            "SELECT {} FROM proposals WHERE tenant = $1",
+            proposal::columns()
+        );
+        let mut binds = vec![Arg::Text(filter.tenant.clone())];
+        for (column, value) in [
+            ("status", &filter.status),
+            ("agent", &filter.agent),
+            ("change_hash", &filter.change_hash),
+        ] {
+            if let Some(value) = value {
+                binds.push(Arg::Text(value.clone()));
+                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+            }
+        }
+        if let Some((at, id)) = &filter.before {
+            binds.push(Arg::Int(*at));
+            binds.push(Arg::Text(id.clone()));
+            let (a, i) = (binds.len() - 1, binds.len());
+            sql.push_str(&format!(
+                " AND (created_at_ms < ${a} OR (created_at_ms = ${a} AND id < ${i}))"
+            ));
+        }
+        let limit = match filter.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        sql.push_str(&format!(
+            " ORDER BY created_at_ms DESC, id DESC LIMIT {limit}"
+        ));
+        let mut query = sqlx::query(&sql);
+        for arg in binds {
+            query = match arg {
+                Arg::Text(value) => query.bind(value),
+                Arg::Int(value) => query.bind(value),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(Self::proposal_from_row).collect()
+    }
+
+    async fn count_proposals(
+        &self,
+        tenant: &str,
+        agent: &str,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query(proposal::COUNT_SINCE)
+            .bind(tenant)
+            .bind(agent)
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }

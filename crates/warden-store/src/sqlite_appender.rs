@@ -195,7 +195,15 @@ fn publish_policy(conn: &mut Connection, publish: PolicyPublish) -> Result<Publi
         policy,
         previous_becomes,
         event,
+        proposal,
     } = publish;
+    if proposal.is_some() {
+        // `Split` sends those to sqlx's writer; this thread never writes proposals.
+        return Err(StoreError::InvalidEvent {
+            id: event.id,
+            reason: "a publish that applies a proposal runs on sqlx's writer".to_owned(),
+        });
+    }
     let info = &policy.info;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (latest, active) = tx.prepare_cached(policy_version::POSITION)?.query_row(

@@ -70,6 +70,12 @@ enum Command {
         after_help = "Examples:\n  WARDEN_KEY=wdn_… warden policy --server https://warden.internal publish acme.yaml --comment 'refunds need approval'\n  WARDEN_KEY=wdn_… warden policy --tenant acme diff 3"
     )]
     Policy(cmd::policy::Args),
+    /// List, show, approve and reject agents' proposed policy changes through a running
+    /// server.
+    #[command(
+        after_help = "Examples:\n  WARDEN_KEY=wdn_… warden proposals list\n  WARDEN_KEY=wdn_… warden proposals show 01JD8Z9R6W3K2Q5N7X4T0M1B8C\n  WARDEN_KEY=wdn_… warden proposals approve 01JD8Z9R6W3K2Q5N7X4T0M1B8C"
+    )]
+    Proposals(cmd::proposals::Args),
 }
 
 /// What a command concluded; errors that stop a command are `anyhow` errors instead.
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => cmd::audit::run(args, cli.json),
         Command::Approvals(args) => cmd::approvals::run(args, cli.json),
         Command::Policy(args) => cmd::policy::run(args, cli.json),
+        Command::Proposals(args) => cmd::proposals::run(args, cli.json),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

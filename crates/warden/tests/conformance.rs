@@ -262,7 +262,7 @@ fn ocsf_export_validates_against_the_official_schema() {
 // ---------------------------------------------------------------------------------------
 
 /// DESIGN §8: `/openapi.json` is the API. schemathesis generates requests from it, for a
-/// controller key, an operator key and an approver key in turn, and checks every answer against it (status
+/// controller key, an operator key, an approver key and an agent key in turn, and checks every answer against it (status
 /// codes, content types, bodies, auth, and that valid inputs are accepted and invalid ones
 /// refused). Zero failing checks.
 #[test]
@@ -284,6 +284,27 @@ fn schemathesis_finds_no_failing_check_with_any_key() {
     .unwrap()
     .trim()
     .to_owned();
+    // An agent key: the one that submits proposals (the Nexus policy takes them).
+    let agent = assert_success(&warden(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--db",
+            &db,
+            "--role",
+            "agent",
+            "--agent",
+            "support-bot",
+        ],
+    ))
+    .lines()
+    .next()
+    .unwrap()
+    .trim()
+    .to_owned();
     let server = Server::start(dir.path());
     let schema = server.url("/openapi.json");
     let mut failed = Vec::new();
@@ -291,6 +312,7 @@ fn schemathesis_finds_no_failing_check_with_any_key() {
         ("controller", &controller),
         ("operator", &operator),
         ("approver", &approver),
+        ("agent", &agent),
     ] {
         let started = Instant::now();
         let out = run_with_timeout(

@@ -661,6 +661,118 @@ fn approvals_are_decided_from_the_command_line() {
     assert!(help.contains("Example"), "{help}");
 }
 
+/// `warden proposals list | show | approve | reject` through a running server: `show`
+/// prints the diff, the classification and why, the counterexample as an action with both
+/// sides, the findings and the impact; `approve` presents the review token it fetched.
+#[test]
+fn proposals_are_reviewed_and_decided_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(dir.path(), "version: 1.0.0\ndefault: deny\n");
+    std::fs::write(
+        dir.path().join("policies/acme.yaml"),
+        "version: 1.0.0\ndefault: deny\nproposals: on\nrules:\n  - {id: read, actions: [ticket.read], effect: allow}\n",
+    )
+    .unwrap();
+    let rt = runtime();
+    let client = client();
+    let server = Server::start(dir.path(), "proposals-cli", &[], "info");
+    let key = |args: &[&str]| {
+        let mut all = vec!["keys", "create", "--tenant", "acme", "--db", "warden.db"];
+        all.extend_from_slice(args);
+        let out = warden(dir.path(), &all);
+        assert_success(&out)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let agent = key(&["--role", "agent", "--agent", "support-bot"]);
+    let approver = key(&["--role", "approver", "--user", "alice", "--group", "policy"]);
+    let propose = |rule: &str, action: &str| {
+        let proposal = json!({
+            "rationale": "support-bot must export the account it works on",
+            "risks": ["customer data leaves the CRM"],
+            "changes": [{"op": "add_rule", "rule": {"id": rule, "actions": [action], "agents": ["support-bot"], "effect": "allow"}}],
+        });
+        rt.block_on(async {
+            let response = client
+                .post(server.url("/v1/proposals"))
+                .bearer_auth(&agent)
+                .json(&proposal)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 201);
+            let body: Value = response.json().await.unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        })
+    };
+    let first = propose("allow-export", "crm.export");
+    let url = server.url("");
+    let env = [
+        ("WARDEN_KEY", approver.as_str()),
+        ("WARDEN_URL", url.as_str()),
+    ];
+    let table = assert_success(&warden_with(dir.path(), &["proposals", "list"], &env));
+    assert!(table.starts_with("ID") && table.contains(&first), "{table}");
+    assert!(
+        table.contains("needs_human") && table.contains("broadening"),
+        "{table}"
+    );
+
+    let shown = assert_success(&warden_with(
+        dir.path(),
+        &["proposals", "show", &first],
+        &env,
+    ));
+    for part in [
+        "status          needs_human",
+        "+ rule allow-export",
+        "classification  broadening",
+        "counterexamples",
+        "\"type\":\"crm.export\"",
+        "live       deny (default)",
+        "candidate  allow (allow-export)",
+        "findings",
+        "impact",
+    ] {
+        assert!(shown.contains(part), "`{part}` missing from:\n{shown}");
+    }
+    let approved = assert_success(&warden_with(
+        dir.path(),
+        &["--json", "proposals", "approve", &first],
+        &env,
+    ));
+    let approved: Value = serde_json::from_str(&approved).unwrap();
+    assert_eq!(approved["status"], "approved", "{approved}");
+    assert_eq!(approved["version"], "1.0.1");
+
+    let second = propose("allow-delete", "crm.delete");
+    let out = warden_with(dir.path(), &["proposals", "reject", &second], &env);
+    assert_eq!(out.status.code(), Some(2), "a rejection needs --reason");
+    let rejected = assert_success(&warden_with(
+        dir.path(),
+        &[
+            "proposals",
+            "reject",
+            &second,
+            "--reason",
+            "one export rule is enough",
+        ],
+        &env,
+    ));
+    assert!(rejected.contains("status          rejected"), "{rejected}");
+    assert!(rejected.contains("one export rule is enough"), "{rejected}");
+    let out = warden_with(dir.path(), &["proposals", "approve", &second], &env);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("409") && stderr.contains("already_decided"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn audit_commands_work_through_the_server() {
     let dir = tempfile::tempdir().unwrap();

@@ -269,6 +269,14 @@ pub enum EventKind {
     PolicyShadowEnded,
     /// A policy change was refused.
     PolicyRefused,
+    /// An agent submitted a policy change.
+    ProposalSubmitted,
+    /// A proposal was approved, rejected or analyzed again.
+    ProposalDecided,
+    /// A newer proposal replaced a pending one.
+    ProposalSuperseded,
+    /// A proposal flagged as a security event (a repeat, a revert).
+    ProposalSecurityEvent,
 }
 
 /// A decision's effect.
@@ -531,6 +539,10 @@ mod tests {
             EventKind::PolicyShadowStarted,
             EventKind::PolicyShadowEnded,
             EventKind::PolicyRefused,
+            EventKind::ProposalSubmitted,
+            EventKind::ProposalDecided,
+            EventKind::ProposalSuperseded,
+            EventKind::ProposalSecurityEvent,
         ]
         .iter()
         .map(|k| {

@@ -379,6 +379,12 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "version_not_newer", e.to_string())
         }
         SubmitError::Contended => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        SubmitError::PolicyChanged => {
+            ApiError::new(StatusCode::CONFLICT, "policy_changed", e.to_string())
+        }
+        SubmitError::ProposalStale(_) => {
+            ApiError::new(StatusCode::CONFLICT, "already_decided", e.to_string())
+        }
         SubmitError::Store(e) => store_error(e),
     }
 }
@@ -674,36 +680,69 @@ pub async fn diff(
                 e.to_string(),
             )
         })?;
-    let field = |c: &warden_policy::FieldChange| FieldChangeBody {
-        path: c.path(),
-        before: c.before().cloned(),
-        after: c.after().cloned(),
-    };
-    let entry = |r: &warden_policy::RuleEntry| RuleEntryBody {
-        id: r.id().as_str().to_owned(),
-        rule: r.value().clone(),
-    };
+    let changes = ChangesBody::of(&diff);
     Ok(Json(DiffBody {
-        settings: diff.settings().iter().map(field).collect(),
-        rules_added: diff.rules_added().iter().map(entry).collect(),
-        rules_removed: diff.rules_removed().iter().map(entry).collect(),
-        rules_changed: diff
-            .rules_changed()
-            .iter()
-            .map(|c| RuleChangeBody {
-                id: c.id().as_str().to_owned(),
-                fields: c.fields().iter().map(field).collect(),
-            })
-            .collect(),
-        rules_reordered: diff
-            .rules_reordered()
-            .iter()
-            .map(|id| id.as_str().to_owned())
-            .collect(),
-        text: diff.to_string(),
+        settings: changes.settings,
+        rules_added: changes.rules_added,
+        rules_removed: changes.rules_removed,
+        rules_changed: changes.rules_changed,
+        rules_reordered: changes.rules_reordered,
+        text: changes.text,
         from: PolicyVersionBody::of(&from.info, None),
         to: PolicyVersionBody::of(&to.info, None),
     }))
+}
+
+/// What changed between two documents, as `GET /v1/policy/diff` shows it (without the two
+/// versions): also what a proposal would change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChangesBody {
+    /// Top-level settings that changed, in path order.
+    pub settings: Vec<FieldChangeBody>,
+    /// Rules only in the newer document.
+    pub rules_added: Vec<RuleEntryBody>,
+    /// Rules only in the older document.
+    pub rules_removed: Vec<RuleEntryBody>,
+    /// Rules in both that changed.
+    pub rules_changed: Vec<RuleChangeBody>,
+    /// The rules of both in their new order, when the order changed.
+    pub rules_reordered: Vec<String>,
+    /// The same, as readable text (`no changes` when none).
+    pub text: String,
+}
+
+impl ChangesBody {
+    /// The wire form of the core's diff.
+    pub fn of(diff: &PolicyDiff) -> Self {
+        let field = |c: &warden_policy::FieldChange| FieldChangeBody {
+            path: c.path(),
+            before: c.before().cloned(),
+            after: c.after().cloned(),
+        };
+        let entry = |r: &warden_policy::RuleEntry| RuleEntryBody {
+            id: r.id().as_str().to_owned(),
+            rule: r.value().clone(),
+        };
+        Self {
+            settings: diff.settings().iter().map(field).collect(),
+            rules_added: diff.rules_added().iter().map(entry).collect(),
+            rules_removed: diff.rules_removed().iter().map(entry).collect(),
+            rules_changed: diff
+                .rules_changed()
+                .iter()
+                .map(|c| RuleChangeBody {
+                    id: c.id().as_str().to_owned(),
+                    fields: c.fields().iter().map(field).collect(),
+                })
+                .collect(),
+            rules_reordered: diff
+                .rules_reordered()
+                .iter()
+                .map(|id| id.as_str().to_owned())
+                .collect(),
+            text: diff.to_string(),
+        }
+    }
 }
 
 /// The candidate running in shadow and what it found on every replica.

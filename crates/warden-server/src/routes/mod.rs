@@ -9,6 +9,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod permits;
 pub mod policy;
+pub mod proposals;
 
 use crate::error::ApiError;
 use axum::extract::Path;

@@ -11,5 +11,6 @@ mod counters;
 mod migrations;
 mod permits;
 mod policies;
+mod proposals;
 mod queries;
 mod verify;

@@ -36,6 +36,7 @@ fn publish(tenant: &str, revision: i64, parent: Option<i64>, version: &str) -> P
             detail: json!({"revision": revision}),
             ..NewEvent::default()
         },
+        proposal: None,
     }
 }
 

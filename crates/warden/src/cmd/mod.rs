@@ -8,6 +8,7 @@ pub mod eval;
 pub mod keys;
 pub mod migrate;
 pub mod policy;
+pub mod proposals;
 pub mod replay;
 pub mod serve;
 pub mod server_api;

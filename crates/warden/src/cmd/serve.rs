@@ -89,6 +89,17 @@ pub struct Args {
     /// `warden policy replay`; 0 keeps none.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     snapshot_retention: Duration,
+    /// Policy proposals one agent may submit per hour (counted in the store, so shared by
+    /// every replica).
+    #[arg(long, default_value_t = 10)]
+    proposal_rate_limit: u32,
+    /// How far back a proposal's review replays recent decisions.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    proposal_replay_window: Duration,
+    /// How long a proposal review's solver may think about one question; past it, the
+    /// change counts as broadening.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    proposal_solver_timeout: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -192,6 +203,9 @@ async fn serve(args: Args) -> Result<Outcome> {
         shutdown_grace: args.shutdown_grace,
         max_waiters: args.max_waiters,
         snapshot_retention: args.snapshot_retention,
+        proposal_rate_limit: args.proposal_rate_limit,
+        proposal_replay_window: args.proposal_replay_window,
+        proposal_solver_timeout: args.proposal_solver_timeout,
         ..Limits::default()
     };
     let secret = std::env::var(WEBHOOK_SECRET_ENV)

@@ -130,8 +130,8 @@ fn approvals(live: &Policy, cand: &Policy, out: &mut Vec<String>) {
 }
 
 fn tiers(live: &Policy, cand: &Policy, out: &mut Vec<String>) {
-    // Every pattern either side names, read as an agent id: an exact entry is that agent, a
-    // pattern stands for the agents it literally names.
+    // Every entry either side names, read as an agent id: an exact entry is that agent, and
+    // a pattern read as a name matches itself, so a raised pattern is caught too.
     let mut names: Vec<&str> = live
         .agent_entries()
         .into_iter()
@@ -149,24 +149,6 @@ fn tiers(live: &Policy, cand: &Policy, out: &mut Vec<String>) {
                 "it raises agent `{name}` from tier {} to {}",
                 b.as_str(),
                 a.as_str()
-            ));
-        }
-    }
-    for (glob, tier) in cand.agent_entries() {
-        let before = live
-            .agent_entries()
-            .into_iter()
-            .find(|(g, _)| g.as_str() == glob.as_str())
-            .map(|(_, t)| t);
-        if let Some(b) = before
-            && tier > b
-            && live.tier_of(glob.as_str()).is_none()
-        {
-            out.push(format!(
-                "it raises agents `{}` from tier {} to {}",
-                glob.as_str(),
-                b.as_str(),
-                tier.as_str()
             ));
         }
     }

@@ -36,6 +36,8 @@ use std::time::Duration;
 pub const MAX_CHANGES: usize = 20;
 /// The most evidence references one proposal may carry.
 pub const MAX_EVIDENCE: usize = 50;
+/// The most changes each classified on its own (beyond, the whole verdict stands for each).
+pub const MAX_PROVEN_STEPS: usize = 5;
 /// How long a `rationale` or one `risks` entry may be, in characters.
 pub const MAX_TEXT: usize = 4000;
 
@@ -557,6 +559,25 @@ fn per_change(
             classification: c.classification,
             reasons: c.reasons,
         }]);
+    }
+    // Past a handful, proving each step would multiply the solver's time limit by the
+    // number of changes; the whole proposal's verdict stands for each of them instead.
+    if proposal.changes.len() > MAX_PROVEN_STEPS {
+        let c = whole();
+        let reason = format!(
+            "not proven on its own: a proposal of more than {MAX_PROVEN_STEPS} changes is classified as a whole"
+        );
+        return Ok(proposal
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(index, change)| ChangeReview {
+                index,
+                op: change.op(),
+                classification: c.classification,
+                reasons: vec![reason.clone()],
+            })
+            .collect());
     }
     let mut out = Vec::with_capacity(proposal.changes.len());
     let mut before_doc = changes::document(inputs.live_source)?;

@@ -16,7 +16,7 @@ use warden_policy::{Policy, Timestamp};
 
 const SAMPLES: usize = 60;
 
-fn measure(name: &str, source: &str, changes: serde_json::Value, want: Status) {
+fn measure(name: &str, source: &str, changes: serde_json::Value, want: Status) -> String {
     let live = Policy::parse(source).unwrap();
     let proposal = Proposal::from_value(json!({
         "rationale": "benchmark", "risks": ["none"], "changes": changes
@@ -36,6 +36,7 @@ fn measure(name: &str, source: &str, changes: serde_json::Value, want: Status) {
     };
     let first = review(&proposal, &inputs).unwrap();
     assert_eq!(first.status, want, "{name}: {:?}", first.reasons);
+    let candidate = first.candidate.source.clone();
     let mut times: Vec<Duration> = (0..SAMPLES)
         .map(|_| {
             let started = Instant::now();
@@ -53,22 +54,35 @@ fn measure(name: &str, source: &str, changes: serde_json::Value, want: Status) {
         at(0.99).as_secs_f64() * 1e3,
         SAMPLES
     );
+    candidate
 }
 
 fn main() {
+    let narrowing = || json!([{"op": "add_rule", "rule": {"id": "no-big-refunds", "actions": ["billing.refund"], "agents": ["support-bot"], "when": "action.payload.amount > 1000", "effect": "deny"}}]);
+    let broadening = || json!([{"op": "add_rule", "rule": {"id": "refund-bot", "actions": ["billing.refund"], "agents": ["refund-bot"], "effect": "allow"}}]);
     for n in [0, 1_000] {
         let source = warden_policy(n);
+        let name =
+            |what: &str, form: &str| format!("{what} one-rule proposal, nexus + {n} rules, {form}");
         measure(
-            &format!("narrowing one-rule proposal, nexus + {n} rules"),
+            &name("narrowing", "YAML"),
             &source,
-            json!([{"op": "add_rule", "rule": {"id": "no-big-refunds", "actions": ["billing.refund"], "agents": ["support-bot"], "when": "action.payload.amount > 1000", "effect": "deny"}}]),
+            narrowing(),
             Status::AutoApproved,
         );
-        measure(
-            &format!("broadening one-rule proposal, nexus + {n} rules"),
+        // Every version a proposal publishes is JSON, which reads faster than YAML.
+        let published = measure(
+            &name("broadening", "YAML"),
             &source,
-            json!([{"op": "add_rule", "rule": {"id": "refund-bot", "actions": ["billing.refund"], "agents": ["refund-bot"], "effect": "allow"}}]),
+            broadening(),
             Status::NeedsHuman,
+        );
+        let json = published.replace("\"refund-bot\"", "\"refund-bot-old\"");
+        measure(
+            &name("narrowing", "JSON"),
+            &json,
+            narrowing(),
+            Status::AutoApproved,
         );
     }
 }

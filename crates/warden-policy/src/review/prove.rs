@@ -519,13 +519,22 @@ fn int(i: i64) -> Int {
 impl World {
     fn new(tenant: &str, ty_name: Option<&str>) -> Self {
         let ty = ty_name.map_or_else(|| Str::new_const("action.type"), Str::from);
-        let mut constraints = vec![ty.length().ge(int(1))];
+        let mut constraints = vec![ty.length().ge(int(1)), ty.length().le(int(200))];
         let mut texts = BTreeMap::new();
         for f in TEXTS {
             let has = Bool::new_const(format!("has:{}", f.path()));
             let v = Str::new_const(f.path());
+            // The lengths an action accepts (action.rs), so a witness is one.
+            let max = match f {
+                ActionField::Id | ActionField::TargetId => crate::action::MAX_REFERENCE,
+                ActionField::Mode => crate::action::MAX_MODE,
+                _ => crate::action::MAX_IDENTIFIER,
+            };
             let len = v.length();
-            constraints.push(has.implies(Bool::and(&[len.ge(int(1)), len.le(int(512))])));
+            constraints.push(has.implies(Bool::and(&[
+                len.ge(int(1)),
+                len.le(int(i64::try_from(max).unwrap_or(i64::MAX))),
+            ])));
             texts.insert(f, (has, v));
         }
         let target = Bool::new_const("has:action.target");
@@ -1099,21 +1108,19 @@ fn examples(
     tenant: &str,
 ) -> Vec<Counterexample> {
     let mut out = Vec::new();
+    let mut first = true;
     for _ in 0..ATTEMPTS {
         if out.len() == COUNTEREXAMPLES {
             break;
         }
-        // A tidy witness first (short plain names), any witness otherwise.
-        solver.push();
-        solver.assert(tidy(world));
-        let mut model = match solver.check() {
-            SatResult::Sat => solver.get_model(),
-            _ => None,
+        // The first model is the one the question found; each later one excludes the type
+        // and agent of those before it.
+        let model = if first || solver.check() == SatResult::Sat {
+            solver.get_model()
+        } else {
+            None
         };
-        solver.pop(1);
-        if model.is_none() && solver.check() == SatResult::Sat {
-            model = solver.get_model();
-        }
+        first = false;
         let Some(model) = model else { break };
         let (action, now) = witness(&model, world);
         // Another type and agent next time.
@@ -1238,23 +1245,6 @@ fn side(d: &Decision) -> Side {
             .filter_map(|r| r.rule.as_ref().map(|id| id.to_string()))
             .collect(),
     }
-}
-
-/// Short names, for a witness a human can read (lengths only: regular constraints over every
-/// string cost the solver seconds).
-fn tidy(world: &World) -> Bool {
-    let mut out = vec![world.ty.length().le(int(40))];
-    for (has, v) in world.texts.values() {
-        out.push(has.implies(v.length().le(int(24))));
-    }
-    for cell in world.cells.values() {
-        out.push(
-            cell.value
-                .is(tag::STR)
-                .implies(cell.value.s.length().le(int(40))),
-        );
-    }
-    Bool::and(&out)
 }
 
 /// The model as an action and a time.

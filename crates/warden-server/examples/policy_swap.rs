@@ -15,6 +15,11 @@
 //! three times; prints
 //! decisions per second of each phase and the overhead.
 //!
+//! `proposals URL ROUNDS`: two replicas on one PostgreSQL schema (or `sqlite`, one file) with
+//! the Nexus policy plus 1,000 rules. Each round an agent POSTs an auto-approvable one-rule
+//! proposal to replica A; the time from sending it until replica B decides with the version it
+//! published (issue 12: under 100 ms), and A's own answer time (review and publish included).
+//!
 //! `snapshots N DIR`: N decisions through one replica on `DIR/warden.db` (data dir `DIR`),
 //! each kept with its snapshot, for `warden policy replay` to be measured on.
 //!
@@ -22,6 +27,7 @@
 //! cargo run --release -p warden-server --example policy_swap -- follow postgres://postgres@127.0.0.1/test 200
 //! cargo run --release -p warden-server --example policy_swap -- swap 10000 20
 //! cargo run --release -p warden-server --example policy_swap -- shadow 5
+//! cargo run --release -p warden-server --example policy_swap -- proposals postgres://postgres@127.0.0.1/test 50
 //! cargo run --release -p warden-server --example policy_swap -- snapshots 100000 /tmp/replay
 //! ```
 
@@ -51,6 +57,11 @@ async fn main() -> anyhow::Result<()> {
             let db = args.next().unwrap_or_else(|| "sqlite".to_owned());
             let rounds: usize = args.next().map_or(Ok(200), |n| n.parse())?;
             follow(&db, rounds).await
+        }
+        Some("proposals") => {
+            let db = args.next().unwrap_or_else(|| "sqlite".to_owned());
+            let rounds: usize = args.next().map_or(Ok(50), |n| n.parse())?;
+            proposals(&db, rounds).await
         }
         Some("swap") => {
             let rules: usize = args.next().map_or(Ok(10_000), |n| n.parse())?;
@@ -96,22 +107,25 @@ async fn replica(
     policies: &std::path::Path,
     key: AuditKey,
 ) -> anyhow::Result<AppState> {
+    let limits = Limits {
+        max_in_flight: 10_000,
+        ..Limits::default()
+    };
+    replica_with(store, policies, key, limits).await
+}
+
+async fn replica_with(
+    store: Arc<dyn Store>,
+    policies: &std::path::Path,
+    key: AuditKey,
+    limits: Limits,
+) -> anyhow::Result<AppState> {
     let policies = Arc::new(Policies::open(Arc::clone(&store), policies).await?);
     let metrics = Arc::new(Metrics::default());
     let (audit, task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     // The writer runs as long as the process.
     std::mem::forget(task);
-    let state = AppState::new(
-        store,
-        Arc::clone(&policies),
-        audit,
-        key,
-        metrics,
-        Limits {
-            max_in_flight: 10_000,
-            ..Limits::default()
-        },
-    );
+    let state = AppState::new(store, Arc::clone(&policies), audit, key, metrics, limits);
     tokio::spawn(policies.follow(Duration::from_millis(100)));
     Ok(state)
 }
@@ -167,11 +181,22 @@ async fn follow(db: &str, rounds: usize) -> anyhow::Result<()> {
     let folder = dir.path().join("policies");
     std::fs::create_dir_all(&folder)?;
     std::fs::write(folder.join("default.yaml"), policy("1.0.0", 10))?;
-    let (first, second): (Arc<dyn Store>, Arc<dyn Store>) = if db == "sqlite" {
-        let path = dir.path().join("warden.db").display().to_string();
+    let (first, second) = two_stores(db, dir.path()).await?;
+    let a = replica(first, &folder, bench_key()?).await?;
+    let b = replica(second, &folder, bench_key()?).await?;
+    follow_rounds(db, rounds, a, b).await
+}
+
+/// Two stores on one database: a PostgreSQL schema of its own, or a SQLite file in `dir`.
+async fn two_stores(
+    db: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Store>)> {
+    if db == "sqlite" {
+        let path = dir.join("warden.db").display().to_string();
         let first = warden_store::open(&path).await?;
         first.migrate().await?;
-        (first, warden_store::open(&path).await?)
+        Ok((first, warden_store::open(&path).await?))
     } else if db.starts_with("postgres") {
         let schema = format!(
             "bench_{}",
@@ -179,15 +204,98 @@ async fn follow(db: &str, rounds: usize) -> anyhow::Result<()> {
         );
         let first = warden_store::open_postgres_in_schema(db, &schema).await?;
         first.migrate().await?;
-        (
+        Ok((
             first,
             warden_store::open_postgres_in_schema(db, &schema).await?,
-        )
+        ))
     } else {
         bail!("the database is `sqlite` or a postgres:// url");
+    }
+}
+
+async fn proposals(db: &str, rounds: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("policies");
+    std::fs::create_dir_all(&folder)?;
+    let mut nexus = include_str!("../../../examples/nexus/nexus.yaml").to_owned();
+    let fillers: String = (0..1000)
+        .map(|i| format!("  - id: filler-{i}\n    actions: [svc{i}.op]\n    when: action.payload.amount > {i}\n    effect: deny\n"))
+        .collect();
+    nexus = nexus.replacen("\nbudgets:", &format!("\n{fillers}budgets:"), 1);
+    std::fs::write(folder.join("nexus.yaml"), nexus)?;
+    let (first, second) = two_stores(db, dir.path()).await?;
+    let agent = keys::create(
+        first.as_ref(),
+        KeySpec {
+            tenant: "nexus".into(),
+            roles: vec![Role::Agent],
+            agent: Some("support-bot".into()),
+            ..KeySpec::default()
+        },
+        "bench",
+        1,
+    )
+    .await?
+    .0
+    .token;
+    let limits = Limits {
+        max_in_flight: 10_000,
+        proposal_rate_limit: u32::MAX,
+        ..Limits::default()
     };
-    let a = replica(first, &folder, bench_key()?).await?;
-    let b = replica(second, &folder, bench_key()?).await?;
+    let a = replica_with(first, &folder, bench_key()?, limits.clone()).await?;
+    let b = replica_with(second, &folder, bench_key()?, limits).await?;
+    let router = app(a);
+    let (mut lags, mut answers) = (Vec::new(), Vec::new());
+    for n in 0..rounds {
+        let body = serde_json::json!({
+            "rationale": "big refunds by this bot need a second look",
+            "risks": ["some refunds wait longer"],
+            "changes": [{"op": "add_rule", "rule": {
+                "id": format!("no-big-refunds-{n}"), "actions": ["billing.refund"],
+                "agents": ["support-bot"], "when": format!("action.payload.amount > {}", 1000 + n),
+                "effect": "deny"}}],
+        });
+        let request = Request::post("/v1/proposals")
+            .header("authorization", format!("Bearer {agent}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .context("request")?;
+        let sent = Instant::now();
+        let response = router.clone().oneshot(request).await?;
+        let status = response.status();
+        let answer: serde_json::Value =
+            serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
+        answers.push(sent.elapsed());
+        let Some(revision) = answer["revision"].as_i64() else {
+            bail!("round {n}: {status} {answer}");
+        };
+        while b
+            .policies()
+            .current()
+            .own("nexus")
+            .is_none_or(|p| p.revision < revision)
+        {
+            if sent.elapsed() > Duration::from_secs(10) {
+                bail!("replica B never took revision {revision}");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(sent.elapsed());
+    }
+    lags.sort();
+    answers.sort();
+    println!(
+        "proposal POST → live on replica B ({db}, nexus + 1000 rules, {rounds} proposals): median {:.2} ms, p90 {:.2} ms, max {:.2} ms; A's 201 median {:.2} ms",
+        ms(percentile(&lags, 0.5)),
+        ms(percentile(&lags, 0.9)),
+        ms(lags[lags.len() - 1]),
+        ms(percentile(&answers, 0.5)),
+    );
+    Ok(())
+}
+
+async fn follow_rounds(db: &str, rounds: usize, a: AppState, b: AppState) -> anyhow::Result<()> {
     let mut lags = Vec::with_capacity(rounds);
     for n in 1..=rounds {
         let version = format!("1.0.{n}");

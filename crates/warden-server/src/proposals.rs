@@ -32,7 +32,7 @@ use utoipa::ToSchema;
 use warden_policy::review::{
     Evidence, Inputs, PastProposal, Proposal, Recorded, Replaced, Review, ReviewError, Status,
 };
-use warden_policy::{PolicyDiff, Snapshot, Timestamp, Verdict};
+use warden_policy::{Snapshot, Timestamp, Verdict};
 use warden_store::{
     NewEvent, ProposalFilter, ProposalLimit, ProposalRecord, ProposalWrite, ProposalWritten,
     StoreError, StoredSnapshot, Supersede, kind, proposal_status,
@@ -601,13 +601,10 @@ async fn run_review(
             }
             let token = review.token(&gathered.live.hash);
             let mut stored = serde_json::to_value(&review).unwrap_or(Value::Null);
-            if let (Value::Object(fields), Ok(diff)) = (
-                &mut stored,
-                PolicyDiff::between(&gathered.live_source, &review.candidate.source),
-            ) {
+            if let Value::Object(fields) = &mut stored {
                 fields.insert(
                     "diff".into(),
-                    serde_json::to_value(ChangesBody::of(&diff)).unwrap_or(Value::Null),
+                    serde_json::to_value(ChangesBody::of(&review.diff)).unwrap_or(Value::Null),
                 );
             }
             Reviewed {

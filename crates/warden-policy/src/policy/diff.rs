@@ -83,9 +83,13 @@ impl Document {
     fn load(source: &str, side: DiffSide) -> Result<Self, DiffError> {
         let fail = move |errors| DiffError { side, errors };
         let policy = Policy::parse(source).map_err(fail)?;
-        let mut settings = sorted(&document::node_to_json(
-            &document::load(source).map_err(fail)?,
-        ));
+        let doc = document::node_to_json(&document::load(source).map_err(fail)?);
+        Ok(Self::of(&doc, &policy))
+    }
+
+    /// A document as JSON and the policy it compiles to.
+    fn of(doc: &Value, policy: &Policy) -> Self {
+        let mut settings = sorted(doc);
         let rules = match settings.as_object_mut().and_then(|top| top.remove("rules")) {
             Some(Value::Array(rules)) => rules,
             _ => Vec::new(),
@@ -94,7 +98,7 @@ impl Document {
         // after), so the compiled ids pair with the written rules without re-validating them.
         let ids = policy.rules().iter().map(|r| r.id().clone());
         let rules = ids.zip(rules).collect();
-        Ok(Self { rules, settings })
+        Self { rules, settings }
     }
 }
 
@@ -102,8 +106,23 @@ impl PolicyDiff {
     /// Compares two policy documents. Both must be valid policies; the first that is not
     /// (`from` is checked first) is the error.
     pub fn between(from: &str, to: &str) -> Result<PolicyDiff, DiffError> {
-        let mut from = Document::load(from, DiffSide::From)?;
-        let mut to = Document::load(to, DiffSide::To)?;
+        let from = Document::load(from, DiffSide::From)?;
+        let to = Document::load(to, DiffSide::To)?;
+        Ok(Self::of(from, to))
+    }
+
+    /// The diff of two documents already read (as JSON) and compiled, as the proposal
+    /// review has them.
+    pub(crate) fn of_documents(
+        from_doc: &Value,
+        from: &Policy,
+        to_doc: &Value,
+        to: &Policy,
+    ) -> PolicyDiff {
+        Self::of(Document::of(from_doc, from), Document::of(to_doc, to))
+    }
+
+    fn of(mut from: Document, mut to: Document) -> PolicyDiff {
         key_guidance(&mut from.settings, &mut to.settings);
         let before: HashMap<&RuleId, &Value> = from.rules.iter().map(|(id, v)| (id, v)).collect();
         let after: HashMap<&RuleId, &Value> = to.rules.iter().map(|(id, v)| (id, v)).collect();
@@ -133,13 +152,13 @@ impl PolicyDiff {
         } else {
             new_order
         };
-        Ok(PolicyDiff {
+        PolicyDiff {
             settings: changes(&from.settings, &to.settings),
             added: added.map(entry).collect(),
             removed: removed.map(entry).collect(),
             changed: changed.collect(),
             reordered,
-        })
+        }
     }
 
     /// Whether the documents say the same thing.

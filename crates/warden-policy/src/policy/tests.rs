@@ -432,3 +432,26 @@ fn every_preset_compiles() {
         }
     }
 }
+
+#[test]
+fn a_version_compiled_like_the_previous_one_decides_as_if_compiled_alone() {
+    let before = Policy::parse(
+        "version: 1.0.0\nrules:\n  - {id: low, actions: [t.a], when: 'action.confidence < 0.85', effect: deny}\n  - {id: any, actions: ['t.*'], effect: allow}\n",
+    )
+    .unwrap();
+    // The same condition text is reused; a changed one is compiled anew.
+    let after_source = "version: 1.0.1\nrules:\n  - {id: low, actions: [t.a], when: 'action.confidence < 0.5', effect: deny}\n  - {id: also, actions: [t.b], when: 'action.confidence < 0.85', effect: deny}\n  - {id: any, actions: ['t.*'], effect: allow}\n";
+    let like = Policy::parse_like(after_source, &before).unwrap();
+    let alone = Policy::parse(after_source).unwrap();
+    for (ty, c) in [("t.a", 0.7), ("t.a", 0.3), ("t.b", 0.7), ("t.b", 0.9)] {
+        let action = Action::from_value(serde_json::json!({"type": ty, "confidence": c})).unwrap();
+        let env = Env::default();
+        assert_eq!(
+            like.evaluate(&action, &env).verdict,
+            alone.evaluate(&action, &env).verdict,
+            "{ty} at {c}"
+        );
+    }
+    let t_a = Action::from_value(serde_json::json!({"type": "t.a", "confidence": 0.7})).unwrap();
+    assert_eq!(like.evaluate(&t_a, &Env::default()).verdict, Verdict::Allow);
+}

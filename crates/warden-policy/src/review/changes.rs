@@ -68,7 +68,7 @@ pub(super) fn document(source: &str) -> Result<Value, ReviewError> {
     // A source this review wrote (every applied proposal's) is JSON, which reads much faster
     // than through the YAML loader and means the same.
     if source.trim_start().starts_with('{')
-        && let Ok(doc) = serde_json::from_str::<Value>(source)
+        && let Ok(doc) = crate::json::parse_strict(source.as_bytes())
     {
         return Ok(doc);
     }

@@ -27,7 +27,7 @@ pub use prove::{Comparison, Counterexample, Side, compare};
 use crate::action::Timestamp;
 use crate::decision::Verdict;
 use crate::document::PolicyErrors;
-use crate::policy::{Policy, Snapshot};
+use crate::policy::{Policy, PolicyDiff, Snapshot};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
@@ -380,6 +380,10 @@ pub struct Review {
     /// When the proposal is a security event (a repeat of a rejected change, a revert): why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_event: Option<String>,
+    /// The semantic diff from the live document to the candidate (not part of the analysis
+    /// the token covers: it follows from the two documents).
+    #[serde(skip)]
+    pub diff: PolicyDiff,
 }
 
 impl Review {
@@ -453,6 +457,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
             change_hash,
             subject: String::new(),
             security_event: None,
+            diff: PolicyDiff::of_documents(&live_doc, live, &cand_doc, &cand),
         });
     }
 
@@ -521,6 +526,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
         change_hash,
         subject,
         security_event,
+        diff: PolicyDiff::of_documents(&live_doc, live, &cand_doc, &cand),
     })
 }
 

@@ -366,18 +366,12 @@ impl Policies {
     /// compile, or if its version is not greater than the active one (but for a
     /// rollback); unchanged if its content is the active version's.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
-        // Compiling and hashing a large policy take milliseconds: off the runtime, reusing
-        // the conditions the version in force already compiled.
+        // Compiling and hashing a large policy take milliseconds: off the runtime.
         let source = submission.source.clone();
-        let like = self.current.load().own(&submission.tenant).cloned();
-        let (compiled, hash) = tokio::task::spawn_blocking(move || {
-            (
-                compile_like(&source, like.as_deref()),
-                content_hash(&source),
-            )
-        })
-        .await
-        .map_err(|_| SubmitError::Invalid(vec![]))?;
+        let (compiled, hash) =
+            tokio::task::spawn_blocking(move || (Policy::parse(&source), content_hash(&source)))
+                .await
+                .map_err(|_| SubmitError::Invalid(vec![]))?;
         let compiled =
             compiled.map_err(|errors| SubmitError::Invalid(errors.iter().cloned().collect()))?;
         let mut compiled = Some(compiled);
@@ -793,8 +787,7 @@ impl Policies {
             return Ok(());
         };
         let source = stored.source;
-        let like = current.own(tenant).cloned();
-        let compiled = tokio::task::spawn_blocking(move || compile_like(&source, like.as_deref()))
+        let compiled = tokio::task::spawn_blocking(move || Policy::parse(&source))
             .await
             .map_err(|_| format!("the compile of `{tenant}`'s policy failed"))?;
         match compiled {
@@ -1094,17 +1087,6 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 fn read(dir: &Path, path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", relative(dir, path)))
-}
-
-/// `source` compiled, reusing what `like` (the version in force) compiled of it.
-fn compile_like(
-    source: &str,
-    like: Option<&LoadedPolicy>,
-) -> Result<Policy, warden_policy::PolicyErrors> {
-    match like {
-        Some(l) => Policy::parse_like(source, &l.policy),
-        None => Policy::parse(source),
-    }
 }
 
 #[cfg(test)]

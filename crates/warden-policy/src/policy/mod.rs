@@ -66,26 +66,10 @@ impl Policy {
     /// Parses, validates and compiles a YAML or JSON policy document. Every semantic problem
     /// is reported, each with its line and column.
     pub fn parse(source: &str) -> Result<Self, PolicyErrors> {
-        let node = document::load(source)?;
-        let raw: RawPolicy = document::from_node(&node)?;
-        compile::compile(raw, None)
+        Self::parse_with(source, None)
     }
 
-    /// A document given as JSON, compiled like [`Policy::parse_like`] without its text;
-    /// errors carry no positions (parse the text for those).
-    pub(crate) fn from_document(
-        doc: &serde_json::Value,
-        like: &Policy,
-    ) -> Result<Self, PolicyErrors> {
-        let node = document::json_to_node(doc);
-        let raw: RawPolicy = document::from_node(&node)?;
-        compile::compile(raw, Some(like))
-    }
-
-    /// [`Policy::parse`] for a document that is mostly `like` (a new version of it, a
-    /// proposal's candidate): conditions and reason templates written exactly as in `like`
-    /// are reused instead of compiled again. The result is the same policy either way.
-    pub fn parse_like(source: &str, like: &Policy) -> Result<Self, PolicyErrors> {
+    fn parse_with(source: &str, like: Option<&Policy>) -> Result<Self, PolicyErrors> {
         // JSON (every version a proposal publishes) is read as strict JSON, much faster than
         // through the YAML loader and to the same document; only a document with a problem
         // is read again through the loader, for errors with positions.
@@ -97,7 +81,25 @@ impl Policy {
         }
         let node = document::load(source)?;
         let raw: RawPolicy = document::from_node(&node)?;
-        compile::compile(raw, Some(like))
+        compile::compile(raw, like)
+    }
+
+    /// A document given as JSON, compiled like [`Policy::parse_like`] without its text;
+    /// errors carry no positions (parse the text for those).
+    pub(crate) fn from_document(
+        doc: &serde_json::Value,
+        like: Option<&Policy>,
+    ) -> Result<Self, PolicyErrors> {
+        let node = document::json_to_node(doc);
+        let raw: RawPolicy = document::from_node(&node)?;
+        compile::compile(raw, like)
+    }
+
+    /// [`Policy::parse`] for a document that is mostly `like` (a new version of it, a
+    /// proposal's candidate): conditions and reason templates written exactly as in `like`
+    /// are reused instead of compiled again. The result is the same policy either way.
+    pub fn parse_like(source: &str, like: &Policy) -> Result<Self, PolicyErrors> {
+        Self::parse_with(source, Some(like))
     }
 
     /// The document's version.

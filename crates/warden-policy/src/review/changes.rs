@@ -190,7 +190,7 @@ pub(super) fn finish(
     source.push('\n');
     // Compiled from the value; only a candidate that fails is parsed from its text, for
     // errors with positions in the source the agent is shown.
-    let policy = match Policy::from_document(&doc, like) {
+    let policy = match Policy::from_document(&doc, Some(like)) {
         Ok(policy) => policy,
         Err(_) => Policy::parse_like(&source, like).map_err(ReviewError::Invalid)?,
     };

@@ -1259,6 +1259,7 @@ fn witness(model: &z3::Model, world: &World) -> (Value, Timestamp) {
         model
             .eval(s, true)
             .and_then(|v| v.as_string())
+            .map(|t| unescape(&t))
             .unwrap_or_default()
     };
     let real = |r: &Real| model.eval(r, true).map(|v| v.approx_f64()).unwrap_or(0.0);
@@ -1319,7 +1320,7 @@ fn scalar(model: &z3::Model, v: &Sv) -> Option<Value> {
     Some(match t {
         tag::NULL => Value::Null,
         tag::BOOL => Value::Bool(model.eval(&v.b, true)?.as_bool()?),
-        tag::STR => Value::String(model.eval(&v.s, true)?.as_string()?),
+        tag::STR => Value::String(unescape(&model.eval(&v.s, true)?.as_string()?)),
         tag::NUM => {
             let n = model.eval(&v.n, true)?;
             match model.eval(&v.k, true)?.as_i64()? {
@@ -1329,6 +1330,33 @@ fn scalar(model: &z3::Model, v: &Sv) -> Option<Value> {
         }
         _ => return None,
     })
+}
+
+/// A string as Z3 prints a model's: `\u{XX}` for characters outside printable ASCII.
+fn unescape(z3: &str) -> String {
+    let mut out = String::with_capacity(z3.len());
+    let mut rest = z3;
+    while let Some(at) = rest.find("\\u{") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 3..];
+        match after.find('}').and_then(|end| {
+            let c = u32::from_str_radix(&after[..end], 16)
+                .ok()
+                .and_then(char::from_u32)?;
+            Some((c, end))
+        }) {
+            Some((c, end)) => {
+                out.push(c);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str("\\u{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn number(x: f64) -> Value {
@@ -1379,6 +1407,7 @@ fn json_value(
             model
                 .eval(&v.s, true)
                 .and_then(|s| s.as_string())
+                .map(|t| unescape(&t))
                 .unwrap_or_default(),
         ),
         // What the model says the list holds, of what was asked about it.
@@ -1410,4 +1439,17 @@ fn json_value(
         }
         _ => Value::Null,
     })
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn model_strings_are_read_back_with_their_characters() {
+        assert_eq!(
+            super::unescape("support-\\u{80}x\\u{1f600}"),
+            "support-\u{80}x\u{1f600}"
+        );
+        assert_eq!(super::unescape("plain"), "plain");
+        assert_eq!(super::unescape("bad\\u{zz}"), "bad\\u{zz}");
+    }
 }

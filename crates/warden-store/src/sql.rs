@@ -117,6 +117,44 @@ enum Arg {
     Int(i64),
 }
 
+/// A tenant's rows newest first, one page: `select` (… FROM table) narrowed to `tenant`, to
+/// each equality filter that is set, and to rows before the `(created_at_ms, id)` cursor;
+/// `limit` 0 means 100, and at most 1000 are read. The approvals and proposals lists share
+/// it. Returns the statement and its arguments in order.
+fn newest_first(
+    select: String,
+    tenant: &str,
+    equals: &[(&str, &Option<String>)],
+    before: &Option<(i64, String)>,
+    limit: u32,
+) -> (String, Vec<Arg>) {
+    let mut sql = select;
+    sql.push_str(" WHERE tenant = $1");
+    let mut args = vec![Arg::Text(tenant.to_owned())];
+    for (column, value) in equals {
+        if let Some(value) = value {
+            args.push(Arg::Text(value.clone()));
+            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+        }
+    }
+    if let Some((at, id)) = before {
+        args.push(Arg::Int(*at));
+        args.push(Arg::Text(id.clone()));
+        let (a, i) = (args.len() - 1, args.len());
+        sql.push_str(&format!(
+            " AND (created_at_ms < ${a} OR (created_at_ms = ${a} AND id < ${i}))"
+        ));
+    }
+    let limit = match limit {
+        0 => 100,
+        n => n.min(1000),
+    };
+    sql.push_str(&format!(
+        " ORDER BY created_at_ms DESC, id DESC LIMIT {limit}"
+    ));
+    (sql, args)
+}
+
 /// The store over one sqlx pool.
 #[derive(Debug)]
 pub(crate) struct SqlStore<DB: Database> {
@@ -165,6 +203,18 @@ where
     /// Wraps a reading pool and a writing pool.
     pub(crate) fn shared_with(pool: Pool<DB>, writer: Pool<DB>) -> Arc<dyn Store> {
         Arc::new(Self::new(pool, writer))
+    }
+
+    /// Runs a read built with `Arg`s (the audit query and the newest-first lists).
+    async fn fetch_with(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<DB::Row>, StoreError> {
+        let mut query = sqlx::query(sql);
+        for arg in args {
+            query = match arg {
+                Arg::Text(value) => query.bind(value),
+                Arg::Int(value) => query.bind(value),
+            };
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     /// Opens a write transaction that holds the chain lock.
@@ -1164,14 +1214,7 @@ where
             filter.effective_limit()
         ));
 
-        let mut query = sqlx::query(&sql);
-        for arg in args {
-            query = match arg {
-                Arg::Text(value) => query.bind(value),
-                Arg::Int(value) => query.bind(value),
-            };
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = self.fetch_with(&sql, args).await?;
         rows.iter()
             .map(|row| {
                 Self::event_from_row(row)?.map_err(|bad| StoreError::Corrupt {
@@ -1413,40 +1456,16 @@ where
     }
 
     async fn approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let mut sql = format!(
-            "SELECT {} FROM approvals WHERE tenant = $1",
-            approval_columns()
+        let select = format!("SELECT {} FROM approvals", approval_columns());
+        let equals = [("status", &filter.status), ("kind", &filter.kind)];
+        let (sql, args) = newest_first(
+            select,
+            &filter.tenant,
+            &equals,
+            &filter.before,
+            filter.limit,
         );
-        let mut binds = vec![Arg::Text(filter.tenant.clone())];
-        for (column, value) in [("status", &filter.status), ("kind", &filter.kind)] {
-            if let Some(value) = value {
-                binds.push(Arg::Text(value.clone()));
-                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
-            }
-        }
-        if let Some((at, id)) = &filter.before {
-            binds.push(Arg::Int(*at));
-            binds.push(Arg::Text(id.clone()));
-            let (a, i) = (binds.len() - 1, binds.len());
-            sql.push_str(&format!(
-                " AND (created_at_ms < ${a} OR (created_at_ms = ${a} AND id < ${i}))"
-            ));
-        }
-        let limit = match filter.limit {
-            0 => 100,
-            n => n.min(1000),
-        };
-        sql.push_str(&format!(
-            " ORDER BY created_at_ms DESC, id DESC LIMIT {limit}"
-        ));
-        let mut query = sqlx::query(&sql);
-        for arg in binds {
-            query = match arg {
-                Arg::Text(value) => query.bind(value),
-                Arg::Int(value) => query.bind(value),
-            };
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = self.fetch_with(&sql, args).await?;
         rows.iter().map(Self::approval_from_row).collect()
     }
 
@@ -1993,44 +2012,20 @@ where
     }
 
     async fn proposals(&self, filter: &ProposalFilter) -> Result<Vec<ProposalRecord>, StoreError> {
-        let mut sql = format!(
-            "SELECT {} FROM proposals WHERE tenant = $1",
-            proposal::columns()
-        );
-        let mut binds = vec![Arg::Text(filter.tenant.clone())];
-        for (column, value) in [
+        let select = format!("SELECT {} FROM proposals", proposal::columns());
+        let equals = [
             ("status", &filter.status),
             ("agent", &filter.agent),
             ("change_hash", &filter.change_hash),
-        ] {
-            if let Some(value) = value {
-                binds.push(Arg::Text(value.clone()));
-                sql.push_str(&format!(" AND {column} = ${}", binds.len()));
-            }
-        }
-        if let Some((at, id)) = &filter.before {
-            binds.push(Arg::Int(*at));
-            binds.push(Arg::Text(id.clone()));
-            let (a, i) = (binds.len() - 1, binds.len());
-            sql.push_str(&format!(
-                " AND (created_at_ms < ${a} OR (created_at_ms = ${a} AND id < ${i}))"
-            ));
-        }
-        let limit = match filter.limit {
-            0 => 100,
-            n => n.min(1000),
-        };
-        sql.push_str(&format!(
-            " ORDER BY created_at_ms DESC, id DESC LIMIT {limit}"
-        ));
-        let mut query = sqlx::query(&sql);
-        for arg in binds {
-            query = match arg {
-                Arg::Text(value) => query.bind(value),
-                Arg::Int(value) => query.bind(value),
-            };
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        ];
+        let (sql, args) = newest_first(
+            select,
+            &filter.tenant,
+            &equals,
+            &filter.before,
+            filter.limit,
+        );
+        let rows = self.fetch_with(&sql, args).await?;
         rows.iter().map(Self::proposal_from_row).collect()
     }
 

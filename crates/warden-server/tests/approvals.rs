@@ -19,6 +19,9 @@ use warden_server::policies::Policies;
 use warden_server::{AppState, Limits, app};
 use warden_store::{Event, EventFilter, Store, kind};
 
+mod common;
+use common::{Place, places};
+
 const POLICY: &str = r#"
 version: 1.0.0
 default: deny
@@ -44,49 +47,6 @@ rules:
 budgets:
   - {id: vendor-payments, per: tenant, count: {actions: [vendor.pay], limit: 1}}
 "#;
-
-/// Where a test database lives, so that a second replica can open it.
-enum Place {
-    Sqlite(String, #[allow(dead_code)] Arc<tempfile::TempDir>),
-    /// SQLite in memory: appends through sqlx rather than the appender thread. Its
-    /// "replicas" share the one store.
-    Memory(Arc<dyn Store>),
-    Postgres(String, String),
-}
-
-impl Place {
-    async fn open(&self) -> Arc<dyn Store> {
-        match self {
-            Place::Memory(store) => Arc::clone(store),
-            Place::Sqlite(path, _) => warden_store::open(path).await.unwrap(),
-            Place::Postgres(url, schema) => warden_store::open_postgres_in_schema(url, schema)
-                .await
-                .unwrap(),
-        }
-    }
-}
-
-async fn places() -> Vec<Place> {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut places = vec![
-        Place::Sqlite(dir.path().join("warden.db").display().to_string(), dir),
-        Place::Memory(warden_store::open("sqlite::memory:").await.unwrap()),
-    ];
-    match std::env::var("WARDEN_TEST_DATABASE_URL") {
-        Ok(url) => {
-            let schema = format!(
-                "appr_{}",
-                warden_server::ids::random_base32(12).to_lowercase()
-            );
-            places.push(Place::Postgres(url, schema));
-        }
-        Err(_) => eprintln!("SKIPPED (PostgreSQL part): WARDEN_TEST_DATABASE_URL is not set"),
-    }
-    for place in &places {
-        place.open().await.migrate().await.unwrap();
-    }
-    places
-}
 
 /// One replica: a router over its own store.
 struct Server {
@@ -238,7 +198,7 @@ fn approval_id(decision: &Value) -> String {
 
 #[tokio::test]
 async fn an_approval_is_opened_with_its_decision_approved_and_the_decision_becomes_allow() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let alice = s.approver("alice", "legal").await;
@@ -344,7 +304,7 @@ async fn an_approval_is_opened_with_its_decision_approved_and_the_decision_becom
 
 #[tokio::test]
 async fn a_rejection_needs_a_reason_and_makes_the_decision_a_deny_with_it() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let alice = s.approver("alice", "legal").await;
@@ -393,7 +353,7 @@ async fn a_rejection_needs_a_reason_and_makes_the_decision_a_deny_with_it() {
 
 #[tokio::test]
 async fn separation_of_duties_keeps_the_requester_the_agent_and_the_beneficiary_out() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         // A key that both asks and approves may not approve what it asked.
         let both = keys::create(
@@ -447,7 +407,7 @@ async fn separation_of_duties_keeps_the_requester_the_agent_and_the_beneficiary_
 
 #[tokio::test]
 async fn a_quorum_of_two_needs_two_distinct_users() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let decision = pending(&s, &controller, json!({"type": "payment.refund"})).await;
@@ -475,7 +435,7 @@ async fn a_quorum_of_two_needs_two_distinct_users() {
 
 #[tokio::test]
 async fn an_expired_approval_is_a_deny_audited_once_even_with_two_replicas_sweeping() {
-    for place in places().await {
+    for place in places("appr").await {
         let a = server(&place, limits()).await;
         let b = server(&place, limits()).await;
         let controller = a.key("acme", vec![Role::Controller], None, &[]).await;
@@ -525,7 +485,7 @@ async fn an_expired_approval_is_a_deny_audited_once_even_with_two_replicas_sweep
 
 #[tokio::test]
 async fn an_expired_approval_reads_as_a_deny_without_a_sweeper() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let decision = pending(&s, &controller, json!({"type": "ticket.close"})).await;
@@ -560,7 +520,7 @@ async fn an_expired_approval_reads_as_a_deny_without_a_sweeper() {
 
 #[tokio::test]
 async fn a_waiter_wakes_when_another_replica_approves() {
-    for place in places().await {
+    for place in places("appr").await {
         let a = server(&place, limits()).await;
         // SQLite: one replica, woken in process; PostgreSQL: a second replica approves.
         let b = match place {
@@ -605,7 +565,7 @@ async fn a_waiter_wakes_when_another_replica_approves() {
 
 #[tokio::test]
 async fn a_wait_times_out_with_the_current_state_and_waiters_are_bounded() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(
             &place,
             Limits {
@@ -663,7 +623,7 @@ async fn a_wait_times_out_with_the_current_state_and_waiters_are_bounded() {
 
 #[tokio::test]
 async fn another_tenants_approval_is_not_found() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let decision = pending(&s, &controller, json!({"type": "ticket.escalate"})).await;
@@ -714,7 +674,7 @@ async fn another_tenants_approval_is_not_found() {
 
 #[tokio::test]
 async fn a_question_with_options_is_answered_waited_on_and_audited() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let agent = s.agent_key("support-bot").await;
         let alice = s.approver("alice", "legal").await;
@@ -826,7 +786,7 @@ async fn receiver(failures: usize) -> (String, Arc<std::sync::Mutex<Vec<(String,
 
 #[tokio::test]
 async fn webhooks_are_signed_retried_from_the_outbox_and_never_block_a_decision() {
-    for place in places().await {
+    for place in places("appr").await {
         let (url, got) = receiver(2).await;
         let secret = b"webhook secret".to_vec();
         let webhooks = Webhooks::new(
@@ -898,7 +858,7 @@ async fn webhooks_are_signed_retried_from_the_outbox_and_never_block_a_decision(
 /// its approval, so a decision made meanwhile is not missed.
 #[tokio::test]
 async fn a_waiter_survives_the_listener_losing_its_connection() {
-    for place in places().await {
+    for place in places("appr").await {
         let Place::Postgres(url, _) = &place else {
             continue;
         };
@@ -963,7 +923,7 @@ async fn vendor_payments(s: &Server) -> Option<i64> {
 
 #[tokio::test]
 async fn an_approved_action_gets_a_permit_for_its_payload_and_is_charged_when_granted() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let fred = s.approver("fred", "finance").await;
@@ -1073,7 +1033,7 @@ fn key_id(token: &str) -> String {
 
 #[tokio::test]
 async fn simultaneous_votes_on_two_replicas_decide_an_approval_once() {
-    for place in places().await {
+    for place in places("appr").await {
         let (a, b) = (
             server(&place, limits()).await,
             server(&place, limits()).await,
@@ -1159,7 +1119,7 @@ async fn simultaneous_votes_on_two_replicas_decide_an_approval_once() {
 
 #[tokio::test]
 async fn a_revoked_approver_key_decides_nothing() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let alice = s.approver("alice", "legal").await;
@@ -1187,7 +1147,7 @@ async fn a_revoked_approver_key_decides_nothing() {
 
 #[tokio::test]
 async fn an_approvers_listing_limit_counts_only_what_it_may_see() {
-    for place in places().await {
+    for place in places("appr").await {
         let s = server(&place, limits()).await;
         let controller = s.key("acme", vec![Role::Controller], None, &[]).await;
         let alice = s.approver("alice", "legal").await;

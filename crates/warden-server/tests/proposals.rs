@@ -19,6 +19,9 @@ use warden_server::policies::Policies;
 use warden_server::{AppState, Limits, app};
 use warden_store::{Event, EventFilter, Store, kind};
 
+mod common;
+use common::{Place, places};
+
 /// `acme` takes proposals; `globex` too (another tenant); `initech` has them off.
 const ACME: &str = r#"
 version: 1.0.0
@@ -41,48 +44,6 @@ rules:
     actions: [ticket.read]
     effect: allow
 "#;
-
-/// Where a test database lives, so that a second replica can open it.
-enum Place {
-    Sqlite(String, #[allow(dead_code)] Arc<tempfile::TempDir>),
-    /// SQLite in memory: its "replicas" share the one store.
-    Memory(Arc<dyn Store>),
-    Postgres(String, String),
-}
-
-impl Place {
-    async fn open(&self) -> Arc<dyn Store> {
-        match self {
-            Place::Memory(store) => Arc::clone(store),
-            Place::Sqlite(path, _) => warden_store::open(path).await.unwrap(),
-            Place::Postgres(url, schema) => warden_store::open_postgres_in_schema(url, schema)
-                .await
-                .unwrap(),
-        }
-    }
-}
-
-async fn places() -> Vec<Place> {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut places = vec![
-        Place::Sqlite(dir.path().join("warden.db").display().to_string(), dir),
-        Place::Memory(warden_store::open("sqlite::memory:").await.unwrap()),
-    ];
-    match std::env::var("WARDEN_TEST_DATABASE_URL") {
-        Ok(url) => {
-            let schema = format!(
-                "prop_{}",
-                warden_server::ids::random_base32(12).to_lowercase()
-            );
-            places.push(Place::Postgres(url, schema));
-        }
-        Err(_) => eprintln!("SKIPPED (PostgreSQL part): WARDEN_TEST_DATABASE_URL is not set"),
-    }
-    for place in &places {
-        place.open().await.migrate().await.unwrap();
-    }
-    places
-}
 
 /// One replica: a router over its own store, following the store's policies.
 struct Server {
@@ -292,7 +253,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// follows.
 #[tokio::test]
 async fn a_narrowing_proposal_is_auto_approved_and_live_on_a_second_replica() {
-    for place in places().await {
+    for place in places("prop").await {
         let a = server(&place).await;
         let b = server(&place).await;
         let agent = a.agent("acme", "support-bot").await;
@@ -357,7 +318,7 @@ async fn a_narrowing_proposal_is_auto_approved_and_live_on_a_second_replica() {
 /// approves with the analysis's token; a wrong token and a replay are refused.
 #[tokio::test]
 async fn a_broadening_proposal_needs_a_human_who_approves_it_with_its_token() {
-    for place in places().await {
+    for place in places("prop").await {
         let a = server(&place).await;
         let b = server(&place).await;
         let agent = a.agent("acme", "support-bot").await;
@@ -464,7 +425,7 @@ async fn a_broadening_proposal_needs_a_human_who_approves_it_with_its_token() {
 /// Needs the prover: a broadening verdict comes with a counterexample action.
 #[tokio::test]
 async fn a_broadening_proposal_shows_an_action_it_would_let_through() {
-    let place = places().await.remove(0);
+    let place = places("prop").await.remove(0);
     let s = server(&place).await;
     let agent = s.agent("acme", "support-bot").await;
     let (status, body) = s.propose(&agent, allow_export("allow-export")).await;
@@ -479,7 +440,7 @@ async fn a_broadening_proposal_shows_an_action_it_would_let_through() {
 /// Needs the prover's pass over forbidden changes: `default: allow` over a deny default.
 #[tokio::test]
 async fn setting_default_allow_is_rejected_as_forbidden() {
-    let place = places().await.remove(0);
+    let place = places("prop").await.remove(0);
     let s = server(&place).await;
     let agent = s.agent("acme", "support-bot").await;
     let (status, body) = s
@@ -500,7 +461,7 @@ async fn setting_default_allow_is_rejected_as_forbidden() {
 /// decided; one version is published.
 #[tokio::test]
 async fn two_approvers_racing_on_two_replicas_apply_a_proposal_once() {
-    for place in places().await {
+    for place in places("prop").await {
         let a = server(&place).await;
         let b = server(&place).await;
         let agent = a.agent("acme", "support-bot").await;
@@ -541,7 +502,7 @@ async fn two_approvers_racing_on_two_replicas_apply_a_proposal_once() {
 /// again, the approver gets the new token, and approving with it applies.
 #[tokio::test]
 async fn approving_after_the_policy_changed_answers_the_new_analysis() {
-    for place in places().await {
+    for place in places("prop").await {
         let s = server(&place).await;
         let agent = s.agent("acme", "support-bot").await;
         let alice = s.approver("acme", "alice").await;
@@ -605,7 +566,7 @@ async fn approving_after_the_policy_changed_answers_the_new_analysis() {
 /// own proposal.
 #[tokio::test]
 async fn a_rejection_carries_its_reason_to_the_agent() {
-    for place in places().await {
+    for place in places("prop").await {
         let s = server(&place).await;
         let agent = s.agent("acme", "support-bot").await;
         let alice = s.approver("acme", "alice").await;
@@ -682,7 +643,7 @@ async fn a_rejection_carries_its_reason_to_the_agent() {
 /// A newer proposal of the same agent about the same action replaces its older pending one.
 #[tokio::test]
 async fn a_newer_proposal_about_the_same_action_supersedes_the_pending_one() {
-    for place in places().await {
+    for place in places("prop").await {
         let s = server(&place).await;
         let agent = s.agent("acme", "support-bot").await;
         let alice = s.approver("acme", "alice").await;
@@ -742,7 +703,7 @@ async fn a_newer_proposal_about_the_same_action_supersedes_the_pending_one() {
 /// tenant with proposals off answers 404 `feature_disabled`; a revoked key nothing.
 #[tokio::test]
 async fn proposals_are_seen_only_by_their_tenant_and_agent() {
-    for place in places().await {
+    for place in places("prop").await {
         let s = server(&place).await;
         let agent = s.agent("acme", "support-bot").await;
         let other = s.agent("acme", "billing-bot").await;
@@ -820,7 +781,7 @@ async fn proposals_are_seen_only_by_their_tenant_and_agent() {
 /// replica; another agent is not affected.
 #[tokio::test]
 async fn an_agent_may_submit_ten_proposals_an_hour() {
-    for place in places().await {
+    for place in places("prop").await {
         let a = server(&place).await;
         let b = server(&place).await;
         let agent = a.agent("acme", "support-bot").await;
@@ -845,7 +806,7 @@ async fn an_agent_may_submit_ten_proposals_an_hour() {
 /// What is not a proposal is refused, naming the field, before anything is reviewed.
 #[tokio::test]
 async fn malformed_proposals_are_refused_with_their_field() {
-    let place = places().await.remove(0);
+    let place = places("prop").await.remove(0);
     let s = server(&place).await;
     let agent = s.agent("acme", "support-bot").await;
     let raw = |body: &str, content_type: &'static str| {
@@ -934,7 +895,7 @@ async fn malformed_proposals_are_refused_with_their_field() {
 /// database can tell it: PostgreSQL), and at its timeout otherwise.
 #[tokio::test]
 async fn a_wait_wakes_when_the_proposal_is_decided() {
-    for place in places().await {
+    for place in places("prop").await {
         let a = server(&place).await;
         let b = match place {
             Place::Postgres(..) => server(&place).await,
@@ -987,7 +948,7 @@ async fn a_wait_wakes_when_the_proposal_is_decided() {
 /// A denied agent is pointed at the proposal route.
 #[tokio::test]
 async fn a_deny_offers_to_submit_a_proposal() {
-    let place = places().await.remove(0);
+    let place = places("prop").await.remove(0);
     let s = server(&place).await;
     let controller = s.role("acme", Role::Controller).await;
     let body = s

@@ -366,12 +366,32 @@ impl Policies {
     /// compile, or if its version is not greater than the active one (but for a
     /// rollback); unchanged if its content is the active version's.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        self.publish(submission, None).await
+    }
+
+    /// [`Policies::submit`] of a document compiled already, as `compiled` (a proposal's
+    /// candidate, which its review compiled from exactly `submission.source`).
+    pub async fn submit_compiled(
+        &self,
+        submission: Submission,
+        compiled: Policy,
+    ) -> Result<Submitted, SubmitError> {
+        self.publish(submission, Some(compiled)).await
+    }
+
+    async fn publish(
+        &self,
+        submission: Submission,
+        compiled: Option<Policy>,
+    ) -> Result<Submitted, SubmitError> {
         // Compiling and hashing a large policy take milliseconds: off the runtime.
         let source = submission.source.clone();
-        let (compiled, hash) =
-            tokio::task::spawn_blocking(move || (Policy::parse(&source), content_hash(&source)))
-                .await
-                .map_err(|_| SubmitError::Invalid(vec![]))?;
+        let (compiled, hash) = tokio::task::spawn_blocking(move || {
+            let hash = content_hash(&source);
+            (compiled.map_or_else(|| Policy::parse(&source), Ok), hash)
+        })
+        .await
+        .map_err(|_| SubmitError::Invalid(vec![]))?;
         let compiled =
             compiled.map_err(|errors| SubmitError::Invalid(errors.iter().cloned().collect()))?;
         let mut compiled = Some(compiled);
@@ -787,9 +807,15 @@ impl Policies {
             return Ok(());
         };
         let source = stored.source;
-        let compiled = tokio::task::spawn_blocking(move || Policy::parse(&source))
-            .await
-            .map_err(|_| format!("the compile of `{tenant}`'s policy failed"))?;
+        // A new version is mostly the one in force: compiled like it, each condition and
+        // template that did not change is reused instead of parsed again.
+        let like = current.own(tenant).cloned();
+        let compiled = tokio::task::spawn_blocking(move || match like {
+            Some(like) => Policy::parse_like(&source, &like.policy),
+            None => Policy::parse(&source),
+        })
+        .await
+        .map_err(|_| format!("the compile of `{tenant}`'s policy failed"))?;
         match compiled {
             Ok(policy) => {
                 self.swap(&stored.info, policy);

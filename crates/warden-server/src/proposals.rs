@@ -48,6 +48,9 @@ const MAX_HISTORY: u32 = 1000;
 const DRIFT_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// How many replaced versions the drift check reads at most.
 const MAX_REPLACED: usize = 20;
+/// How many of the newest versions the drift check walks the parents of (shadow and
+/// failed versions are among them, off the chain).
+const SCANNED_VERSIONS: u32 = 200;
 /// How often a submission is gathered and reviewed again after losing a race (the live
 /// policy changed, or the proposals it supersedes did).
 const ATTEMPTS: usize = 4;
@@ -405,7 +408,38 @@ struct Gathered {
     evidence: Vec<Evidence>,
     snapshots: Vec<StoredSnapshot>,
     history: Vec<PastProposal>,
-    replaced: Vec<Replaced>,
+    replaced: Vec<ReplacedVersion>,
+}
+
+/// A version the drift check compares with: its fingerprint when this replica knows it,
+/// else its source to compute it from.
+struct ReplacedVersion {
+    hash: String,
+    known: Result<String, String>,
+    replaced_at: Timestamp,
+}
+
+/// The drift check's fingerprints of policy versions, by content hash: computing one reads
+/// the whole document, and a review compares with up to [`MAX_REPLACED`] of them.
+#[derive(Debug, Default)]
+pub struct Fingerprints(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Fingerprints {
+    /// Past this many, the cache starts over (each entry is two digests).
+    const MAX: usize = 4096;
+
+    fn get(&self, hash: &str) -> Option<String> {
+        self.0.lock().ok()?.get(hash).cloned()
+    }
+
+    fn insert(&self, hash: String, fingerprint: String) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(hash, fingerprint);
+        }
+    }
 }
 
 /// A review's outcome with what is stored beside it.
@@ -500,27 +534,42 @@ async fn gather(
         })
         .collect();
     // The versions the tenant's own active one replaced, one parent at a time, while the
-    // replacement went live within the drift window.
+    // replacement went live within the drift window. Sources are read only for versions
+    // whose fingerprint this replica has not computed yet.
+    let versions = store
+        .policy_versions(tenant, None, SCANNED_VERSIONS)
+        .await
+        .map_err(store_error)?;
+    let by_revision: std::collections::HashMap<i64, &warden_store::PolicyVersionInfo> =
+        versions.iter().map(|v| (v.revision, v)).collect();
     let mut replaced = Vec::new();
-    let mut current = store.policy(tenant, None).await.map_err(store_error)?;
+    let mut current = versions
+        .iter()
+        .find(|v| v.status == warden_store::policy_status::ACTIVE);
     while let Some(version) = current.take() {
-        let Some(parent) = version.info.parent else {
+        let Some(older) = version.parent.and_then(|p| by_revision.get(&p)) else {
             break;
         };
-        if version.info.created_at_ms < now - DRIFT_WINDOW_MS || replaced.len() >= MAX_REPLACED {
+        if version.created_at_ms < now - DRIFT_WINDOW_MS || replaced.len() >= MAX_REPLACED {
             break;
         }
-        let older = store
-            .policy(tenant, Some(parent))
-            .await
-            .map_err(store_error)?;
-        if let Some(older) = &older {
-            replaced.push(Replaced {
-                source: older.source.clone(),
-                replaced_at: timestamp(version.info.created_at_ms),
-            });
-        }
-        current = older;
+        let known = match state.fingerprints().get(&older.hash) {
+            Some(fingerprint) => Ok(fingerprint),
+            None => match store
+                .policy(tenant, Some(older.revision))
+                .await
+                .map_err(store_error)?
+            {
+                Some(stored) => Err(stored.source),
+                None => break,
+            },
+        };
+        replaced.push(ReplacedVersion {
+            hash: older.hash.clone(),
+            known,
+            replaced_at: timestamp(version.created_at_ms),
+        });
+        current = Some(older);
     }
     Ok(Gathered {
         live,
@@ -566,6 +615,7 @@ async fn run_review(
     now: i64,
 ) -> Result<(Reviewed, Gathered), ApiError> {
     let key = state.snapshot_key().clone();
+    let fingerprints = Arc::clone(state.fingerprints());
     let timeout = state.limits().proposal_solver_timeout;
     let (tenant, proposer) = (tenant.to_owned(), proposer.to_owned());
     // Held by the blocking task itself: a request that times out or goes away does not free
@@ -576,6 +626,24 @@ async fn run_review(
     let outcome = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let recent = recorded(&key, &tenant, &gathered.snapshots);
+        let replaced: Vec<Replaced> = gathered
+            .replaced
+            .iter()
+            .filter_map(|version| {
+                let fingerprint = match &version.known {
+                    Ok(fingerprint) => fingerprint.clone(),
+                    Err(source) => {
+                        let fingerprint = warden_policy::review::fingerprint(source).ok()?;
+                        fingerprints.insert(version.hash.clone(), fingerprint.clone());
+                        fingerprint
+                    }
+                };
+                Some(Replaced {
+                    fingerprint,
+                    replaced_at: version.replaced_at,
+                })
+            })
+            .collect();
         let inputs = Inputs {
             tenant: &tenant,
             live_source: &gathered.live_source,
@@ -584,7 +652,7 @@ async fn run_review(
             evidence: &gathered.evidence,
             recent: &recent,
             history: &gathered.history,
-            replaced: &gathered.replaced,
+            replaced: &replaced,
             now: timestamp(now),
             solver_timeout: timeout,
         };
@@ -728,8 +796,9 @@ pub async fn submit(
     for _ in 0..ATTEMPTS {
         let now = now_ms();
         let gathered = gather(state, &tenant, &proposal, now).await?;
-        let (reviewed, gathered) =
+        let (mut reviewed, gathered) =
             run_review(state, &tenant, &agent, proposal.clone(), gathered, now).await?;
+        let compiled = reviewed.review.compiled.take();
         let review = &reviewed.review;
         let id = crate::ids::ulid(now);
         let status = status_after(review, true);
@@ -823,7 +892,11 @@ pub async fn submit(
                 },
                 now_ms: now,
             };
-            match state.policies().submit(submission).await {
+            let submitted = match compiled {
+                Some(policy) => state.policies().submit_compiled(submission, policy).await,
+                None => state.policies().submit(submission).await,
+            };
+            match submitted {
                 Ok(Submitted::Published(info)) => {
                     let mut applied = record;
                     applied.applied_revision = Some(info.revision);

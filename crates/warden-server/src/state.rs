@@ -98,6 +98,8 @@ struct Inner {
     webhooks: Webhooks,
     /// Proposal reviews running at once: each may keep a core busy for seconds.
     reviews: Arc<tokio::sync::Semaphore>,
+    /// The drift check's fingerprints of replaced versions.
+    fingerprints: Arc<crate::proposals::Fingerprints>,
 }
 
 impl AppState {
@@ -128,6 +130,7 @@ impl AppState {
             reviews: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            fingerprints: Arc::default(),
         }))
     }
 
@@ -135,6 +138,11 @@ impl AppState {
     /// even when its request has gone.
     pub fn reviews(&self) -> &Arc<tokio::sync::Semaphore> {
         &self.0.reviews
+    }
+
+    /// The fingerprints of policy versions this replica computed, by content hash.
+    pub fn fingerprints(&self) -> &Arc<crate::proposals::Fingerprints> {
+        &self.0.fingerprints
     }
 
     /// Sends approval events to `webhooks`. Call before the state is shared (cloned):

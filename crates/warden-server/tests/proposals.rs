@@ -314,6 +314,44 @@ async fn a_narrowing_proposal_is_auto_approved_and_live_on_a_second_replica() {
     }
 }
 
+/// Undoing a version that went live in the last day is drift: rejected and flagged, on a
+/// replica that never saw the replaced version's document, however the revert is spelled.
+#[tokio::test]
+async fn reverting_a_version_replaced_today_is_rejected_on_any_replica() {
+    for place in places("prop").await {
+        let a = server(&place).await;
+        let b = server(&place).await;
+        let agent = a.agent("acme", "support-bot").await;
+        let (_, body) = a.propose(&agent, deny_close()).await;
+        assert_eq!(body["status"], "auto_approved", "{body}");
+        eventually("replica b follows revision 2", || b.revision("acme") == 2).await;
+
+        let removal = json!({
+            "rationale": "closing works again",
+            "risks": ["tickets close without a human"],
+            "changes": [{"op": "remove_rule", "id": "no-close"}],
+        });
+        let patch = json!({
+            "rationale": "closing works again, patched",
+            "risks": ["tickets close without a human"],
+            "changes": [{"op": "json_patch", "patch": [{"op": "remove", "path": "/rules/2"}]}],
+        });
+        for (n, proposal) in [removal, patch].into_iter().enumerate() {
+            let (status, body) = b.propose(&agent, proposal).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["status"], "rejected", "revert {n}: {body}");
+            assert!(
+                body["security_event"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("reverts a policy version")),
+                "revert {n}: {body}"
+            );
+        }
+        assert_eq!(b.events(kind::PROPOSAL_SECURITY_EVENT).await.len(), 2);
+        assert_eq!(b.revision("acme"), 2, "nothing was published");
+    }
+}
+
 /// An allow for an action the default denies waits for a human, who sees the diff and
 /// approves with the analysis's token; a wrong token and a replay are refused.
 #[tokio::test]

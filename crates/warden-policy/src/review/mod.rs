@@ -191,8 +191,8 @@ pub struct PastProposal {
 /// A policy version that stopped being live recently, for the drift check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replaced {
-    /// Its source.
-    pub source: String,
+    /// Its [`fingerprint`].
+    pub fingerprint: String,
     /// When the version after it went live.
     pub replaced_at: Timestamp,
 }
@@ -349,7 +349,7 @@ pub struct Candidate {
 }
 
 /// The whole analysis of one proposal.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Review {
     /// The outcome.
     pub status: Status,
@@ -384,6 +384,10 @@ pub struct Review {
     /// the token covers: it follows from the two documents).
     #[serde(skip)]
     pub diff: PolicyDiff,
+    /// The candidate, compiled: what applying the proposal puts in force, so a publish
+    /// need not compile it again (`None` once taken).
+    #[serde(skip)]
+    pub compiled: Option<Policy>,
 }
 
 impl Review {
@@ -458,6 +462,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
             subject: String::new(),
             security_event: None,
             diff: PolicyDiff::of_documents(&live_doc, live, &cand_doc, &cand),
+            compiled: Some(cand),
         });
     }
 
@@ -527,6 +532,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
         subject,
         security_event,
         diff: PolicyDiff::of_documents(&live_doc, live, &cand_doc, &cand),
+        compiled: Some(cand),
     })
 }
 
@@ -626,15 +632,8 @@ fn history(
             past.id
         ));
     }
-    let fingerprint = |doc: &Value| {
-        let mut doc = doc.clone();
-        if let Some(top) = doc.as_object_mut() {
-            top.remove("version");
-        }
-        canonical(&doc)
-    };
-    let cand = fingerprint(cand_doc);
-    if cand == fingerprint(live_doc) {
+    let cand = fingerprint_of(cand_doc);
+    if cand == fingerprint_of(live_doc) {
         return None;
     }
     let day = jiff::SignedDuration::from_hours(24);
@@ -642,46 +641,61 @@ fn history(
         .replaced
         .iter()
         .filter(|r| inputs.now.get().duration_since(r.replaced_at.get()) <= day)
-        .find(|r| changes::document(&r.source).is_ok_and(|d| fingerprint(&d) == cand))
+        .find(|r| r.fingerprint == cand)
         .map(|_| {
             "the change reverts a policy version replaced in the last 24 hours (drift)".to_owned()
         })
 }
 
+/// What a policy document says, whatever its format, layout or `version`: the digest of its
+/// canonical JSON without `version`. Two versions with one fingerprint decide alike, so a
+/// candidate with a replaced version's fingerprint reverts to it.
+pub fn fingerprint(source: &str) -> Result<String, ReviewError> {
+    changes::document(source).map(|doc| fingerprint_of(&doc))
+}
+
+fn fingerprint_of(doc: &Value) -> String {
+    let mut text = String::new();
+    canonical_into(doc, &mut text, Some("version"));
+    sha256_hex(text.as_bytes())
+}
+
 /// JSON with object keys sorted and no whitespace, for digests.
 pub(crate) fn canonical(value: &Value) -> String {
-    fn write(value: &Value, out: &mut String) {
-        match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&map[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
     let mut out = String::new();
-    write(value, &mut out);
+    canonical_into(value, &mut out, None);
     out
+}
+
+/// Writes `value` as [`canonical`] JSON, leaving out the top-level field `skip`.
+fn canonical_into(value: &Value, out: &mut String, skip: Option<&str>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip).collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_into(&map[k], out, None);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_into(item, out, None);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

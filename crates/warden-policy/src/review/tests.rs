@@ -81,7 +81,7 @@ fn run_case(changes: Value, case: &Case) -> Result<Review, ReviewError> {
         .replaced
         .iter()
         .map(|s| Replaced {
-            source: s.clone(),
+            fingerprint: super::fingerprint(s).unwrap(),
             replaced_at: Timestamp::from_unix_seconds(NOW - 3600).unwrap(),
         })
         .collect();

@@ -98,16 +98,21 @@ impl Policy {
             })
             .collect();
         if strongest.is_none() {
-            reasons.push(Reason {
-                rule: None,
-                effect: Effect::from(self.default),
-                code: ReasonCode::DefaultEffect,
-                message: format!(
-                    "no rule decides `{}`, so the policy default ({}) applies",
-                    vars.action.kind,
-                    self.default.as_str()
-                ),
-            });
+            // The default decides, and is stronger than the `modify` rules that matched:
+            // first, so the first reason always explains the effect.
+            reasons.insert(
+                0,
+                Reason {
+                    rule: None,
+                    effect: Effect::from(self.default),
+                    code: ReasonCode::DefaultEffect,
+                    message: format!(
+                        "no rule decides `{}`, so the policy default ({}) applies",
+                        vars.action.kind,
+                        self.default.as_str()
+                    ),
+                },
+            );
         }
         let confidence = vars.action.confidence.map(|c| {
             let sum: f64 = matched.iter().map(|r| r.confidence_adjustment).sum();

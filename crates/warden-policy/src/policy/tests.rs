@@ -103,7 +103,12 @@ fn the_default_applies_when_no_rule_decides() {
         Some("draft"),
         "modify still applies to a default allow"
     );
-    assert_eq!(d.reasons.last().unwrap().code, ReasonCode::DefaultEffect);
+    assert_eq!(
+        d.reasons[0].code,
+        ReasonCode::DefaultEffect,
+        "the reason that decides comes first"
+    );
+    assert_eq!(d.reasons[1].rule.as_ref().map(RuleId::as_str), Some("m"));
     let d = decide("version: 1.0.0\n", json!({"type": "a"}));
     assert_eq!(d.verdict, Verdict::Deny, "an omitted default is deny");
     assert_eq!(

@@ -113,6 +113,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         proposals::ApproveRequest,
         proposals::RejectProposalRequest,
         proposals::PolicyChangedBody,
+        admin::EventKind,
+        admin::EffectName,
         ErrorBody,
     )),
     modifiers(&BearerAuth)

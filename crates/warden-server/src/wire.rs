@@ -145,6 +145,10 @@ pub struct ApprovalBody {
     /// Where to long-poll for the outcome (server only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_url: Option<String>,
+    /// When a human decided it, RFC 3339 (server only, on a decision read or waited for
+    /// after its approval was decided; `null` while undecided).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
 }
 
 impl ApprovalBody {
@@ -158,6 +162,7 @@ impl ApprovalBody {
             expires_in: humantime::format_duration(req.expires_in).to_string(),
             expires_at: None,
             wait_url: None,
+            decided_at: None,
         }
     }
 }

@@ -855,6 +855,30 @@ async fn operations_routes_answer_without_a_key_and_metrics_need_an_operator() {
         assert!(
             spec["components"]["schemas"]["ActionRequest"]["properties"]["confidence"].is_object()
         );
+        // Every `$ref` names a schema the document holds: a client generated from it (or
+        // checked against it) must not meet a dangling reference.
+        fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::String(target)) = map.get("$ref") {
+                        out.push(target);
+                    }
+                    map.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        refs(&spec, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let name = target.strip_prefix("#/components/schemas/").unwrap();
+            assert!(
+                spec["components"]["schemas"][name].is_object(),
+                "`{target}` names no schema"
+            );
+        }
 
         let (status, body) = s.call(Method::GET, "/nope", None, "").await;
         assert_eq!(
@@ -1208,6 +1232,27 @@ impl Store for Breakable {
         since_ms: i64,
     ) -> Result<u64, StoreError> {
         self.inner.count_proposals(tenant, agent, since_ms).await
+    }
+    async fn create_session(
+        &self,
+        session: &warden_store::SessionRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.create_session(session).await
+    }
+    async fn session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<warden_store::SessionRecord>, StoreError> {
+        self.inner.session(id_hash).await
+    }
+    async fn touch_session(&self, id_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.inner.touch_session(id_hash, now_ms).await
+    }
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        self.inner.delete_session(id_hash).await
+    }
+    async fn prune_sessions(&self, now_ms: i64, idle_before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_sessions(now_ms, idle_before_ms).await
     }
 }
 

@@ -18,13 +18,15 @@ const SAMPLES: usize = 60;
 
 fn measure(name: &str, source: &str, changes: serde_json::Value, want: Status) -> String {
     let live = Policy::parse(source).unwrap();
+    // The server keeps the live document beside the compiled policy, as read once.
+    let document = warden_policy::review::document(source).unwrap();
     let proposal = Proposal::from_value(json!({
         "rationale": "benchmark", "risks": ["none"], "changes": changes
     }))
     .unwrap();
     let inputs = Inputs {
         tenant: "acme",
-        live_source: source,
+        live_document: &document,
         live: &live,
         proposer: Some("support-bot"),
         evidence: &[],

@@ -404,7 +404,8 @@ fn parse(bytes: &[u8]) -> Result<(Proposal, Value), ApiError> {
 /// What a review reads, gathered from the store for one tenant.
 struct Gathered {
     live: Arc<LoadedPolicy>,
-    live_source: String,
+    /// The live document, or its source when this replica has not read it yet.
+    live_document: Result<Arc<Value>, String>,
     evidence: Vec<Evidence>,
     snapshots: Vec<StoredSnapshot>,
     history: Vec<PastProposal>,
@@ -419,25 +420,43 @@ struct ReplacedVersion {
     replaced_at: Timestamp,
 }
 
-/// The drift check's fingerprints of policy versions, by content hash: computing one reads
-/// the whole document, and a review compares with up to [`MAX_REPLACED`] of them.
+/// What reviews read of policy versions, by content hash, as this replica computed it:
+/// reading a large document takes milliseconds, and every review reads the live one and
+/// compares with the fingerprints of up to [`MAX_REPLACED`] replaced ones.
 #[derive(Debug, Default)]
-pub struct Fingerprints(std::sync::Mutex<std::collections::HashMap<String, String>>);
+pub struct Documents {
+    fingerprints: Cache<String>,
+    live: Cache<Arc<Value>>,
+}
 
-impl Fingerprints {
-    /// Past this many, the cache starts over (each entry is two digests).
-    const MAX: usize = 4096;
+impl Documents {
+    /// Fingerprints kept (two digests each).
+    const FINGERPRINTS: usize = 4096;
+    /// Live documents kept: one per tenant reviewed lately.
+    const LIVE: usize = 64;
+}
 
-    fn get(&self, hash: &str) -> Option<String> {
+/// A map that starts over when full: what it holds is recomputed at once.
+#[derive(Debug)]
+struct Cache<T>(std::sync::Mutex<std::collections::HashMap<String, T>>);
+
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::default())
+    }
+}
+
+impl<T: Clone> Cache<T> {
+    fn get(&self, hash: &str) -> Option<T> {
         self.0.lock().ok()?.get(hash).cloned()
     }
 
-    fn insert(&self, hash: String, fingerprint: String) {
+    fn insert(&self, hash: String, value: T, max: usize) {
         if let Ok(mut map) = self.0.lock() {
-            if map.len() >= Self::MAX {
+            if map.len() >= max {
                 map.clear();
             }
-            map.insert(hash, fingerprint);
+            map.insert(hash, value);
         }
     }
 }
@@ -476,19 +495,22 @@ async fn gather(
 ) -> Result<Gathered, ApiError> {
     let store = state.store();
     let live = live_for_proposals(state, tenant)?;
-    let live_source = store
-        .policy(&live.tenant, Some(live.revision))
-        .await
-        .map_err(store_error)?
-        .map(|p| p.source)
-        .ok_or_else(|| {
-            tracing::error!(
-                tenant,
-                revision = live.revision,
-                "the live version is not stored"
-            );
-            ApiError::internal()
-        })?;
+    let live_document = match state.documents().live.get(&live.hash) {
+        Some(document) => Ok(document),
+        None => Err(store
+            .policy(&live.tenant, Some(live.revision))
+            .await
+            .map_err(store_error)?
+            .map(|p| p.source)
+            .ok_or_else(|| {
+                tracing::error!(
+                    tenant,
+                    revision = live.revision,
+                    "the live version is not stored"
+                );
+                ApiError::internal()
+            })?),
+    };
     let ids: Vec<String> = proposal.evidence_ids().map(str::to_owned).collect();
     let evidence = store
         .decision_events(tenant, &ids)
@@ -553,7 +575,7 @@ async fn gather(
         if version.created_at_ms < now - DRIFT_WINDOW_MS || replaced.len() >= MAX_REPLACED {
             break;
         }
-        let known = match state.fingerprints().get(&older.hash) {
+        let known = match state.documents().fingerprints.get(&older.hash) {
             Some(fingerprint) => Ok(fingerprint),
             None => match store
                 .policy(tenant, Some(older.revision))
@@ -573,7 +595,7 @@ async fn gather(
     }
     Ok(Gathered {
         live,
-        live_source,
+        live_document,
         evidence,
         snapshots,
         history,
@@ -615,7 +637,7 @@ async fn run_review(
     now: i64,
 ) -> Result<(Reviewed, Gathered), ApiError> {
     let key = state.snapshot_key().clone();
-    let fingerprints = Arc::clone(state.fingerprints());
+    let documents = Arc::clone(state.documents());
     let timeout = state.limits().proposal_solver_timeout;
     let (tenant, proposer) = (tenant.to_owned(), proposer.to_owned());
     // Held by the blocking task itself: a request that times out or goes away does not free
@@ -634,7 +656,11 @@ async fn run_review(
                     Ok(fingerprint) => fingerprint.clone(),
                     Err(source) => {
                         let fingerprint = warden_policy::review::fingerprint(source).ok()?;
-                        fingerprints.insert(version.hash.clone(), fingerprint.clone());
+                        documents.fingerprints.insert(
+                            version.hash.clone(),
+                            fingerprint.clone(),
+                            Documents::FINGERPRINTS,
+                        );
                         fingerprint
                     }
                 };
@@ -644,42 +670,56 @@ async fn run_review(
                 })
             })
             .collect();
-        let inputs = Inputs {
-            tenant: &tenant,
-            live_source: &gathered.live_source,
-            live: &gathered.live.policy,
-            proposer: Some(&proposer),
-            evidence: &gathered.evidence,
-            recent: &recent,
-            history: &gathered.history,
-            replaced: &replaced,
-            now: timestamp(now),
-            solver_timeout: timeout,
+        let live_document = match &gathered.live_document {
+            Ok(document) => Ok(Arc::clone(document)),
+            Err(source) => warden_policy::review::document(source).map(|document| {
+                let document = Arc::new(document);
+                documents.live.insert(
+                    gathered.live.hash.clone(),
+                    Arc::clone(&document),
+                    Documents::LIVE,
+                );
+                document
+            }),
         };
-        let reviewed = warden_policy::review::review(&proposal, &inputs).map(|mut review| {
-            if tenant == DEFAULT_TENANT && review.status == Status::AutoApproved {
-                // Its impact was replayed over this tenant's decisions only, and it decides
-                // for every tenant without a policy of its own.
-                review.status = Status::NeedsHuman;
-                review.reasons.push(
-                    "the `default` policy decides for every tenant without its own: a human \
+        let reviewed = live_document.and_then(|live_document| {
+            let inputs = Inputs {
+                tenant: &tenant,
+                live_document: &live_document,
+                live: &gathered.live.policy,
+                proposer: Some(&proposer),
+                evidence: &gathered.evidence,
+                recent: &recent,
+                history: &gathered.history,
+                replaced: &replaced,
+                now: timestamp(now),
+                solver_timeout: timeout,
+            };
+            warden_policy::review::review(&proposal, &inputs).map(|mut review| {
+                if tenant == DEFAULT_TENANT && review.status == Status::AutoApproved {
+                    // Its impact was replayed over this tenant's decisions only, and it decides
+                    // for every tenant without a policy of its own.
+                    review.status = Status::NeedsHuman;
+                    review.reasons.push(
+                        "the `default` policy decides for every tenant without its own: a human \
                      decides every change to it"
-                        .to_owned(),
-                );
-            }
-            let token = review.token(&gathered.live.hash);
-            let mut stored = serde_json::to_value(&review).unwrap_or(Value::Null);
-            if let Value::Object(fields) = &mut stored {
-                fields.insert(
-                    "diff".into(),
-                    serde_json::to_value(ChangesBody::of(&review.diff)).unwrap_or(Value::Null),
-                );
-            }
-            Reviewed {
-                review,
-                token,
-                stored: stored.to_string(),
-            }
+                            .to_owned(),
+                    );
+                }
+                let token = review.token(&gathered.live.hash);
+                let mut stored = serde_json::to_value(&review).unwrap_or(Value::Null);
+                if let Value::Object(fields) = &mut stored {
+                    fields.insert(
+                        "diff".into(),
+                        serde_json::to_value(ChangesBody::of(&review.diff)).unwrap_or(Value::Null),
+                    );
+                }
+                Reviewed {
+                    review,
+                    token,
+                    stored: stored.to_string(),
+                }
+            })
         });
         (reviewed, gathered)
     })

@@ -98,8 +98,8 @@ struct Inner {
     webhooks: Webhooks,
     /// Proposal reviews running at once: each may keep a core busy for seconds.
     reviews: Arc<tokio::sync::Semaphore>,
-    /// The drift check's fingerprints of replaced versions.
-    fingerprints: Arc<crate::proposals::Fingerprints>,
+    /// What proposal reviews read of policy versions.
+    documents: Arc<crate::proposals::Documents>,
 }
 
 impl AppState {
@@ -130,7 +130,7 @@ impl AppState {
             reviews: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
-            fingerprints: Arc::default(),
+            documents: Arc::default(),
         }))
     }
 
@@ -140,9 +140,9 @@ impl AppState {
         &self.0.reviews
     }
 
-    /// The fingerprints of policy versions this replica computed, by content hash.
-    pub fn fingerprints(&self) -> &Arc<crate::proposals::Fingerprints> {
-        &self.0.fingerprints
+    /// What this replica read of policy versions for proposal reviews, by content hash.
+    pub fn documents(&self) -> &Arc<crate::proposals::Documents> {
+        &self.0.documents
     }
 
     /// Sends approval events to `webhooks`. Call before the state is shared (cloned):

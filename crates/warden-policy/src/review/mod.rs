@@ -202,8 +202,8 @@ pub struct Replaced {
 pub struct Inputs<'a> {
     /// The tenant the proposal is for.
     pub tenant: &'a str,
-    /// The live policy's source.
-    pub live_source: &'a str,
+    /// The live policy's document, as [`document`] reads its source.
+    pub live_document: &'a Value,
     /// The live policy.
     pub live: &'a Policy,
     /// The proposing agent, when an agent proposed it (not for observed suggestions).
@@ -422,7 +422,7 @@ pub enum ReviewError {
 /// Reviews `proposal` against the live policy in `inputs`.
 pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, ReviewError> {
     let live = inputs.live;
-    let live_doc = changes::document(inputs.live_source)?;
+    let live_doc = inputs.live_document;
     let mut doc = live_doc.clone();
     changes::apply(&mut doc, &proposal.changes, 0)?;
     let (source, cand_doc, cand) = changes::finish(doc, live)?;
@@ -592,7 +592,7 @@ fn per_change(
             .collect());
     }
     let mut out = Vec::with_capacity(proposal.changes.len());
-    let mut before_doc = changes::document(inputs.live_source)?;
+    let mut before_doc = inputs.live_document.clone();
     let mut before = inputs.live.clone();
     for (i, change) in proposal.changes.iter().enumerate() {
         let mut doc = before_doc.clone();
@@ -651,7 +651,12 @@ fn history(
 /// canonical JSON without `version`. Two versions with one fingerprint decide alike, so a
 /// candidate with a replaced version's fingerprint reverts to it.
 pub fn fingerprint(source: &str) -> Result<String, ReviewError> {
-    changes::document(source).map(|doc| fingerprint_of(&doc))
+    document(source).map(|doc| fingerprint_of(&doc))
+}
+
+/// A policy source (YAML or JSON) as the document a review edits and compares.
+pub fn document(source: &str) -> Result<Value, ReviewError> {
+    changes::document(source)
 }
 
 fn fingerprint_of(doc: &Value) -> String {

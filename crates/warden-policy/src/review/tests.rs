@@ -63,6 +63,7 @@ fn proposal(changes: Value, case: &Case) -> Proposal {
 fn run_case(changes: Value, case: &Case) -> Result<Review, ReviewError> {
     let source = live_source();
     let live = Policy::parse(&source).unwrap();
+    let document = super::document(&source).unwrap();
     let recent: Vec<Recorded> = case
         .recent
         .iter()
@@ -87,7 +88,7 @@ fn run_case(changes: Value, case: &Case) -> Result<Review, ReviewError> {
         .collect();
     let inputs = Inputs {
         tenant: "acme",
-        live_source: &source,
+        live_document: &document,
         live: &live,
         proposer: Some("support-bot"),
         evidence: &case.evidence,

@@ -162,6 +162,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/approvals/{id}/wait", get(approvals::wait))
         .route("/v1/questions/{id}/wait", get(approvals::wait_question))
         .route("/v1/proposals/{id}/wait", get(proposals::wait))
+        .merge(crate::inbox::events_router())
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route("/v1/decisions", post(decisions::create))
@@ -206,6 +207,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
+        // The web approvals inbox (`GET /`), outside the OpenAPI document: pages, not API.
+        .merge(crate::inbox::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.body_bytes))
@@ -312,6 +315,8 @@ pub async fn serve(
     let main = tokio::spawn(accept(listener, app(state.clone()), limits, stopped));
     shutdown.await;
     let _ = stop.send(true);
+    // Open-ended streams (the web inbox's) end now rather than at the grace period's end.
+    state.waiters().close();
     let served = main.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;

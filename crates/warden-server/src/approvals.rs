@@ -108,6 +108,8 @@ pub struct Waiters {
     by_id: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
     open: Arc<Semaphore>,
     dispatcher: tokio::sync::OnceCell<()>,
+    /// Set when the server shuts down: watchers (open-ended streams) end then.
+    closing: watch::Sender<bool>,
 }
 
 /// One registered waiter; dropping it unregisters.
@@ -148,7 +150,14 @@ impl Waiters {
             by_id: Arc::new(Mutex::new(HashMap::new())),
             open: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             dispatcher: tokio::sync::OnceCell::new(),
+            closing: watch::channel(false).0,
         }
+    }
+
+    /// Ends every [`Watcher`]'s watch: called when the server stops accepting, so an open
+    /// event stream does not hold the shutdown for its whole grace period.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Registers a waiter on `id` before its state is read, so no decision is missed.
@@ -177,6 +186,58 @@ impl Waiters {
             id: id.to_owned(),
             changes,
             by_id: Arc::clone(&self.by_id),
+            _slot: slot,
+        })
+    }
+}
+
+/// A watcher of every approval, question and proposal signal at once (the web inbox's live
+/// list), holding a `--max-waiters` slot like a long-poll.
+#[derive(Debug)]
+pub struct Watcher {
+    signals: broadcast::Receiver<ApprovalSignal>,
+    closing: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Watcher {
+    /// Resolves `true` when something may have changed: any signal, a resync, or signals
+    /// missed by falling behind; `false` when the server is shutting down and the watch
+    /// should end. Never, once the signals stopped (a timeout then ends the wait).
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            received = self.signals.recv() => match received {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<bool>().await,
+            },
+            // The guard `wait_for` answers is dropped inside: it may not live across an await.
+            _ = async { self.closing.wait_for(|closing| *closing).await.is_ok() } => false,
+        }
+    }
+
+    /// Drops the signals already queued: one look at the state answers them all.
+    pub fn drain(&mut self) {
+        while !matches!(
+            self.signals.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
+    }
+}
+
+impl Waiters {
+    /// Watches every signal, subscribed before the caller reads the state, so no change is
+    /// missed.
+    pub async fn watch(&self, state: &AppState) -> Result<Watcher, ApiError> {
+        let slot = Arc::clone(&self.open)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded("too many waiters; try again"))?;
+        let signals = state.store().approval_signals().await.map_err(|e| {
+            tracing::error!(error = %e, "cannot subscribe to approval signals");
+            ApiError::store_unavailable()
+        })?;
+        Ok(Watcher {
+            signals,
+            closing: self.closing.subscribe(),
             _slot: slot,
         })
     }

@@ -151,66 +151,105 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // A source that keeps failing is turned away before any lookup.
-        if let Some(retry) = state.auth_failures().blocked(source(parts), Instant::now()) {
-            let mut error = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_failures",
-                "too many failed authentications from this address; try again later",
-            );
-            error.retry_after(retry);
-            return Err(error);
-        }
         let header = parts
             .headers
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let Some(header) = header else {
-            return Err(reject(state, parts, Failure::Missing, None).await);
-        };
-        let Some((id, secret)) = header
-            .strip_prefix("Bearer ")
-            .and_then(|t| keys::parse_token(t.trim()))
-        else {
-            return Err(reject(state, parts, Failure::Malformed, None).await);
-        };
-        let record = match state.keys().get(id) {
-            Some(record) => record,
-            None => match state.store().key(id).await {
-                Ok(Some(record)) => {
-                    // Stamped now, when read from the store; hits below never renew it.
-                    state.keys().put(record.clone());
-                    record
-                }
-                Ok(None) => return Err(reject(state, parts, Failure::UnknownKey, None).await),
-                Err(e) => {
-                    tracing::error!(error = %e, "key lookup failed");
-                    return Err(ApiError::store_unavailable());
-                }
-            },
-        };
-        if !keys::secret_matches(secret, &record) {
-            return Err(reject(state, parts, Failure::WrongSecret, Some(&record)).await);
-        }
-        if record.revoked_at_ms.is_some() {
-            state.keys().forget(&record.id);
-            return Err(reject(state, parts, Failure::Revoked, Some(&record)).await);
-        }
-        let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
-        // An agent key names exactly one agent. One stored without (written by an older
-        // version, or by hand) would act for whichever agent a body names: refuse it.
-        if roles.contains(&Role::Agent) && !record.agent.as_deref().is_some_and(keys::is_agent_id) {
-            return Err(reject(state, parts, Failure::Invalid, Some(&record)).await);
-        }
-        Ok(Caller {
-            key_id: record.id,
-            tenant: record.tenant,
-            roles,
-            agent: record.agent,
-            groups: record.groups,
-            user: record.user,
-        })
+            .and_then(|v| v.to_str().ok())
+            // Not `Bearer …`: a token that cannot parse, so it fails as malformed.
+            .map(|h| h.strip_prefix("Bearer ").unwrap_or(""));
+        authenticate(state, parts, header).await
     }
+}
+
+/// Verifies a presented key the one way the API does — the 429 of a source that keeps
+/// failing, the cache, the constant-time secret check, revocation, an agent key's agent —
+/// and audits a failure (`None`: no key was presented). The bearer header and the web
+/// inbox's sign-in both come here.
+pub async fn authenticate(
+    state: &AppState,
+    parts: &Parts,
+    token: Option<&str>,
+) -> Result<Caller, ApiError> {
+    // A source that keeps failing is turned away before any lookup.
+    if let Some(retry) = state.auth_failures().blocked(source(parts), Instant::now()) {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            "too many failed authentications from this address; try again later",
+        );
+        error.retry_after(retry);
+        return Err(error);
+    }
+    let Some(token) = token else {
+        return Err(reject(state, parts, Failure::Missing, None).await);
+    };
+    let Some((id, secret)) = keys::parse_token(token.trim()) else {
+        return Err(reject(state, parts, Failure::Malformed, None).await);
+    };
+    let Some(record) = key_record(state, id).await? else {
+        return Err(reject(state, parts, Failure::UnknownKey, None).await);
+    };
+    if !keys::secret_matches(secret, &record) {
+        return Err(reject(state, parts, Failure::WrongSecret, Some(&record)).await);
+    }
+    match caller_of(state, record) {
+        Ok(caller) => Ok(caller),
+        Err((failure, record)) => Err(reject(state, parts, failure, Some(&record)).await),
+    }
+}
+
+/// The caller a key already verified acts as now (a web inbox session's key): `None` once
+/// the key is unknown, revoked or invalid. Read through the same cache as every request, so
+/// a revocation anywhere applies within `--key-cache-ttl`.
+pub async fn key_caller(state: &AppState, key_id: &str) -> Result<Option<Caller>, ApiError> {
+    Ok(key_record(state, key_id)
+        .await?
+        .and_then(|record| caller_of(state, record).ok()))
+}
+
+/// The key with this id, from the cache or the store.
+async fn key_record(state: &AppState, id: &str) -> Result<Option<KeyRecord>, ApiError> {
+    if let Some(record) = state.keys().get(id) {
+        return Ok(Some(record));
+    }
+    match state.store().key(id).await {
+        Ok(Some(record)) => {
+            // Stamped now, when read from the store; hits never renew it.
+            state.keys().put(record.clone());
+            Ok(Some(record))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "key lookup failed");
+            Err(ApiError::store_unavailable())
+        }
+    }
+}
+
+/// What a key whose secret matched acts as, or why it acts as nothing.
+#[expect(
+    clippy::result_large_err,
+    reason = "the record goes back to the one caller that audits the failure with it"
+)]
+fn caller_of(state: &AppState, record: KeyRecord) -> Result<Caller, (Failure, KeyRecord)> {
+    if record.revoked_at_ms.is_some() {
+        state.keys().forget(&record.id);
+        return Err((Failure::Revoked, record));
+    }
+    let roles: Vec<Role> = record.roles.iter().filter_map(|r| Role::parse(r)).collect();
+    // An agent key names exactly one agent. One stored without (written by an older
+    // version, or by hand) would act for whichever agent a body names: refuse it.
+    if roles.contains(&Role::Agent) && !record.agent.as_deref().is_some_and(keys::is_agent_id) {
+        return Err((Failure::Invalid, record));
+    }
+    Ok(Caller {
+        key_id: record.id,
+        tenant: record.tenant,
+        roles,
+        agent: record.agent,
+        groups: record.groups,
+        user: record.user,
+    })
 }
 
 /// Records a failed authentication and builds the 401. The first failure of a (source,

@@ -98,6 +98,11 @@ pub struct ProposalView {
     /// When the review flagged it as a security event (a repeat, a revert): why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_event: Option<String>,
+    /// What the tenant's external reviewer said, when it has one: `verdict` (`approve`,
+    /// `reject`, `revise`, `needs_human`, or `null` when it gave none) and `reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub external_review: Option<Value>,
     /// What it is about, for superseding: the action patterns it touches (and the target its
     /// evidence names).
     pub subject: String,
@@ -174,6 +179,10 @@ impl ProposalView {
             impact,
             suggestion: review.get("suggestion").filter(|s| !s.is_null()).cloned(),
             security_event: review["security_event"].as_str().map(str::to_owned),
+            external_review: review
+                .get("external_review")
+                .filter(|r| !r.is_null())
+                .cloned(),
             subject: record.subject.clone(),
             review_token: record.review_token.clone(),
             diff: serde_json::from_value(review["diff"].clone()).ok(),
@@ -798,6 +807,41 @@ fn status_after(review: &Review, submitted: bool) -> &'static str {
     }
 }
 
+/// Asks the tenant's external reviewer, if it has one, and records what it said in the
+/// stored analysis (`external_review`, and a reason when it made the outcome stricter).
+async fn consult(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+    agent: &str,
+    body: &Value,
+    stored: &mut String,
+    own: &'static str,
+) -> Option<crate::reviewer::ExternalReview> {
+    if !state.reviewers().configured(tenant) {
+        return None;
+    }
+    let mut analysis: Value = serde_json::from_str(stored).unwrap_or(Value::Null);
+    let external = state
+        .reviewers()
+        .ask(tenant, id, agent, body, &analysis, own)
+        .await?;
+    if let Value::Object(fields) = &mut analysis {
+        if external.outcome(own) != own
+            && let Some(Value::Array(reasons)) = fields.get_mut("reasons")
+        {
+            let verdict = external.verdict.map_or("", |v| v.as_str());
+            reasons.push(Value::String(format!(
+                "the external reviewer answered {verdict}: {}",
+                external.reason
+            )));
+        }
+        fields.insert("external_review".into(), external.to_json());
+    }
+    *stored = analysis.to_string();
+    Some(external)
+}
+
 /// `POST /v1/proposals`: reads, rate-limits, reviews, stores, and applies when the review
 /// approves.
 pub async fn submit(
@@ -841,7 +885,18 @@ pub async fn submit(
         let compiled = reviewed.review.compiled.take();
         let review = &reviewed.review;
         let id = crate::ids::ulid(now);
-        let status = status_after(review, true);
+        let own = status_after(review, true);
+        let external = consult(
+            state,
+            &tenant,
+            &id,
+            &agent,
+            &body,
+            &mut reviewed.stored,
+            own,
+        )
+        .await;
+        let status = external.as_ref().map_or(own, |e| e.outcome(own));
         let applies = status == proposal_status::AUTO_APPROVED;
         let record = ProposalRecord {
             id: id.clone(),
@@ -862,6 +917,12 @@ pub async fn submit(
             ..ProposalRecord::default()
         };
         let mut detail = counts(review);
+        if let Some(external) = &external {
+            // Both outcomes, so the log shows what the reviewer changed.
+            detail.insert("status".into(), Value::from(status));
+            detail.insert("review_status".into(), Value::from(own));
+            detail.insert("external_review".into(), external.to_json());
+        }
         detail.insert("proposal_id".into(), Value::String(id.clone()));
         detail.insert("key_id".into(), Value::String(caller.key_id.clone()));
         detail.insert(

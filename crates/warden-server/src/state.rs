@@ -52,6 +52,13 @@ pub struct Limits {
     pub proposal_replay_window: Duration,
     /// How long the review's solver may think about one question; past it, broadening.
     pub proposal_solver_timeout: Duration,
+    /// A web inbox session unused for this long has ended.
+    pub inbox_idle_timeout: Duration,
+    /// A web inbox session ends this long after its sign-in, however it is used.
+    pub inbox_session_lifetime: Duration,
+    /// Marks the inbox's cookies `Secure` on every answer, not only on requests a proxy says
+    /// came over TLS (`X-Forwarded-Proto: https`).
+    pub inbox_secure_cookies: bool,
 }
 
 impl Default for Limits {
@@ -73,6 +80,9 @@ impl Default for Limits {
             proposal_rate_limit: 10,
             proposal_replay_window: Duration::from_secs(7 * 24 * 3600),
             proposal_solver_timeout: Duration::from_secs(2),
+            inbox_idle_timeout: Duration::from_secs(30 * 60),
+            inbox_session_lifetime: Duration::from_secs(12 * 3600),
+            inbox_secure_cookies: false,
         }
     }
 }
@@ -96,6 +106,7 @@ struct Inner {
     permits: Keyring,
     waiters: Waiters,
     webhooks: Webhooks,
+    reviewers: crate::reviewer::Reviewers,
     /// Proposal reviews running at once: each may keep a core busy for seconds.
     reviews: Arc<tokio::sync::Semaphore>,
     /// What proposal reviews read of policy versions.
@@ -127,6 +138,7 @@ impl AppState {
             // A key of its own until `permits().install` loads the shared ones.
             permits: Keyring::default(),
             webhooks: Webhooks::default(),
+            reviewers: crate::reviewer::Reviewers::default(),
             reviews: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
@@ -143,6 +155,21 @@ impl AppState {
     /// What this replica read of policy versions for proposal reviews, by content hash.
     pub fn documents(&self) -> &Arc<crate::proposals::Documents> {
         &self.0.documents
+    }
+
+    /// Asks `reviewers` about proposals. Call before the state is shared (cloned), like
+    /// [`AppState::with_webhooks`].
+    pub fn with_reviewers(mut self, reviewers: crate::reviewer::Reviewers) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.reviewers = reviewers,
+            None => tracing::error!("reviewers set after the state was shared; ignored"),
+        }
+        self
+    }
+
+    /// The tenants' external proposal reviewers.
+    pub fn reviewers(&self) -> &crate::reviewer::Reviewers {
+        &self.0.reviewers
     }
 
     /// Sends approval events to `webhooks`. Call before the state is shared (cloned):

@@ -16,6 +16,7 @@ use warden_server::audit::{AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
 use warden_server::metrics::Metrics;
 use warden_server::policies::Policies;
+use warden_server::reviewer::Reviewers;
 use warden_server::{AppState, Limits, app};
 use warden_store::{Event, EventFilter, Store, kind};
 
@@ -66,6 +67,10 @@ async fn server(place: &Place) -> Server {
 }
 
 async fn server_with(place: &Place, limits: Limits) -> Server {
+    server_reviewed(place, limits, Reviewers::default()).await
+}
+
+async fn server_reviewed(place: &Place, limits: Limits, reviewers: Reviewers) -> Server {
     let store = place.open().await;
     let dir = tempfile::tempdir().unwrap();
     for (tenant, policy) in [("acme", ACME), ("globex", ACME), ("initech", INITECH)] {
@@ -80,7 +85,8 @@ async fn server_with(place: &Place, limits: Limits) -> Server {
     let metrics = Arc::new(Metrics::default());
     let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
     let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
+    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits)
+        .with_reviewers(reviewers);
     Server {
         app: app(state.clone()),
         store,
@@ -1003,4 +1009,139 @@ async fn a_deny_offers_to_submit_a_proposal() {
         ),
         "{body}"
     );
+}
+
+/// An external reviewer on a local port: answers each review with `answer` (status, body)
+/// after `delay`, and keeps what it was sent and the signature header.
+async fn reviewer(
+    answer: (u16, &'static str),
+    delay: Duration,
+) -> (String, Arc<std::sync::Mutex<Vec<(Value, String)>>>) {
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let route = post(move |headers: axum::http::HeaderMap, body: String| {
+        let log = Arc::clone(&log);
+        async move {
+            let signature = headers
+                .get("x-warden-signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            log.lock()
+                .unwrap()
+                .push((serde_json::from_str(&body).unwrap(), signature));
+            tokio::time::sleep(delay).await;
+            (StatusCode::from_u16(answer.0).unwrap(), answer.1)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/review", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().route("/review", route))
+            .await
+            .unwrap();
+    });
+    (url, seen)
+}
+
+fn reviewed_by(url: &str, timeout: Duration) -> Reviewers {
+    let urls = [("acme".to_owned(), url.to_owned())].into_iter().collect();
+    Reviewers::new(urls, Some(b"reviewer-secret".to_vec()), timeout).unwrap()
+}
+
+/// A tenant's external reviewer reads the proposal and Warden's analysis, and its `reject`
+/// stops what Warden would have applied; both outcomes are in the audit event.
+#[tokio::test]
+async fn an_external_reviewer_can_reject_what_the_review_would_apply() {
+    let (url, seen) = reviewer(
+        (
+            200,
+            r#"{"verdict": "reject", "reason": "no new deny rules this week"}"#,
+        ),
+        Duration::ZERO,
+    )
+    .await;
+    for place in places("prop").await {
+        let s = server_reviewed(&place, limits(), reviewed_by(&url, Duration::from_secs(5))).await;
+        let agent = s.agent("acme", "support-bot").await;
+        let (status, body) = s.propose(&agent, deny_close()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["status"], "rejected", "{body}");
+        assert_eq!(body["classification"], "narrowing", "{body}");
+        assert_eq!(body["external_review"]["verdict"], "reject", "{body}");
+        assert!(
+            body["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("no new deny rules this week")),
+            "the agent reads why: {body}"
+        );
+        assert_eq!(s.revision("acme"), 1, "nothing was applied");
+
+        let (sent, signature) = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(sent["proposal_id"], body["id"]);
+        assert_eq!(sent["status"], "auto_approved", "Warden's own outcome");
+        assert_eq!(sent["analysis"]["classification"], "narrowing");
+        assert_eq!(sent["proposal"]["changes"][0]["op"], "add_rule");
+        assert!(
+            signature.starts_with("t=") && signature.contains(",v1="),
+            "{signature}"
+        );
+
+        let submitted = s.events(kind::PROPOSAL_SUBMITTED).await;
+        let detail = &submitted[0].event.detail;
+        assert_eq!(detail["status"], "rejected");
+        assert_eq!(detail["review_status"], "auto_approved");
+        assert_eq!(detail["external_review"]["verdict"], "reject");
+    }
+}
+
+/// An `approve` never applies what Warden sends to a human; a reviewer that errs, sends
+/// garbage or is slower than its timeout leaves Warden's outcome, and the log says why.
+#[tokio::test]
+async fn an_external_reviewer_only_makes_outcomes_stricter_and_its_failures_change_nothing() {
+    let (approving, _) = reviewer((200, r#"{"verdict": "approve"}"#), Duration::ZERO).await;
+    let (failing, _) = reviewer((500, "oops"), Duration::ZERO).await;
+    let (garbled, _) = reviewer((200, r#"{"verdict": "allow"}"#), Duration::ZERO).await;
+    let (slow, _) = reviewer((200, r#"{"verdict": "reject"}"#), Duration::from_secs(3)).await;
+    for place in places("prop").await {
+        let s = server_reviewed(
+            &place,
+            limits(),
+            reviewed_by(&approving, Duration::from_secs(5)),
+        )
+        .await;
+        let agent = s.agent("acme", "support-bot").await;
+        let (_, body) = s.propose(&agent, allow_export("approve")).await;
+        assert_eq!(body["status"], "needs_human", "{body}");
+        assert_eq!(body["external_review"]["verdict"], "approve", "{body}");
+    }
+    for (url, why) in [
+        (&failing, "answered 500"),
+        (&garbled, "no `verdict`"),
+        (&slow, "did not answer within"),
+    ] {
+        for place in places("prop").await {
+            let reviewers = reviewed_by(url, Duration::from_millis(300));
+            let s = server_reviewed(&place, limits(), reviewers).await;
+            let agent = s.agent("acme", "support-bot").await;
+            let (status, body) = s.propose(&agent, deny_close()).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            assert_eq!(body["status"], "auto_approved", "{why}: {body}");
+            assert!(body["external_review"]["verdict"].is_null(), "{body}");
+            assert!(
+                body["external_review"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains(why),
+                "{body}"
+            );
+            let submitted = s.events(kind::PROPOSAL_SUBMITTED).await;
+            let detail = &submitted[0].event.detail;
+            assert_eq!(detail["external_review"]["verdict"], Value::Null);
+            assert_eq!(detail["status"], "auto_approved");
+        }
+    }
 }

@@ -31,6 +31,7 @@ mod model;
 mod policy_version;
 mod postgres;
 mod proposal;
+mod session;
 mod split;
 mod sql;
 mod sqlite;
@@ -58,8 +59,9 @@ pub use policy_version::{
 };
 pub use proposal::{
     ProposalFilter, ProposalLimit, ProposalRecord, ProposalWrite, ProposalWritten, Supersede,
-    proposal_status,
+    proposal_source, proposal_status,
 };
+pub use session::SessionRecord;
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -332,6 +334,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         agent: &str,
         since_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Stores a new web inbox session (an existing `id_hash` is an error).
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The session whose id hashes to `id_hash`, ended or not: whether it still holds is the
+    /// caller's to judge from its times and its key.
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Records that the session was used at `now_ms` (never moving `last_seen_ms` back).
+    async fn touch_session(&self, id_hash: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Deletes the session; whether there was one.
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError>;
+
+    /// Deletes the sessions that have ended: those whose lifetime is over at `now_ms`, and
+    /// those last used before `idle_before_ms`. Returns how many.
+    async fn prune_sessions(&self, now_ms: i64, idle_before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Where a database URL points.

@@ -62,6 +62,14 @@ const SQLITE: &[Migration] = &[
         name: "0009_proposals",
         sql: include_str!("../../../migrations/sqlite/0009_proposals.sql"),
     },
+    Migration {
+        name: "0010_inbox_sessions",
+        sql: include_str!("../../../migrations/sqlite/0010_inbox_sessions.sql"),
+    },
+    Migration {
+        name: "0011_observed_proposals",
+        sql: include_str!("../../../migrations/sqlite/0011_observed_proposals.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -100,6 +108,14 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0009_proposals",
         sql: include_str!("../../../migrations/postgres/0009_proposals.sql"),
+    },
+    Migration {
+        name: "0010_inbox_sessions",
+        sql: include_str!("../../../migrations/postgres/0010_inbox_sessions.sql"),
+    },
+    Migration {
+        name: "0011_observed_proposals",
+        sql: include_str!("../../../migrations/postgres/0011_observed_proposals.sql"),
     },
 ];
 

@@ -58,9 +58,17 @@ pub mod kind {
     /// A proposal the review flagged: a repeat of a rejected change, or a revert of a recent
     /// one (`detail`: agent, key id, counts).
     pub const PROPOSAL_SECURITY_EVENT: &str = "proposal_security_event";
+    /// Warden suggested a change from repeated friction, or updated its pending suggestion
+    /// with new hits (`detail`: proposal id, key, hits, evidence count, the review's
+    /// outcome and counts).
+    pub const PROPOSAL_OBSERVED: &str = "proposal_observed";
+    /// An approver key signed in to the web inbox (`detail`: key id, user, session).
+    pub const INBOX_SIGNED_IN: &str = "inbox_signed_in";
+    /// A web inbox session was signed out.
+    pub const INBOX_SIGNED_OUT: &str = "inbox_signed_out";
 
     /// Every kind, for validating filters.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 26] = [
         DECISION,
         OUTCOME,
         KEY_CREATED,
@@ -84,6 +92,9 @@ pub mod kind {
         PROPOSAL_DECIDED,
         PROPOSAL_SUPERSEDED,
         PROPOSAL_SECURITY_EVENT,
+        PROPOSAL_OBSERVED,
+        INBOX_SIGNED_IN,
+        INBOX_SIGNED_OUT,
     ];
 }
 

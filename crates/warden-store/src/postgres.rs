@@ -91,6 +91,7 @@ async fn pool(options: PgConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
         appender: start_appender(options.clone())?,
         listener: Some(crate::split::Listener::new(options)),
         policy_signals: tokio::sync::broadcast::channel(1).0,
+        opened: None,
     }))
 }
 
@@ -211,7 +212,13 @@ pub(crate) async fn listen(options: PgConnectOptions, signals: Signals) {
                     if notification.channel() == POLICY_CHANNEL {
                         let _ = signals.policies.send(PolicySignal::Changed(payload));
                     } else {
-                        let _ = signals.approvals.send(ApprovalSignal::Changed(payload));
+                        // An append that opened several approvals names them all, with commas
+                        // (ids are ULIDs, which have none).
+                        for id in payload.split(',') {
+                            let _ = signals
+                                .approvals
+                                .send(ApprovalSignal::Changed(id.to_owned()));
+                        }
                     }
                 }
                 // The connection was lost; notifications meanwhile are gone. Reconnect

@@ -1,7 +1,8 @@
-//! Agent-proposed policy changes: the records, and the ways they change — inserted with
-//! their audit events (superseding the agent's older pending proposal of the same subject),
-//! decided only from an expected status, and applied in the transaction of the policy
-//! version they publish.
+//! Proposed policy changes — an agent's, or a suggestion Warden observed from repeated
+//! friction: the records, and the ways they change — inserted with their audit events
+//! (superseding the agent's older pending proposal of the same subject, or updating the
+//! pending suggestion of the same friction), decided only from an expected status, and
+//! applied in the transaction of the policy version they publish.
 //!
 //! Key decision: the store owns atomicity, not the review. What a proposal's analysis says
 //! and who may decide it is the server's business (it has the core); the store writes a
@@ -38,6 +39,17 @@ pub mod proposal_status {
         APPROVED,
         SUPERSEDED,
     ];
+}
+
+/// Well-known values of [`ProposalRecord::source`].
+pub mod proposal_source {
+    /// Submitted by an agent (`POST /v1/proposals`).
+    pub const AGENT: &str = "agent";
+    /// Drafted by Warden from repeated friction.
+    pub const OBSERVED: &str = "observed";
+
+    /// Every source, for validating filters.
+    pub const ALL: [&str; 2] = [AGENT, OBSERVED];
 }
 
 /// A proposal, new or as stored.
@@ -79,12 +91,27 @@ pub struct ProposalRecord {
     pub created_at_ms: i64,
     /// When it was decided, unix milliseconds.
     pub decided_at_ms: Option<i64>,
+    /// See [`proposal_source`]; empty is [`proposal_source::AGENT`].
+    pub source: String,
+    /// An observed suggestion's friction key (at most one per key is pending).
+    pub observed_key: Option<String>,
+    /// How often its friction was seen in the window when last counted (observed only).
+    pub hits: i64,
 }
 
 impl ProposalRecord {
     /// Whether a human can still decide it.
     pub fn is_pending(&self) -> bool {
         proposal_status::PENDING.contains(&self.status.as_str())
+    }
+
+    /// Who proposed it: [`proposal_source::AGENT`] or [`proposal_source::OBSERVED`].
+    pub fn source(&self) -> &str {
+        if self.source.is_empty() {
+            proposal_source::AGENT
+        } else {
+            &self.source
+        }
     }
 }
 
@@ -127,13 +154,29 @@ pub enum ProposalWrite {
         /// Its events, chained in this order.
         events: Vec<NewEvent>,
     },
+    /// An observed suggestion (`record.observed_key` set): inserted when `replaces` is
+    /// `None`, else the pending row `replaces` gets the record's analysis, body and hits.
+    /// Written only while the tenant's pending suggestion of that key is exactly `replaces`
+    /// and holds no more hits than the record; otherwise nothing is written and the answer
+    /// is [`ProposalWritten::Stale`] with the pending row, if any (two replicas observing
+    /// the same friction at once thus keep one row, with the higher count).
+    Observe {
+        /// The row as it is to be stored (its id is `replaces` when it updates).
+        record: ProposalRecord,
+        /// The pending suggestion it updates.
+        replaces: Option<String>,
+        /// Its events (`proposal_observed`), chained in this order.
+        events: Vec<NewEvent>,
+    },
 }
 
 impl ProposalWrite {
     /// The proposal written.
     pub fn record(&self) -> &ProposalRecord {
         match self {
-            Self::Insert { record, .. } | Self::Update { record, .. } => record,
+            Self::Insert { record, .. }
+            | Self::Update { record, .. }
+            | Self::Observe { record, .. } => record,
         }
     }
 }
@@ -179,7 +222,7 @@ pub struct ProposalFilter {
 }
 
 /// Every column of a proposal row, in [`row`] order.
-pub(crate) const COLUMNS: [&str; 18] = [
+pub(crate) const COLUMNS: [&str; 21] = [
     "id",
     "tenant",
     "agent",
@@ -198,6 +241,9 @@ pub(crate) const COLUMNS: [&str; 18] = [
     "superseded_by",
     "created_at_ms",
     "decided_at_ms",
+    "source",
+    "observed_key",
+    "hits",
 ];
 
 /// `id, tenant, …`: every column, for selects.
@@ -220,7 +266,7 @@ pub(crate) fn insert_sql() -> &'static str {
 }
 
 /// The values of `p`'s row, in [`COLUMNS`] order.
-pub(crate) fn row<'a>(p: &'a ProposalRecord) -> [crate::append::Cell<'a>; 18] {
+pub(crate) fn row<'a>(p: &'a ProposalRecord) -> [crate::append::Cell<'a>; 21] {
     use crate::append::Cell;
     let text = |v: &'a str| Cell::Text(Some(v));
     [
@@ -242,6 +288,9 @@ pub(crate) fn row<'a>(p: &'a ProposalRecord) -> [crate::append::Cell<'a>; 18] {
         Cell::Text(p.superseded_by.as_deref()),
         Cell::Int(p.created_at_ms),
         Cell::OptInt(p.decided_at_ms),
+        text(p.source()),
+        Cell::Text(p.observed_key.as_deref()),
+        Cell::Int(p.hits),
     ]
 }
 
@@ -257,6 +306,18 @@ pub(crate) const PENDING_OF_SUBJECT: &str = "SELECT id FROM proposals \
 pub(crate) const SUPERSEDE: &str = "UPDATE proposals SET status = 'superseded', \
     superseded_by = $1, decided_at_ms = $2 \
     WHERE tenant = $3 AND id = $4 AND status IN ('needs_human', 'revise_requested')";
+
+/// The tenant's (`$1`) pending suggestion of observed key `$2`.
+pub(crate) const PENDING_OBSERVED: &str = "SELECT id FROM proposals \
+    WHERE tenant = $1 AND observed_key = $2 AND status IN ('needs_human', 'revise_requested') \
+    ORDER BY id";
+
+/// A pending suggestion's new analysis (`$9` tenant, `$10` id, `$11` its key), only while it
+/// holds no more hits than `$12`.
+pub(crate) const OBSERVE_UPDATE: &str = "UPDATE proposals SET status = $1, subject = $2, \
+    change_hash = $3, body = $4, review = $5, review_token = $6, live_hash = $7, hits = $8 \
+    WHERE tenant = $9 AND id = $10 AND observed_key = $11 AND hits <= $12 \
+    AND status IN ('needs_human', 'revise_requested')";
 
 /// The update of a row's changing columns, `$10` tenant and `$11` id; the caller appends
 /// the expected statuses from `$12` on.
@@ -296,6 +357,17 @@ pub(crate) fn check(write: &ProposalWrite) -> Result<(), crate::StoreError> {
         && expected.is_empty()
     {
         return invalid("a proposal update must expect some status");
+    }
+    if let ProposalWrite::Observe { record, replaces, .. } = write {
+        if record.observed_key.is_none() || record.source() != proposal_source::OBSERVED {
+            return invalid("an observed suggestion needs its key and the source `observed`");
+        }
+        if !record.is_pending() {
+            return invalid("an observed suggestion is written pending");
+        }
+        if replaces.as_ref().is_some_and(|id| *id != record.id) {
+            return invalid("an observed suggestion's update keeps the id it replaces");
+        }
     }
     Ok(())
 }

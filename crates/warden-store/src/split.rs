@@ -25,6 +25,7 @@ use crate::policy_version::{
     PolicyHead, PolicyPublish, PolicySignal, PolicyVersionInfo, Published, StoredPolicy,
 };
 use crate::proposal::{ProposalFilter, ProposalRecord, ProposalWrite, ProposalWritten};
+use crate::session::SessionRecord;
 use crate::{Backend, Store};
 
 /// Work for the appender thread, and where its answer goes.
@@ -167,6 +168,10 @@ pub(crate) struct Split {
     /// Without a listener (SQLite): policies published through this store, for this
     /// process.
     pub policy_signals: tokio::sync::broadcast::Sender<PolicySignal>,
+    /// Without a listener (SQLite): where `sql` signals approvals, so that the appender's
+    /// newly opened ones are announced to this process too. PostgreSQL's appender notifies
+    /// in its transaction instead.
+    pub opened: Option<tokio::sync::broadcast::Sender<ApprovalSignal>>,
 }
 
 /// PostgreSQL's listener for approvals and policies, started with the first subscriber
@@ -243,7 +248,18 @@ impl Store for Split {
     }
 
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StoreError> {
-        self.appender.append(batch).await
+        let Some(opened) = &self.opened else {
+            return self.appender.append(batch).await;
+        };
+        let ids: Vec<String> = batch
+            .iter()
+            .filter_map(|item| item.approval.as_ref().map(|a| a.id.clone()))
+            .collect();
+        let results = self.appender.append(batch).await?;
+        for id in ids {
+            let _ = opened.send(ApprovalSignal::Changed(id));
+        }
+        Ok(results)
     }
 
     async fn probe_write(&self, now_ms: i64) -> Result<String, StoreError> {
@@ -488,5 +504,25 @@ impl Store for Split {
         since_ms: i64,
     ) -> Result<u64, StoreError> {
         self.sql.count_proposals(tenant, agent, since_ms).await
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.sql.create_session(session).await
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.sql.session(id_hash).await
+    }
+
+    async fn touch_session(&self, id_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.sql.touch_session(id_hash, now_ms).await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        self.sql.delete_session(id_hash).await
+    }
+
+    async fn prune_sessions(&self, now_ms: i64, idle_before_ms: i64) -> Result<u64, StoreError> {
+        self.sql.prune_sessions(now_ms, idle_before_ms).await
     }
 }

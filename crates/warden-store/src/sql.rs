@@ -31,6 +31,7 @@ use crate::policy_version::{
 use crate::proposal::{
     self, ProposalFilter, ProposalRecord, ProposalWrite, ProposalWritten, proposal_status,
 };
+use crate::session::{self, SessionRecord};
 use crate::{Backend, Store};
 
 /// What differs between the backends, as SQL text.
@@ -93,6 +94,10 @@ const POLICY_INFO_COLUMNS: &str = "tenant, revision, version, hash, parent, auth
 
 const KEY_COLUMNS: &str = "id, secret_hash, tenant, roles, agent, group_names, label, \
     created_at_ms, revoked_at_ms, user_name";
+
+/// Approval ids (ULIDs, 26 characters) in one notification: PostgreSQL's payloads are at
+/// most 8000 bytes.
+const OPENED_PER_NOTIFY: usize = 256;
 
 /// How many signals a slow waiter may fall behind before it is told to resynchronize.
 pub(crate) const SIGNAL_CAPACITY: usize = 4096;
@@ -200,9 +205,18 @@ where
         }
     }
 
-    /// Wraps a reading pool and a writing pool.
-    pub(crate) fn shared_with(pool: Pool<DB>, writer: Pool<DB>) -> Arc<dyn Store> {
-        Arc::new(Self::new(pool, writer))
+    /// Wraps a reading pool and a writing pool; also returns where the store signals
+    /// approvals, for appends made elsewhere (a SQLite file's appender thread).
+    pub(crate) fn shared_with_signals(
+        pool: Pool<DB>,
+        writer: Pool<DB>,
+    ) -> (
+        Arc<dyn Store>,
+        tokio::sync::broadcast::Sender<ApprovalSignal>,
+    ) {
+        let store = Self::new(pool, writer);
+        let signals = store.signals.clone();
+        (Arc::new(store), signals)
     }
 
     /// Runs a read built with `Arg`s (the audit query and the newest-first lists).
@@ -695,6 +709,9 @@ where
             superseded_by: row.try_get("superseded_by")?,
             created_at_ms: row.try_get("created_at_ms")?,
             decided_at_ms: row.try_get("decided_at_ms")?,
+            source: row.try_get("source")?,
+            observed_key: row.try_get("observed_key")?,
+            hits: row.try_get("hits")?,
         })
     }
 
@@ -841,6 +858,69 @@ where
                     events,
                 })
             }
+            ProposalWrite::Observe {
+                record,
+                replaces,
+                events,
+            } => {
+                let key = record.observed_key.as_deref().unwrap_or_default();
+                let pending = sqlx::query(proposal::PENDING_OBSERVED)
+                    .bind(record.tenant.as_str())
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .map(|row| row.try_get::<String, _>("id"))
+                    .transpose()?;
+                let found = |conn: &mut DB::Connection, id: Option<String>| async move {
+                    Ok::<_, StoreError>(match id {
+                        Some(id) => Self::find_proposal(conn, &record.tenant, &id).await?,
+                        None => None,
+                    })
+                };
+                if pending != replaces {
+                    let row = found(conn, pending).await?;
+                    return Ok(stale(ProposalWritten::Stale(row)));
+                }
+                if replaces.is_none() {
+                    let mut query = sqlx::query(proposal::insert_sql());
+                    for cell in proposal::row(&record) {
+                        query = bind_cell(query, cell);
+                    }
+                    query.execute(&mut *conn).await?;
+                    return Ok(StagedProposal {
+                        signal: vec![record.id.clone()],
+                        written: ProposalWritten::Written(record),
+                        events,
+                    });
+                }
+                let changed = sqlx::query(proposal::OBSERVE_UPDATE)
+                    .bind(record.status.as_str())
+                    .bind(record.subject.as_str())
+                    .bind(record.change_hash.as_str())
+                    .bind(record.body.as_str())
+                    .bind(record.review.as_str())
+                    .bind(record.review_token.as_str())
+                    .bind(record.live_hash.as_str())
+                    .bind(record.hits)
+                    .bind(record.tenant.as_str())
+                    .bind(record.id.as_str())
+                    .bind(key)
+                    .bind(record.hits)
+                    .execute(&mut *conn)
+                    .await?;
+                let now = Self::find_proposal(conn, &record.tenant, &record.id).await?;
+                if DB::rows_affected(&changed) != 1 {
+                    return Ok(stale(ProposalWritten::Stale(now)));
+                }
+                let Some(now) = now else {
+                    return Ok(stale(ProposalWritten::NotFound));
+                };
+                Ok(StagedProposal {
+                    signal: vec![now.id.clone()],
+                    written: ProposalWritten::Written(now),
+                    events,
+                })
+            }
         }
     }
 
@@ -851,6 +931,21 @@ where
             for id in ids {
                 sqlx::query(notify)
                     .bind(id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces approvals opened by an append to every replica at commit (PostgreSQL): one
+    /// notification per [`OPENED_PER_NOTIFY`] ids, comma-separated, so a batch of many
+    /// costs a statement or two under the chain lock rather than one per approval.
+    async fn notify_opened(conn: &mut DB::Connection, ids: &[String]) -> Result<(), StoreError> {
+        if let Some(notify) = DB::NOTIFY_APPROVAL {
+            for chunk in ids.chunks(OPENED_PER_NOTIFY) {
+                sqlx::query(notify)
+                    .bind(chunk.join(","))
                     .execute(&mut *conn)
                     .await?;
             }
@@ -1121,9 +1216,16 @@ where
             }
         }
         Self::insert_approvals(&mut tx, &approvals, &outbox).await?;
+        // New approvals and questions are announced like decided ones, so that a view of the
+        // pending ones (the inbox) hears of them on every replica.
+        let opened: Vec<String> = approvals.iter().map(|a| a.id.clone()).collect();
+        Self::notify_opened(&mut tx, &opened).await?;
         // Durability: on SQLite (WAL, synchronous=FULL) and PostgreSQL alike this commit is
         // the one fsync for the whole batch, and nothing is acknowledged before it returns.
         tx.commit().await?;
+        for id in opened {
+            let _ = self.signals.send(ApprovalSignal::Changed(id));
+        }
         Ok(results)
     }
 
@@ -2043,5 +2145,66 @@ where
             .await?
             .try_get("n")?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn create_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query(session::INSERT)
+            .bind(s.id_hash.as_str())
+            .bind(s.key_id.as_str())
+            .bind(s.tenant.as_str())
+            .bind(s.created_at_ms)
+            .bind(s.last_seen_ms)
+            .bind(s.expires_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM inbox_sessions WHERE id_hash = $1",
+            session::COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(SessionRecord {
+                id_hash: row.try_get("id_hash")?,
+                key_id: row.try_get("key_id")?,
+                tenant: row.try_get("tenant")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+                last_seen_ms: row.try_get("last_seen_ms")?,
+                expires_at_ms: row.try_get("expires_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_session(&self, id_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(session::TOUCH)
+            .bind(id_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query(session::DELETE)
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&result) > 0)
+    }
+
+    async fn prune_sessions(&self, now_ms: i64, idle_before_ms: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query(session::PRUNE)
+            .bind(now_ms)
+            .bind(idle_before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&result))
     }
 }

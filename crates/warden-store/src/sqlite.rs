@@ -111,10 +111,12 @@ pub(crate) async fn connect(path: &str) -> Result<Arc<dyn Store>, StoreError> {
         .max_connections(1)
         .connect_with(options)
         .await?;
+    let (sql, opened) = SqlStore::shared_with_signals(pool, writer);
     Ok(Arc::new(Split {
-        sql: SqlStore::shared_with(pool, writer),
+        sql,
         appender: sqlite_appender::start(path, BUSY_TIMEOUT)?,
         listener: None,
         policy_signals: tokio::sync::broadcast::channel(crate::sql::SIGNAL_CAPACITY).0,
+        opened: Some(opened),
     }))
 }

@@ -46,7 +46,8 @@ enum Command {
     #[command(
         after_help = "Examples:\n  warden serve --policies examples/nexus\n  warden serve --db postgres://warden@db/warden --migrate --listen 0.0.0.0:8080"
     )]
-    Serve(cmd::serve::Args),
+    // Boxed: its many flags would make every other command as large.
+    Serve(Box<cmd::serve::Args>),
     /// Create, list and revoke API keys in the database.
     #[command(
         after_help = "Example:\n  KEY=$(warden keys create --role admin --tenant acme | head -1)"
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args, cli.json),
         Command::Eval(args) => cmd::eval::run(args, cli.json),
         Command::Test(args) => cmd::test::run(args, cli.json),
-        Command::Serve(args) => cmd::serve::run(args, cli.json),
+        Command::Serve(args) => cmd::serve::run(*args, cli.json),
         Command::Keys(args) => cmd::keys::run(args, cli.json),
         Command::Migrate(args) => cmd::migrate::run(args, cli.json),
         Command::Audit(args) => cmd::audit::run(args, cli.json),

@@ -84,7 +84,7 @@ impl Policy {
 
     /// `allow-<type>-<agent>` as a rule id (a-z, 0-9, `-`, at most 64), with a number added
     /// if the policy already has it.
-    fn free_id(&self, kind: &str, agent: Option<&str>) -> String {
+    pub(crate) fn free_id(&self, kind: &str, agent: Option<&str>) -> String {
         let mut base = String::from("allow");
         for part in std::iter::once(kind).chain(agent) {
             base.push('-');
@@ -118,7 +118,7 @@ impl Policy {
 }
 
 /// `text` as a CEL string literal.
-fn cel_string(text: &str) -> String {
+pub(crate) fn cel_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {

@@ -30,6 +30,7 @@ pub use crate::audit::AuditSpec;
 pub use charges::{Charge, Counter, Expiry, LimitKind};
 pub use diff::{DiffError, DiffSide, FieldChange, PolicyDiff, RuleChange, RuleEntry};
 pub use missing::MissingRule;
+pub(crate) use missing::cel_string;
 pub use model::{
     ApprovalRequirement, Budget, CountLimit, Effect, Guidance, LIMIT_NAMES, Limits, Per,
     PermitSettings, ProposalLimits, RateLimit, Rule, RuleId, Scope, Tier, Version,

@@ -10,12 +10,14 @@
 //! `changes.rs` applies the operations, `forbidden.rs` holds the rules no proposal may break,
 //! `prove.rs` encodes both policies for Z3 and turns models into counterexample actions,
 //! `findings.rs` flags risky shapes and suggests narrower rules, and `impact.rs` replays
-//! recorded decisions.
+//! recorded decisions; `observed.rs` drafts the suggestions Warden makes itself from repeated
+//! friction.
 
 mod changes;
 mod findings;
 mod forbidden;
 mod impact;
+pub mod observed;
 mod prove;
 
 #[cfg(test)]
@@ -443,7 +445,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
             Comparison::forbidden(forbidden)
         }
     };
-    let forbidden = forbidden::violations(live, &live_doc, &cand, &cand_doc);
+    let forbidden = forbidden::violations(live, live_doc, &cand, &cand_doc);
     if !forbidden.is_empty() {
         reasons.extend(forbidden.iter().map(|f| format!("forbidden: {f}")));
         let whole = || Comparison::forbidden(forbidden.clone());
@@ -461,7 +463,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
             change_hash,
             subject: String::new(),
             security_event: None,
-            diff: PolicyDiff::of_documents(&live_doc, live, &cand_doc, &cand),
+            diff: PolicyDiff::of_documents(live_doc, live, &cand_doc, &cand),
             compiled: Some(cand),
         });
     }
@@ -470,7 +472,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
     let changes = per_change(proposal, inputs, || proof.clone(), step)?;
     reasons.extend(proof.reasons.iter().cloned());
     let classification = proof.classification;
-    let touched = findings::touched(&live_doc, &cand, &cand_doc);
+    let touched = findings::touched(live_doc, &cand, &cand_doc);
     let subject = subject(&touched, inputs.evidence);
     findings.extend(findings::shapes(&touched));
     if classification == Classification::Broadening && proposal.risks.is_empty() {
@@ -492,11 +494,11 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
     let mut narrowed = cand_doc.clone();
     let revise = findings::narrow(live, &touched, inputs.evidence, &mut narrowed);
     let suggestion = (!revise.is_empty())
-        .then(|| findings::changes_between(&live_doc, &narrowed))
+        .then(|| findings::changes_between(live_doc, &narrowed))
         .filter(|s| !s.is_empty());
     findings.extend(revise);
 
-    let security_event = history(proposal, inputs, &change_hash, &live_doc, &cand_doc);
+    let security_event = history(proposal, inputs, &change_hash, live_doc, &cand_doc);
     let status = if let Some(event) = &security_event {
         reasons.push(event.clone());
         Status::Rejected
@@ -531,7 +533,7 @@ pub fn review(proposal: &Proposal, inputs: &Inputs<'_>) -> Result<Review, Review
         change_hash,
         subject,
         security_event,
-        diff: PolicyDiff::of_documents(&live_doc, live, &cand_doc, &cand),
+        diff: PolicyDiff::of_documents(live_doc, live, &cand_doc, &cand),
         compiled: Some(cand),
     })
 }

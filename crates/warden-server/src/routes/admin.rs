@@ -277,6 +277,10 @@ pub enum EventKind {
     ProposalSuperseded,
     /// A proposal flagged as a security event (a repeat, a revert).
     ProposalSecurityEvent,
+    /// An approver key signed in to the web inbox.
+    InboxSignedIn,
+    /// A web inbox session was signed out.
+    InboxSignedOut,
 }
 
 /// A decision's effect.
@@ -543,6 +547,8 @@ mod tests {
             EventKind::ProposalDecided,
             EventKind::ProposalSuperseded,
             EventKind::ProposalSecurityEvent,
+            EventKind::InboxSignedIn,
+            EventKind::InboxSignedOut,
         ]
         .iter()
         .map(|k| {

@@ -243,3 +243,56 @@ async fn a_grant_charges_its_counters_in_its_transaction_or_is_asked_again_over_
     })
     .await;
 }
+
+/// The next approval signal within 10 s.
+async fn next_signal(
+    signals: &mut tokio::sync::broadcast::Receiver<warden_store::ApprovalSignal>,
+) -> warden_store::ApprovalSignal {
+    tokio::time::timeout(std::time::Duration::from_secs(10), signals.recv())
+        .await
+        .expect("a signal in time")
+        .unwrap()
+}
+
+/// Ids the next signals name, skipping resyncs, until `n` are in.
+async fn signalled(
+    signals: &mut tokio::sync::broadcast::Receiver<warden_store::ApprovalSignal>,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        if let warden_store::ApprovalSignal::Changed(id) = next_signal(signals).await {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn opening_approvals_is_signalled_to_this_store_and_on_postgres_every_replica() {
+    each_backend(async |db| {
+        let store = &*db.store;
+        let replica = db.replica().await;
+        let mut here = store.approval_signals().await.unwrap();
+        let mut there = replica.approval_signals().await.unwrap();
+        // PostgreSQL's listener says it (re)started listening before anything else.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut batch = Vec::new();
+        for (n, id) in ["a1", "a2"].into_iter().enumerate() {
+            let mut item = with_decision(event(&format!("e{n}"), "acme", 1), None);
+            item.approval = Some(approval(id, &format!("d-e{n}")));
+            batch.push(item);
+        }
+        store.append(batch).await.unwrap();
+        assert_eq!(signalled(&mut here, 2).await, ["a1", "a2"]);
+        if db.backend() == warden_store::Backend::Postgres {
+            assert_eq!(
+                signalled(&mut there, 2).await,
+                ["a1", "a2"],
+                "another replica"
+            );
+        }
+    })
+    .await;
+}

@@ -13,4 +13,5 @@ mod permits;
 mod policies;
 mod proposals;
 mod queries;
+mod sessions;
 mod verify;

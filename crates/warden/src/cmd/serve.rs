@@ -100,6 +100,25 @@ pub struct Args {
     /// change counts as broadening.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     proposal_solver_timeout: Duration,
+    /// Ask URL to review a tenant's proposals (it answers approve, reject, revise or
+    /// needs_human with a reason; it can only make the outcome stricter), signed like
+    /// approval webhooks; repeat for more tenants.
+    #[arg(long = "proposal-reviewer", value_name = "TENANT=URL", value_parser = parse_webhook)]
+    proposal_reviewers: Vec<(String, String)>,
+    /// How long a submission waits for the external reviewer; past it, Warden's own
+    /// outcome stands.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    proposal_reviewer_timeout: Duration,
+    /// A web inbox session unused for this long ends.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    inbox_idle_timeout: Duration,
+    /// A web inbox session ends this long after its sign-in, however it is used.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    inbox_session_ttl: Duration,
+    /// Mark the inbox's cookies `Secure` on every answer (behind a TLS proxy that does not
+    /// send `X-Forwarded-Proto: https`; with that header they are marked anyway).
+    #[arg(long)]
+    inbox_secure_cookies: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -206,6 +225,9 @@ async fn serve(args: Args) -> Result<Outcome> {
         proposal_rate_limit: args.proposal_rate_limit,
         proposal_replay_window: args.proposal_replay_window,
         proposal_solver_timeout: args.proposal_solver_timeout,
+        inbox_idle_timeout: args.inbox_idle_timeout,
+        inbox_session_lifetime: args.inbox_session_ttl,
+        inbox_secure_cookies: args.inbox_secure_cookies,
         ..Limits::default()
     };
     let secret = std::env::var(WEBHOOK_SECRET_ENV)
@@ -214,12 +236,22 @@ async fn serve(args: Args) -> Result<Outcome> {
     if !args.approval_webhooks.is_empty() && secret.is_none() {
         anyhow::bail!("--approval-webhook needs a signing secret in {WEBHOOK_SECRET_ENV}");
     }
+    if !args.proposal_reviewers.is_empty() && secret.is_none() {
+        anyhow::bail!("--proposal-reviewer needs a signing secret in {WEBHOOK_SECRET_ENV}");
+    }
+    let reviewers = warden_server::reviewer::Reviewers::new(
+        args.proposal_reviewers.into_iter().collect(),
+        secret.clone().map(String::into_bytes),
+        args.proposal_reviewer_timeout,
+    )
+    .map_err(anyhow::Error::msg)?;
     let webhooks = Webhooks::new(
         args.approval_webhooks.into_iter().collect(),
         secret.map(String::into_bytes),
     );
     let state = AppState::new(store, Arc::new(policies), audit, audit_key, metrics, limits)
-        .with_webhooks(webhooks);
+        .with_webhooks(webhooks)
+        .with_reviewers(reviewers);
     state
         .permits()
         .install(warden_server::permits::KeySource {

@@ -15,7 +15,6 @@ use common::healthy;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -237,7 +236,7 @@ fn ocsf_export_validates_against_the_official_schema() {
         );
     }
 
-    let out = run_with_timeout(
+    let out = common::run_with_timeout(
         Command::new(python())
             .arg(VALIDATE_OCSF)
             .arg(&export)
@@ -315,7 +314,7 @@ fn schemathesis_finds_no_failing_check_with_any_key() {
         ("agent", &agent),
     ] {
         let started = Instant::now();
-        let out = run_with_timeout(
+        let out = common::run_with_timeout(
             Command::new(python())
                 .args([
                     "-m",
@@ -395,21 +394,7 @@ fn tool_available(what: &str, probe: &[&str]) -> bool {
     if ok {
         return true;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !ci,
-        "{what} is not installed for `{}`, and CI is set: a missing tool must not pass. \
-         Install it with `{INSTALL}` (`.ci/run` does).",
-        python()
-    );
-    // Past the harness's capture, which only catches the print macros.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED: {what} is not installed for `{}`; this test checked NOTHING. \
-         Install it with `{INSTALL}`. !!!!!!!!\n",
-        python()
-    );
-    false
+    common::missing_tools(&format!("{what} for `{}`", python()), INSTALL)
 }
 
 /// A folder with the Nexus policy, a migrated SQLite database and two keys for tenant
@@ -441,47 +426,7 @@ fn warden(dir: &Path, args: &[&str]) -> Output {
     for var in WARDEN_ENV {
         command.env_remove(var);
     }
-    run_with_timeout(&mut command, CLI_TIMEOUT)
-}
-
-/// Runs `command` to the end with stdout and stderr captured, killed past `timeout`.
-fn run_with_timeout(command: &mut Command, timeout: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{command:?} ran longer than {timeout:?}; it printed:\n{}{}",
-                String::from_utf8_lossy(&out.join().unwrap()),
-                String::from_utf8_lossy(&err.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    common::run_with_timeout(&mut command, CLI_TIMEOUT)
 }
 
 /// Asserts exit code 0 and returns stdout.

@@ -9,10 +9,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -38,7 +39,12 @@ fn the_nexus_demo_runs_and_every_step_holds() {
     // The demo clears the `WARDEN_*` variables for the processes it starts; the SDK reads
     // `WARDEN_URL` / `WARDEN_KEY` only when not given them, which the demo always does.
     let started = Instant::now();
-    let (status, stdout, stderr) = run(&mut command, TIMEOUT);
+    let out = common::run_with_timeout(&mut command, TIMEOUT);
+    let (status, stdout, stderr) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     let shown = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
         status == Some(0),
@@ -75,62 +81,8 @@ fn dependencies_available(pythonpath: &OsString) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !ci,
-        "the Python SDK's dependencies are not installed for `{}`, and CI is set: a missing \
-         tool must not pass. Install them with `{INSTALL}` (`.ci/run` does).",
-        python()
-    );
-    // Past the harness's capture, which only catches the print macros.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED: the Python SDK's dependencies are not installed for `{}`; the \
-         Nexus demo checked NOTHING. Install them with `{INSTALL}`. !!!!!!!!\n",
-        python()
-    );
-    false
-}
-
-/// Runs `command` to the end with stdout and stderr captured, killed past `timeout`.
-fn run(command: &mut Command, timeout: Duration) -> (Option<i32>, String, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            // The demo stops its own server when it is killed (SIGKILL cannot be caught,
-            // so its server would outlive it): ask nicely first.
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the demo ran longer than {timeout:?}; it printed:\n{}\n{}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status.code(), out.join().unwrap(), err.join().unwrap())
+    ok || common::missing_tools(
+        &format!("the Python SDK's dependencies for `{}`", python()),
+        INSTALL,
+    )
 }

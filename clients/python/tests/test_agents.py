@@ -98,8 +98,9 @@ async def test_a_proposal_approved_by_a_human_wakes_the_waiting_agent_and_the_re
             tasks.start_soon(wait)
             await anyio.sleep(0.2)
             assert not woken
-            [pending] = (await approver.proposals(status="needs_human")).proposals
-            assert pending.id == proposal.id
+            [pending] = (await approver.proposals(status="needs_human", source="agent")).proposals
+            assert (pending.id, pending.source) == (proposal.id, "agent")
+            assert not (await approver.proposals(source="observed")).proposals
             approved = await approver.approve_proposal(proposal.id)
             assert approved.status == "approved"
 

@@ -882,7 +882,13 @@ pub async fn vote(
         ApprovalChanged::Written { after, .. } if after.status == status::EXPIRED => {
             Err(conflict(&after, format!("this {} has expired", after.kind)))
         }
-        ApprovalChanged::Written { after, .. } => Ok(ApprovalView::of(&after)),
+        ApprovalChanged::Written { after, .. } => {
+            if after.kind == approval_kind::APPROVAL {
+                // A human granted it: friction to count, off this request.
+                crate::observed::approved(state, &after);
+            }
+            Ok(ApprovalView::of(&after))
+        }
         ApprovalChanged::Unchanged(row) => {
             // The same pure function on the same row says why nothing was written.
             let granting = Granting {

@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod jcs;
 pub mod keys;
 pub mod metrics;
+pub mod observed;
 pub mod ocsf;
 pub mod permits;
 pub mod policies;

@@ -35,7 +35,7 @@ use warden_policy::review::{
 use warden_policy::{Snapshot, Timestamp, Verdict};
 use warden_store::{
     NewEvent, ProposalFilter, ProposalLimit, ProposalRecord, ProposalWrite, ProposalWritten,
-    StoreError, StoredSnapshot, Supersede, kind, proposal_status,
+    StoreError, StoredSnapshot, Supersede, kind, proposal_source, proposal_status,
 };
 
 /// The largest proposal body, in bytes.
@@ -71,8 +71,19 @@ pub struct ProposalView {
     /// `auto_approved`, `needs_human`, `revise_requested`, `rejected`, `approved` or
     /// `superseded`.
     pub status: String,
-    /// The agent that proposed it.
+    /// The agent that proposed it; for an observed suggestion, the agent whose friction it
+    /// removes.
     pub agent: String,
+    /// Who proposed it: `agent`, or `observed` (drafted by Warden from repeated friction).
+    pub source: String,
+    /// An observed suggestion's friction key: `[kind, agent, action type, target type,
+    /// rule]`, kind `denied` or `approved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub observed_key: Option<Value>,
+    /// How often an observed suggestion's friction was seen in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hits: Option<i64>,
     /// What the changes together do: `neutral`, `narrowing`, `broadening` or `forbidden`.
     pub classification: String,
     /// Why: the forbidden rule broken, the proof's verdict, the findings that decided.
@@ -165,6 +176,12 @@ impl ProposalView {
             id: record.id.clone(),
             status: record.status.clone(),
             agent: record.agent.clone(),
+            source: record.source().to_owned(),
+            observed_key: record
+                .observed_key
+                .as_deref()
+                .and_then(|k| serde_json::from_str(k).ok()),
+            hits: record.observed_key.is_some().then_some(record.hits),
             classification: review["classification"]
                 .as_str()
                 .unwrap_or_default()
@@ -213,8 +230,13 @@ pub struct ProposalSummary {
     pub id: String,
     /// Its status.
     pub status: String,
-    /// The agent that proposed it.
+    /// The agent that proposed it (or whose friction an observed suggestion removes).
     pub agent: String,
+    /// `agent` or `observed`.
+    pub source: String,
+    /// How often an observed suggestion's friction was seen in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hits: Option<i64>,
     /// What its changes do.
     pub classification: String,
     /// What it is about.
@@ -239,6 +261,8 @@ impl ProposalSummary {
             id: record.id.clone(),
             status: record.status.clone(),
             agent: record.agent.clone(),
+            source: record.source().to_owned(),
+            hits: record.observed_key.is_some().then_some(record.hits),
             classification: review["classification"]
                 .as_str()
                 .unwrap_or_default()
@@ -261,7 +285,7 @@ pub enum Approved {
     PolicyChanged(ProposalView),
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "a proposal could not be read or written");
     ApiError::store_unavailable()
 }
@@ -321,6 +345,7 @@ pub async fn list(
     state: &AppState,
     caller: &Caller,
     status: Option<String>,
+    source: Option<String>,
     limit: u32,
     before: Option<String>,
 ) -> Result<(Vec<ProposalSummary>, Option<String>), ApiError> {
@@ -344,9 +369,10 @@ pub async fn list(
             tenant: caller.tenant.clone(),
             status,
             agent,
-            change_hash: None,
+            source,
             limit,
             before,
+            ..ProposalFilter::default()
         })
         .await
         .map_err(store_error)?;
@@ -411,8 +437,8 @@ fn parse(bytes: &[u8]) -> Result<(Proposal, Value), ApiError> {
 }
 
 /// What a review reads, gathered from the store for one tenant.
-struct Gathered {
-    live: Arc<LoadedPolicy>,
+pub(crate) struct Gathered {
+    pub(crate) live: Arc<LoadedPolicy>,
     /// The live document, or its source when this replica has not read it yet.
     live_document: Result<Arc<Value>, String>,
     evidence: Vec<Evidence>,
@@ -471,11 +497,11 @@ impl<T: Clone> Cache<T> {
 }
 
 /// A review's outcome with what is stored beside it.
-struct Reviewed {
-    review: Review,
-    token: String,
+pub(crate) struct Reviewed {
+    pub(crate) review: Review,
+    pub(crate) token: String,
     /// The review as stored: its JSON with the semantic diff it is shown with.
-    stored: String,
+    pub(crate) stored: String,
 }
 
 fn timestamp(ms: i64) -> Timestamp {
@@ -496,7 +522,7 @@ fn plain(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.starts_with("hmac-sha256:"))
 }
 
-async fn gather(
+pub(crate) async fn gather(
     state: &AppState,
     tenant: &str,
     proposal: &Proposal,
@@ -637,10 +663,10 @@ fn recorded(
 
 /// Runs the review on a blocking thread: the proof, the replay and opening thousands of
 /// snapshots take real CPU.
-async fn run_review(
+pub(crate) async fn run_review(
     state: &AppState,
     tenant: &str,
-    proposer: &str,
+    proposer: Option<&str>,
     proposal: Proposal,
     gathered: Gathered,
     now: i64,
@@ -648,7 +674,7 @@ async fn run_review(
     let key = state.snapshot_key().clone();
     let documents = Arc::clone(state.documents());
     let timeout = state.limits().proposal_solver_timeout;
-    let (tenant, proposer) = (tenant.to_owned(), proposer.to_owned());
+    let (tenant, proposer) = (tenant.to_owned(), proposer.map(str::to_owned));
     // Held by the blocking task itself: a request that times out or goes away does not free
     // its slot while its review still runs, so reviews can never pile up past the cores.
     let slot = Arc::clone(state.reviews())
@@ -696,7 +722,7 @@ async fn run_review(
                 tenant: &tenant,
                 live_document: &live_document,
                 live: &gathered.live.policy,
-                proposer: Some(&proposer),
+                proposer: proposer.as_deref(),
                 evidence: &gathered.evidence,
                 recent: &recent,
                 history: &gathered.history,
@@ -765,7 +791,7 @@ fn review_error(e: ReviewError) -> ApiError {
 }
 
 /// The figures events keep of a review: outcome and counts, never the rules' values.
-fn counts(review: &Review) -> serde_json::Map<String, Value> {
+pub(crate) fn counts(review: &Review) -> serde_json::Map<String, Value> {
     let flips: usize = review.impact.flips.iter().map(|f| f.count).sum();
     let detail = json!({
         "status": review.status.as_str(),
@@ -784,7 +810,7 @@ fn counts(review: &Review) -> serde_json::Map<String, Value> {
     }
 }
 
-fn event(tenant: &str, kind: &str, agent: &str, now: i64, detail: Value) -> NewEvent {
+pub(crate) fn event(tenant: &str, kind: &str, agent: &str, now: i64, detail: Value) -> NewEvent {
     NewEvent {
         id: crate::ids::ulid(now),
         time_ms: now,
@@ -798,7 +824,7 @@ fn event(tenant: &str, kind: &str, agent: &str, now: i64, detail: Value) -> NewE
 
 /// What the proposal's status becomes after a review: the review's own at submit; a
 /// re-review before a human's decision never applies by itself.
-fn status_after(review: &Review, submitted: bool) -> &'static str {
+pub(crate) fn status_after(review: &Review, submitted: bool) -> &'static str {
     match review.status {
         Status::AutoApproved if submitted => proposal_status::AUTO_APPROVED,
         Status::AutoApproved | Status::NeedsHuman => proposal_status::NEEDS_HUMAN,
@@ -809,7 +835,7 @@ fn status_after(review: &Review, submitted: bool) -> &'static str {
 
 /// Asks the tenant's external reviewer, if it has one, and records what it said in the
 /// stored analysis (`external_review`, and a reason when it made the outcome stricter).
-async fn consult(
+pub(crate) async fn consult(
     state: &AppState,
     tenant: &str,
     id: &str,
@@ -880,8 +906,15 @@ pub async fn submit(
     for _ in 0..ATTEMPTS {
         let now = now_ms();
         let gathered = gather(state, &tenant, &proposal, now).await?;
-        let (mut reviewed, gathered) =
-            run_review(state, &tenant, &agent, proposal.clone(), gathered, now).await?;
+        let (mut reviewed, gathered) = run_review(
+            state,
+            &tenant,
+            Some(&agent),
+            proposal.clone(),
+            gathered,
+            now,
+        )
+        .await?;
         let compiled = reviewed.review.compiled.take();
         let review = &reviewed.review;
         let id = crate::ids::ulid(now);
@@ -1061,9 +1094,10 @@ async fn pending_of_subject(
                     tenant: tenant.to_owned(),
                     status: Some(status.to_owned()),
                     agent: Some(agent.to_owned()),
-                    change_hash: None,
+                    source: Some(proposal_source::AGENT.to_owned()),
                     limit: 1000,
                     before: before.take(),
+                    ..ProposalFilter::default()
                 })
                 .await
                 .map_err(store_error)?;
@@ -1230,16 +1264,9 @@ async fn re_review(
     let live_hash = gathered.live.hash.clone();
     let mut updated = record.clone();
     let mut detail = serde_json::Map::new();
-    match run_review(
-        state,
-        &caller.tenant,
-        &record.agent,
-        proposal,
-        gathered,
-        now,
-    )
-    .await
-    {
+    // An observed suggestion has no proposer: whoever's decisions it flips is "another".
+    let proposer = (record.source() == proposal_source::AGENT).then_some(record.agent.as_str());
+    match run_review(state, &caller.tenant, proposer, proposal, gathered, now).await {
         Ok((reviewed, _)) => {
             updated.status = status_after(&reviewed.review, false).to_owned();
             updated.review = reviewed.stored;

@@ -52,6 +52,11 @@ pub struct Limits {
     pub proposal_replay_window: Duration,
     /// How long the review's solver may think about one question; past it, broadening.
     pub proposal_solver_timeout: Duration,
+    /// How many denials (or human approvals) of the same kind of action for one agent
+    /// within `observe_window` make Warden suggest a change itself; 0 never does.
+    pub observe_threshold: u32,
+    /// The window `observe_threshold` counts in.
+    pub observe_window: Duration,
     /// A web inbox session unused for this long has ended.
     pub inbox_idle_timeout: Duration,
     /// A web inbox session ends this long after its sign-in, however it is used.
@@ -80,6 +85,8 @@ impl Default for Limits {
             proposal_rate_limit: 10,
             proposal_replay_window: Duration::from_secs(7 * 24 * 3600),
             proposal_solver_timeout: Duration::from_secs(2),
+            observe_threshold: 3,
+            observe_window: Duration::from_secs(24 * 3600),
             inbox_idle_timeout: Duration::from_secs(30 * 60),
             inbox_session_lifetime: Duration::from_secs(12 * 3600),
             inbox_secure_cookies: false,
@@ -111,6 +118,8 @@ struct Inner {
     reviews: Arc<tokio::sync::Semaphore>,
     /// What proposal reviews read of policy versions.
     documents: Arc<crate::proposals::Documents>,
+    /// The frictions this replica is counting right now.
+    observer: crate::observed::Observer,
 }
 
 impl AppState {
@@ -143,6 +152,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
             documents: Arc::default(),
+            observer: crate::observed::Observer::default(),
         }))
     }
 
@@ -150,6 +160,11 @@ impl AppState {
     /// even when its request has gone.
     pub fn reviews(&self) -> &Arc<tokio::sync::Semaphore> {
         &self.0.reviews
+    }
+
+    /// The frictions this replica is counting right now.
+    pub fn observer(&self) -> &crate::observed::Observer {
+        &self.0.observer
     }
 
     /// What this replica read of policy versions for proposal reviews, by content hash.

@@ -53,7 +53,7 @@ pub mod proposal_source {
 }
 
 /// A proposal, new or as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProposalRecord {
     /// Its id (a ULID).
     pub id: String,
@@ -91,12 +91,41 @@ pub struct ProposalRecord {
     pub created_at_ms: i64,
     /// When it was decided, unix milliseconds.
     pub decided_at_ms: Option<i64>,
-    /// See [`proposal_source`]; empty is [`proposal_source::AGENT`].
+    /// See [`proposal_source`] (empty reads as [`proposal_source::AGENT`]).
     pub source: String,
     /// An observed suggestion's friction key (at most one per key is pending).
     pub observed_key: Option<String>,
     /// How often its friction was seen in the window when last counted (observed only).
     pub hits: i64,
+}
+
+impl Default for ProposalRecord {
+    /// An agent's proposal with every other field empty.
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            tenant: String::new(),
+            agent: String::new(),
+            key_id: String::new(),
+            status: String::new(),
+            subject: String::new(),
+            change_hash: String::new(),
+            body: String::new(),
+            review: String::new(),
+            review_token: String::new(),
+            live_hash: String::new(),
+            applied_revision: None,
+            applied_version: None,
+            decided_by: None,
+            reason: None,
+            superseded_by: None,
+            created_at_ms: 0,
+            decided_at_ms: None,
+            source: proposal_source::AGENT.to_owned(),
+            observed_key: None,
+            hits: 0,
+        }
+    }
 }
 
 impl ProposalRecord {
@@ -215,6 +244,10 @@ pub struct ProposalFilter {
     pub agent: Option<String>,
     /// Only this change (see [`ProposalRecord::change_hash`]).
     pub change_hash: Option<String>,
+    /// Only from this source: `agent` or `observed` (see [`proposal_source`]).
+    pub source: Option<String>,
+    /// Only the observed suggestion of this friction key.
+    pub observed_key: Option<String>,
     /// At most this many (capped at 1000; 0 means 100).
     pub limit: u32,
     /// Only those listed after this one: its `(created_at_ms, id)`, for paging.
@@ -294,13 +327,16 @@ pub(crate) fn row<'a>(p: &'a ProposalRecord) -> [crate::append::Cell<'a>; 21] {
     ]
 }
 
-/// How many proposals the tenant's (`$1`) agent `$2` submitted at or after `$3`.
+/// How many proposals the tenant's (`$1`) agent `$2` submitted at or after `$3` (Warden's
+/// own suggestions about it are not the agent's).
 pub(crate) const COUNT_SINCE: &str = "SELECT COUNT(*) AS n FROM proposals \
-    WHERE tenant = $1 AND agent = $2 AND created_at_ms >= $3";
+    WHERE tenant = $1 AND agent = $2 AND created_at_ms >= $3 AND source = 'agent'";
 
-/// Ids of the tenant's (`$1`) pending proposals of agent `$2` about subject `$3`.
+/// Ids of the tenant's (`$1`) pending proposals of agent `$2` about subject `$3` (an agent's
+/// proposal never supersedes a suggestion Warden made).
 pub(crate) const PENDING_OF_SUBJECT: &str = "SELECT id FROM proposals \
-    WHERE tenant = $1 AND agent = $2 AND subject = $3 AND status IN ($4, $5) ORDER BY id";
+    WHERE tenant = $1 AND agent = $2 AND subject = $3 AND status IN ($4, $5) \
+    AND source = 'agent' ORDER BY id";
 
 /// Marks proposal `$4` of tenant `$3` superseded by `$1` at `$2`, only while pending.
 pub(crate) const SUPERSEDE: &str = "UPDATE proposals SET status = 'superseded', \
@@ -358,7 +394,10 @@ pub(crate) fn check(write: &ProposalWrite) -> Result<(), crate::StoreError> {
     {
         return invalid("a proposal update must expect some status");
     }
-    if let ProposalWrite::Observe { record, replaces, .. } = write {
+    if let ProposalWrite::Observe {
+        record, replaces, ..
+    } = write
+    {
         if record.observed_key.is_none() || record.source() != proposal_source::OBSERVED {
             return invalid("an observed suggestion needs its key and the source `observed`");
         }

@@ -871,14 +871,11 @@ where
                     .await?
                     .map(|row| row.try_get::<String, _>("id"))
                     .transpose()?;
-                let found = |conn: &mut DB::Connection, id: Option<String>| async move {
-                    Ok::<_, StoreError>(match id {
+                if pending != replaces {
+                    let row = match pending {
                         Some(id) => Self::find_proposal(conn, &record.tenant, &id).await?,
                         None => None,
-                    })
-                };
-                if pending != replaces {
-                    let row = found(conn, pending).await?;
+                    };
                     return Ok(stale(ProposalWritten::Stale(row)));
                 }
                 if replaces.is_none() {
@@ -2119,6 +2116,8 @@ where
             ("status", &filter.status),
             ("agent", &filter.agent),
             ("change_hash", &filter.change_hash),
+            ("source", &filter.source),
+            ("observed_key", &filter.observed_key),
         ];
         let (sql, args) = newest_first(
             select,

@@ -397,10 +397,18 @@ class Warden:
         return await self._call("POST", path, Approval, body=AnswerRequest(answer=answer))
 
     async def proposals(
-        self, *, status: str | None = None, limit: int | None = None, before: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        source: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
     ) -> ProposalPage:
-        """A page of proposals, newest first; pass ``next_before`` as ``before`` for the next."""
-        params = _params(status=status, limit=limit, before=before)
+        """A page of proposals, newest first; pass ``next_before`` as ``before`` for the next.
+
+        ``source`` is ``agent`` (agents' proposals) or ``observed`` (Warden's suggestions).
+        """
+        params = _params(status=status, source=source, limit=limit, before=before)
         return await self._call("GET", "/v1/proposals", ProposalPage, params=params)
 
     async def proposal(self, proposal_id: str) -> Proposal:

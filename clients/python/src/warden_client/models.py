@@ -494,7 +494,9 @@ class Proposal(_Answer):
     """``auto_approved``, ``needs_human``, ``revise_requested``, ``rejected``,
     ``approved`` or ``superseded``."""
     agent: str
-    """The agent that proposed it."""
+    """The agent that proposed it (for an observed suggestion, whose friction it is)."""
+    source: str
+    """``agent``, or ``observed``: drafted by Warden from repeated friction."""
     classification: str
     """``neutral``, ``narrowing``, ``broadening`` or ``forbidden``."""
     reasons: list[str]
@@ -527,6 +529,13 @@ class Proposal(_Answer):
     """On ``revise_requested``: narrower changes that would be acceptable."""
     security_event: str | None = None
     """Why the review flagged it as a security event, if it did."""
+    external_review: JSONObject | None = None
+    """What the tenant's external reviewer said: ``verdict`` (``None`` when it gave none)
+    and ``reason``."""
+    observed_key: list[Any] | None = None
+    """An observed suggestion's friction key: kind, agent, action type, target type, rule."""
+    hits: int | None = None
+    """How often an observed suggestion's friction was seen in the window."""
     diff: JSONObject | None = None
     """The semantic diff from the live policy to the candidate."""
     candidate_source: str | None = None
@@ -550,6 +559,8 @@ class ProposalSummary(_Answer):
     """Its status."""
     agent: str
     """The agent that proposed it."""
+    source: str
+    """``agent`` or ``observed``."""
     classification: str
     """What its changes do."""
     subject: str
@@ -562,6 +573,8 @@ class ProposalSummary(_Answer):
     """When it was decided."""
     version: str | None = None
     """The version it published, once applied."""
+    hits: int | None = None
+    """How often an observed suggestion's friction was seen in the window."""
 
 
 class ProposalPage(_Answer):

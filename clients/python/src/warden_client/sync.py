@@ -218,10 +218,17 @@ class Warden:
         return self._run(self._async.answer(question_id, answer))
 
     def proposals(
-        self, *, status: str | None = None, limit: int | None = None, before: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        source: str | None = None,
+        limit: int | None = None,
+        before: str | None = None,
     ) -> ProposalPage:
         """See ``warden_client.Warden.proposals``."""
-        return self._run(self._async.proposals(status=status, limit=limit, before=before))
+        return self._run(
+            self._async.proposals(status=status, source=source, limit=limit, before=before)
+        )
 
     def proposal(self, proposal_id: str) -> Proposal:
         """See ``warden_client.Warden.proposal``."""

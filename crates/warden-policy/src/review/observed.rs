@@ -238,7 +238,11 @@ rules:
         assert_eq!(rule["agents"], json!(["support-bot"]));
         assert_eq!(rule["when"], "action.target.type == \"account\"");
         assert_eq!(proposal.evidence, ["decision:d1", "decision:d2"]);
-        assert!(proposal.rationale.contains("denied `crm.export` on `account` targets 3 times"));
+        assert!(
+            proposal
+                .rationale
+                .contains("denied `crm.export` on `account` targets 3 times")
+        );
         assert!(!proposal.risks.is_empty());
 
         let review = check(&key);

@@ -152,10 +152,8 @@ async fn proposals_of(
         .proposals(&ProposalFilter {
             tenant: caller.tenant.clone(),
             status: status.map(str::to_owned),
-            agent: None,
-            change_hash: None,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            before: None,
+            ..ProposalFilter::default()
         })
         .await
         .map_err(|e| {

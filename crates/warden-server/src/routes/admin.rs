@@ -277,6 +277,8 @@ pub enum EventKind {
     ProposalSuperseded,
     /// A proposal flagged as a security event (a repeat, a revert).
     ProposalSecurityEvent,
+    /// Repeated friction drafted (or updated) a suggested proposal.
+    ProposalObserved,
     /// An approver key signed in to the web inbox.
     InboxSignedIn,
     /// A web inbox session was signed out.
@@ -547,6 +549,7 @@ mod tests {
             EventKind::ProposalDecided,
             EventKind::ProposalSuperseded,
             EventKind::ProposalSecurityEvent,
+            EventKind::ProposalObserved,
             EventKind::InboxSignedIn,
             EventKind::InboxSignedOut,
         ]

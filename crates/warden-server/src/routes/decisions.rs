@@ -71,6 +71,7 @@ pub async fn create(
         reuse,
         mut answer,
         append,
+        friction,
     } = prepared;
     // What a deny over a limit records instead, kept only when something is charged.
     let mut held =
@@ -79,6 +80,10 @@ pub async fn create(
     let response = loop {
         match state.audit().append(item).await {
             Ok(Appended::Written { .. }) => {
+                if let Some(key) = friction {
+                    // Counted off this request: it adds no latency to the decision.
+                    crate::observed::denied(&state, &caller.tenant, key);
+                }
                 break ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
             }
             // A charge would pass a budget or rate limit: nothing was written or charged.
@@ -226,6 +231,8 @@ struct Prepared {
     /// The decision body to answer, as JSON text.
     answer: String,
     append: Append,
+    /// A deny by the policy's default that offered a missing rule: friction to count.
+    friction: Option<warden_policy::review::observed::FrictionKey>,
 }
 
 /// Parses, evaluates and builds the audit record: the CPU part of a decision.
@@ -420,7 +427,18 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
     } else {
         stored.clone()
     };
+    let friction = body
+        .rule_missing
+        .as_ref()
+        .and(action.agent.as_ref())
+        .map(|agent| warden_policy::review::observed::FrictionKey {
+            friction: warden_policy::review::observed::Friction::Denied,
+            agent: agent.clone(),
+            action_type: action.kind.as_str().to_owned(),
+            target_type: action.target.as_ref().and_then(|t| t.kind.clone()),
+        });
     Ok(Prepared {
+        friction,
         effect: body.effect,
         policy_version: body.policy_version,
         answer,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
-use warden_store::proposal_status;
+use warden_store::{proposal_source, proposal_status};
 
 /// `GET /v1/proposals` parameters.
 #[derive(Debug, Default, IntoParams)]
@@ -30,6 +30,9 @@ pub struct ListQuery {
     /// Only this status.
     #[param(value_type = Option<String>, pattern = "^(auto_approved|needs_human|revise_requested|rejected|approved|superseded)$")]
     pub status: Option<String>,
+    /// Only this source: `agent` or `observed` (Warden's suggestions from friction).
+    #[param(value_type = Option<String>, pattern = "^(agent|observed)$")]
+    pub source: Option<String>,
     /// At most this many (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -119,11 +122,17 @@ pub struct PolicyChangedBody {
     pub proposal: ProposalView,
 }
 
-fn list_query(query: Option<&str>) -> Result<(Option<String>, u32, Option<String>), ApiError> {
+fn list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     let bad = |detail: &str| ApiError::bad_request("invalid_query", detail.to_owned());
-    let (mut status, mut limit, mut before) = (None, 100, None);
-    for (name, value) in query_pairs(query, &["status", "limit", "before"])? {
+    let (mut status, mut source, mut limit, mut before) = (None, None, 100, None);
+    for (name, value) in query_pairs(query, &["status", "source", "limit", "before"])? {
         match name.as_str() {
+            "source" => {
+                if !proposal_source::ALL.contains(&value.as_str()) {
+                    return Err(bad("`source` must be `agent` or `observed`"));
+                }
+                source = Some(value);
+            }
             "status" => {
                 if !proposal_status::ALL.contains(&value.as_str()) {
                     return Err(bad(
@@ -147,7 +156,12 @@ fn list_query(query: Option<&str>) -> Result<(Option<String>, u32, Option<String
             }
         }
     }
-    Ok((status, limit, before))
+    Ok(ListQuery {
+        status,
+        source,
+        limit: Some(limit),
+        before,
+    })
 }
 
 /// Submits a policy change (agent keys only; tenant and agent come from the key). The
@@ -219,9 +233,17 @@ pub async fn list(
         crate::keys::Role::Approver,
         crate::keys::Role::Admin,
     ])?;
-    let (status, limit, before) = list_query(uri.query())?;
+    let query = list_query(uri.query())?;
     proposals::live_for_proposals(&state, &caller.tenant)?;
-    let (proposals, next_before) = proposals::list(&state, &caller, status, limit, before).await?;
+    let (proposals, next_before) = proposals::list(
+        &state,
+        &caller,
+        query.status,
+        query.source,
+        query.limit.unwrap_or(100),
+        query.before,
+    )
+    .await?;
     Ok(Json(ProposalsBody {
         proposals,
         next_before,

@@ -36,6 +36,9 @@ enum Command {
         /// `rejected`, `superseded` or `all`.
         #[arg(long, default_value = "needs_human")]
         status: String,
+        /// Only `agent` proposals or `observed` ones (Warden's suggestions from friction).
+        #[arg(long, value_parser = ["agent", "observed"])]
+        source: Option<String>,
     },
     /// One proposal: the change as a semantic diff, its classification and why, the
     /// counterexamples, findings and impact.
@@ -77,10 +80,13 @@ async fn run_async(args: Args, json: bool) -> Result<Outcome> {
     )?;
     let mut out = std::io::stdout().lock();
     match args.command {
-        Command::List { status } => {
+        Command::List { status, source } => {
             let mut query = Vec::new();
             if status != "all" {
                 query.push(("status", status));
+            }
+            if let Some(source) = source {
+                query.push(("source", source));
             }
             let body: ProposalsBody = serde_json::from_value(
                 api.send(reqwest::Method::GET, "/v1/proposals", &query, None)
@@ -92,7 +98,8 @@ async fn run_async(args: Args, json: bool) -> Result<Outcome> {
             } else {
                 let mut rows = vec![
                     [
-                        "ID", "STATUS", "CLASS", "AGENT", "SUBJECT", "FINDINGS", "CREATED",
+                        "ID", "STATUS", "SOURCE", "CLASS", "AGENT", "SUBJECT", "FINDINGS",
+                        "CREATED",
                     ]
                     .map(String::from),
                 ];
@@ -100,6 +107,10 @@ async fn run_async(args: Args, json: bool) -> Result<Outcome> {
                     rows.push([
                         p.id.clone(),
                         p.status.clone(),
+                        match p.hits {
+                            Some(hits) => format!("{} ({hits} hits)", p.source),
+                            None => p.source.clone(),
+                        },
                         p.classification.clone(),
                         clean(&p.agent),
                         clean(&p.subject),
@@ -190,6 +201,10 @@ fn print_one(out: &mut impl Write, body: Value, json: bool) -> Result<()> {
     writeln!(out, "id              {}", p.id)?;
     writeln!(out, "status          {}", p.status)?;
     writeln!(out, "agent           {}", clean(&p.agent))?;
+    match p.hits {
+        Some(hits) => writeln!(out, "source          {} ({hits} hits)", p.source)?,
+        None => writeln!(out, "source          {}", p.source)?,
+    }
     writeln!(out, "subject         {}", clean(&p.subject))?;
     writeln!(out, "created         {}", p.created_at)?;
     match &p.decided_at {

@@ -100,6 +100,14 @@ pub struct Args {
     /// change counts as broadening.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     proposal_solver_timeout: Duration,
+    /// Denials by the default (or human approvals) of the same action type and target type
+    /// for one agent, within `--observe-window`, after which Warden suggests a change itself
+    /// (a proposal with source `observed`, for a human to decide); 0 never does.
+    #[arg(long, default_value_t = 3)]
+    observe_threshold: u32,
+    /// The window `--observe-threshold` counts in.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    observe_window: Duration,
     /// Ask URL to review a tenant's proposals (it answers approve, reject, revise or
     /// needs_human with a reason; it can only make the outcome stricter), signed like
     /// approval webhooks; repeat for more tenants.
@@ -225,6 +233,8 @@ async fn serve(args: Args) -> Result<Outcome> {
         proposal_rate_limit: args.proposal_rate_limit,
         proposal_replay_window: args.proposal_replay_window,
         proposal_solver_timeout: args.proposal_solver_timeout,
+        observe_threshold: args.observe_threshold,
+        observe_window: args.observe_window,
         inbox_idle_timeout: args.inbox_idle_timeout,
         inbox_session_lifetime: args.inbox_session_ttl,
         inbox_secure_cookies: args.inbox_secure_cookies,

@@ -19,6 +19,7 @@
 //! the Nexus policy plus 1,000 rules. Each round an agent POSTs an auto-approvable one-rule
 //! proposal to replica A; the time from sending it until replica B decides with the version it
 //! published (issue 12: under 100 ms), and A's own answer time (review and publish included).
+//! An optional `DECISIONS` makes that many decisions first, for the review to replay.
 //!
 //! `snapshots N DIR`: N decisions through one replica on `DIR/warden.db` (data dir `DIR`),
 //! each kept with its snapshot, for `warden policy replay` to be measured on.
@@ -27,7 +28,7 @@
 //! cargo run --release -p warden-server --example policy_swap -- follow postgres://postgres@127.0.0.1/test 200
 //! cargo run --release -p warden-server --example policy_swap -- swap 10000 20
 //! cargo run --release -p warden-server --example policy_swap -- shadow 5
-//! cargo run --release -p warden-server --example policy_swap -- proposals postgres://postgres@127.0.0.1/test 50
+//! cargo run --release -p warden-server --example policy_swap -- proposals postgres://postgres@127.0.0.1/test 50 [DECISIONS]
 //! cargo run --release -p warden-server --example policy_swap -- snapshots 100000 /tmp/replay
 //! ```
 
@@ -61,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
         Some("proposals") => {
             let db = args.next().unwrap_or_else(|| "sqlite".to_owned());
             let rounds: usize = args.next().map_or(Ok(50), |n| n.parse())?;
-            proposals(&db, rounds).await
+            let decisions: u64 = args.next().map_or(Ok(0), |n| n.parse())?;
+            proposals(&db, rounds, decisions).await
         }
         Some("swap") => {
             let rules: usize = args.next().map_or(Ok(10_000), |n| n.parse())?;
@@ -157,6 +159,8 @@ async fn decide(
 }
 
 /// The action `throughput` and `snapshots` decide.
+const REFUND: &str = r#"{"type": "billing.refund", "agent": "support-bot", "app": "helpdesk", "confidence": 0.9, "payload": {"amount": 300}}"#;
+
 const NOTE: &str =
     r#"{"type": "ticket.update", "confidence": 0.9, "payload": {"note": "a short note"}}"#;
 
@@ -213,7 +217,7 @@ async fn two_stores(
     }
 }
 
-async fn proposals(db: &str, rounds: usize) -> anyhow::Result<()> {
+async fn proposals(db: &str, rounds: usize, decisions: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let folder = dir.path().join("policies");
     std::fs::create_dir_all(&folder)?;
@@ -243,9 +247,33 @@ async fn proposals(db: &str, rounds: usize) -> anyhow::Result<()> {
         proposal_rate_limit: u32::MAX,
         ..Limits::default()
     };
-    let a = replica_with(first, &folder, bench_key()?, limits.clone()).await?;
+    let a = replica_with(Arc::clone(&first), &folder, bench_key()?, limits.clone()).await?;
     let b = replica_with(second, &folder, bench_key()?, limits).await?;
     let router = app(a);
+    // Recent traffic for the review's impact replay: support-bot's refunds, which no round's
+    // proposal flips (they deny only refunds over 1,000).
+    if decisions > 0 {
+        let token = keys::create(
+            first.as_ref(),
+            KeySpec {
+                tenant: "nexus".into(),
+                roles: vec![Role::Controller],
+                agent: Some("support-*".into()),
+                ..KeySpec::default()
+            },
+            "bench",
+            1,
+        )
+        .await?
+        .0
+        .token;
+        for _ in 0..decisions {
+            let (status, _) = decide(&router, &token, REFUND).await?;
+            if !status.is_success() {
+                bail!("a decision failed: {status}");
+            }
+        }
+    }
     let (mut lags, mut answers) = (Vec::new(), Vec::new());
     for n in 0..rounds {
         let body = serde_json::json!({
@@ -286,7 +314,7 @@ async fn proposals(db: &str, rounds: usize) -> anyhow::Result<()> {
     lags.sort();
     answers.sort();
     println!(
-        "proposal POST → live on replica B ({db}, nexus + 1000 rules, {rounds} proposals): median {:.2} ms, p90 {:.2} ms, max {:.2} ms; A's 201 median {:.2} ms",
+        "proposal POST → live on replica B ({db}, nexus + 1000 rules, {rounds} proposals, {decisions} recent decisions): median {:.2} ms, p90 {:.2} ms, max {:.2} ms; A's 201 median {:.2} ms",
         ms(percentile(&lags, 0.5)),
         ms(percentile(&lags, 0.9)),
         ms(lags[lags.len() - 1]),

@@ -81,6 +81,11 @@ impl Snapshot {
         self.action.as_ref().map(|a| a.kind.as_str())
     }
 
+    /// The recorded agent, when the snapshot holds it.
+    pub fn agent(&self) -> Option<&str> {
+        self.action.as_ref().and_then(|a| a.agent.as_deref())
+    }
+
     /// The compact JSON form (see [`Snapshot`]).
     pub fn to_json_bytes(&self) -> Vec<u8> {
         #[expect(
@@ -989,6 +994,11 @@ rules:
                 },
                 "absent": ["action.mode", "action.on_behalf_of", "action.workflow", "action.run_id"]
             })
+        );
+        let read = Snapshot::from_json_bytes(&snapshot.to_json_bytes()).unwrap();
+        assert_eq!(
+            (read.action_type(), read.agent()),
+            (Some("ticket.resolve"), Some("support-bot"))
         );
         // Not read by any rule: the idempotency key, the resolution, the priority, the role.
         let text = String::from_utf8(snapshot.to_json_bytes()).unwrap();

@@ -442,7 +442,10 @@ pub(crate) struct Gathered {
     /// The live document, or its source when this replica has not read it yet.
     live_document: Result<Arc<Value>, String>,
     evidence: Vec<Evidence>,
+    /// Rows newer than `cached` to open and decode (all of the window's, cold).
     snapshots: Vec<StoredSnapshot>,
+    /// The window's snapshots this replica had decoded already, newest first.
+    cached: Vec<Recorded>,
     history: Vec<PastProposal>,
     replaced: Vec<ReplacedVersion>,
 }
@@ -462,13 +465,36 @@ struct ReplacedVersion {
 pub struct Documents {
     fingerprints: Cache<String>,
     live: Cache<Arc<Value>>,
+    /// Per tenant, its recent decisions' snapshots as the last review replayed them (opened
+    /// and decoded, newest first): a decision's snapshot never changes, so a review reads
+    /// only the rows newer than these.
+    recent: std::sync::Mutex<std::collections::HashMap<String, Vec<Recorded>>>,
 }
 
 impl Documents {
     /// Fingerprints kept (two digests each).
     const FINGERPRINTS: usize = 4096;
-    /// Live documents kept: one per tenant reviewed lately.
+    /// Live documents, and tenants' recent snapshots, kept: one per tenant reviewed lately.
     const LIVE: usize = 64;
+
+    /// The tenant's snapshots as last replayed, for one review to own (a review of the same
+    /// tenant at the same time reads them all from the store instead).
+    fn take_recent(&self, tenant: &str) -> Vec<Recorded> {
+        self.recent
+            .lock()
+            .ok()
+            .and_then(|mut held| held.remove(tenant))
+            .unwrap_or_default()
+    }
+
+    fn put_recent(&self, tenant: &str, recent: Vec<Recorded>) {
+        if let Ok(mut held) = self.recent.lock() {
+            if held.len() >= Self::LIVE && !held.contains_key(tenant) {
+                held.clear();
+            }
+            held.insert(tenant.to_owned(), recent);
+        }
+    }
 }
 
 /// A map that starts over when full: what it holds is recomputed at once.
@@ -564,11 +590,7 @@ pub(crate) async fn gather(
             })
         })
         .collect();
-    let window = i64::try_from(state.limits().proposal_replay_window.as_millis()).unwrap_or(0);
-    let snapshots = store
-        .recent_snapshots(tenant, now.saturating_sub(window), MAX_REPLAYED)
-        .await
-        .map_err(store_error)?;
+    let (snapshots, cached) = recent_snapshots(state, tenant, now).await?;
     let history = store
         .proposals(&ProposalFilter {
             tenant: tenant.to_owned(),
@@ -633,9 +655,58 @@ pub(crate) async fn gather(
         live_document,
         evidence,
         snapshots,
+        cached,
         history,
         replaced,
     })
+}
+
+/// How far before the newest snapshot held a review reads again: a decision is stamped
+/// before it commits, so one stamped earlier can commit after a later one was read (within
+/// the request timeout, 10 s by default, or its caller was answered an error).
+const SNAPSHOT_OVERLAP_MS: i64 = 15_000;
+
+/// The window's snapshots: those this replica decoded for an earlier review (still in the
+/// window), and the store's rows newer than them (from a little before the newest held,
+/// less those held), or every row of the window when nothing is held or the gap is larger
+/// than a review replays.
+async fn recent_snapshots(
+    state: &AppState,
+    tenant: &str,
+    now: i64,
+) -> Result<(Vec<StoredSnapshot>, Vec<Recorded>), ApiError> {
+    let limits = state.limits();
+    // What the store may have purged is not replayed from memory either.
+    let kept = limits.proposal_replay_window.min(limits.snapshot_retention);
+    let start = now.saturating_sub(i64::try_from(kept.as_millis()).unwrap_or(i64::MAX));
+    let mut cached = state.documents().take_recent(tenant);
+    let oldest = cached.partition_point(|r| r.at >= timestamp(start));
+    cached.truncate(oldest);
+    let since = cached.first().map_or(start, |newest| {
+        newest
+            .at
+            .unix_millis()
+            .saturating_sub(SNAPSHOT_OVERLAP_MS)
+            .max(start)
+    });
+    let rows = state
+        .store()
+        .recent_snapshots(tenant, since, MAX_REPLAYED)
+        .await
+        .map_err(store_error)?;
+    if rows.len() >= MAX_REPLAYED as usize {
+        return Ok((rows, Vec::new()));
+    }
+    let held: std::collections::HashSet<&str> = cached
+        .iter()
+        .take_while(|r| r.at >= timestamp(since))
+        .map(|r| r.decision_id.as_str())
+        .collect();
+    let fresh = rows
+        .into_iter()
+        .filter(|row| !held.contains(row.decision_id.as_str()))
+        .collect();
+    Ok((fresh, cached))
 }
 
 /// The snapshots that open and parse, as the review replays them. Opening and decoding
@@ -701,9 +772,13 @@ pub(crate) async fn run_review(
     let slot = Arc::clone(state.reviews())
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded("too many proposal reviews at once; try again"))?;
+    let mut gathered = gathered;
     let outcome = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let recent = recorded(&key, &tenant, &gathered.snapshots);
+        // Newest first: the rows just read, then what this replica held.
+        let mut recent = recorded(&key, &tenant, &gathered.snapshots);
+        recent.append(&mut gathered.cached);
+        recent.truncate(MAX_REPLAYED as usize);
         let replaced: Vec<Replaced> = gathered
             .replaced
             .iter()
@@ -777,6 +852,7 @@ pub(crate) async fn run_review(
                 }
             })
         });
+        documents.put_recent(&tenant, recent);
         (reviewed, gathered)
     })
     .await

@@ -320,6 +320,36 @@ async fn a_narrowing_proposal_is_auto_approved_and_live_on_a_second_replica() {
     }
 }
 
+/// A review replays every recent decision: on a replica that holds the earlier ones
+/// decoded from the last review, also those made since; on another, all of them.
+#[tokio::test]
+async fn each_review_replays_the_decisions_made_since_the_last() {
+    for place in places("prop").await {
+        let a = server(&place).await;
+        let b = server(&place).await;
+        let agent = a.agent("acme", "support-bot").await;
+        let controller = a.role("acme", Role::Controller).await;
+        let read = json!({"type": "ticket.read", "agent": "support-bot"});
+        for _ in 0..2 {
+            a.decide(&controller, read.clone()).await;
+        }
+        let (_, first) = a.propose(&agent, allow_export("first")).await;
+        assert_eq!(first["impact"]["replayed"], 2, "{first}");
+        for _ in 0..3 {
+            a.decide(&controller, read.clone()).await;
+        }
+        let (_, second) = a.propose(&agent, allow_export("second")).await;
+        assert_eq!(second["impact"]["replayed"], 5, "{second}");
+        let (_, other) = b.propose(&agent, allow_export("third")).await;
+        assert_eq!(other["impact"]["replayed"], 5, "{other}");
+        let (_, again) = a.propose(&agent, allow_export("fourth")).await;
+        assert_eq!(
+            again["impact"]["replayed"], 5,
+            "nothing counted twice: {again}"
+        );
+    }
+}
+
 /// Undoing a version that went live in the last day is drift: rejected and flagged, on a
 /// replica that never saw the replaced version's document, however the revert is spelled.
 #[tokio::test]

@@ -270,7 +270,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<StoredSnapshot>, StoreError>;
 
     /// The tenant's kept snapshots of decisions made at or after `since_ms`, newest first, at
-    /// most `limit`: what a proposal's review replays.
+    /// most `limit`: what a proposal's review replays. Their `body` is left empty.
     async fn recent_snapshots(
         &self,
         tenant: &str,

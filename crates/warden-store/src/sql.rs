@@ -1950,8 +1950,9 @@ where
         limit: u32,
     ) -> Result<Vec<StoredSnapshot>, StoreError> {
         let rows = sqlx::query(
-            // The snapshots index read backwards.
-            "SELECT id, created_at_ms, body, snapshot FROM decisions \
+            // The snapshots index read backwards; not the decision bodies, which a review
+            // does not read.
+            "SELECT id, created_at_ms, '' AS body, snapshot FROM decisions \
              WHERE tenant = $1 AND created_at_ms >= $2 AND snapshot IS NOT NULL \
              ORDER BY created_at_ms DESC, id DESC LIMIT $3",
         )

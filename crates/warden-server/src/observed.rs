@@ -43,6 +43,8 @@ pub const MAX_RUNNING: usize = 1024;
 const MAX_COUNTED: u32 = 1000;
 /// How often a write that lost a race with another replica is tried again.
 const ATTEMPTS: usize = 4;
+/// The window of the per-agent cap on new suggestions.
+const HOUR_MS: i64 = 3_600_000;
 
 /// The frictions a replica is counting: for each (tenant, key), whether more friction
 /// arrived while it counted.
@@ -232,6 +234,42 @@ async fn pending(
     Ok(None)
 }
 
+/// Whether `agent` may have one more new suggestion: no more an hour than an agent may
+/// propose itself (`--proposal-rate-limit`), so an agent that asks for a new action type
+/// every few seconds fills neither the approvers' inbox nor the review slots.
+async fn room_for_another(
+    state: &AppState,
+    tenant: &str,
+    agent: &str,
+    now: i64,
+) -> Result<bool, ApiError> {
+    let limit = state.limits().proposal_rate_limit;
+    let newest = state
+        .store()
+        .proposals(&ProposalFilter {
+            tenant: tenant.to_owned(),
+            agent: Some(agent.to_owned()),
+            source: Some(proposal_source::OBSERVED.to_owned()),
+            limit,
+            ..ProposalFilter::default()
+        })
+        .await
+        .map_err(store_error)?;
+    let this_hour = newest
+        .iter()
+        .filter(|p| p.created_at_ms >= now - HOUR_MS)
+        .count();
+    if this_hour >= limit as usize {
+        tracing::debug!(
+            tenant,
+            agent,
+            "an observed suggestion waits: this agent had enough this hour"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Counts `key`'s friction and, past the threshold, stores (or updates) its suggestion.
 async fn observe(state: &AppState, tenant: &str, key: &FrictionKey) -> Result<(), ApiError> {
     // Only for tenants that take proposals.
@@ -250,6 +288,9 @@ async fn observe(state: &AppState, tenant: &str, key: &FrictionKey) -> Result<()
         }
         let pending = pending(state, tenant, key, &stored_key).await?;
         if pending.as_ref().is_some_and(|p| p.hits >= hits) {
+            return Ok(());
+        }
+        if pending.is_none() && !room_for_another(state, tenant, &key.agent, now).await? {
             return Ok(());
         }
         let Some(proposal) = draft(key, hits.unsigned_abs(), &evidence, &live.policy) else {

@@ -56,6 +56,10 @@ struct Server {
 }
 
 async fn server(place: &Place) -> Server {
+    server_with(place, Limits::default()).await
+}
+
+async fn server_with(place: &Place, limits: Limits) -> Server {
     let store = place.open().await;
     let dir = tempfile::tempdir().unwrap();
     for (tenant, policy) in [("acme", ACME), ("globex", ACME), ("initech", INITECH)] {
@@ -73,7 +77,7 @@ async fn server(place: &Place) -> Server {
     let limits = Limits {
         key_cache_ttl: Duration::ZERO,
         policy_poll: Duration::from_millis(50),
-        ..Limits::default()
+        ..limits
     };
     let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
     Server {
@@ -403,6 +407,40 @@ async fn other_tenants_and_tenants_without_proposals_get_no_suggestion() {
             .await;
         settle().await;
         assert!(s.observed("globex").await.is_empty());
+    }
+}
+
+/// An agent that meets a new action type every few seconds gets no more new suggestions an
+/// hour than it may propose itself: the approvers' inbox is not its to fill.
+#[tokio::test]
+async fn an_agent_gets_no_more_suggestions_an_hour_than_it_may_propose() {
+    for place in places("obs").await {
+        let limits = Limits {
+            proposal_rate_limit: 2,
+            ..Limits::default()
+        };
+        let s = server_with(&place, limits).await;
+        let acme = s.controller("acme").await;
+        for kind in ["crm.export", "crm.delete", "crm.merge"] {
+            for account in ["A-1", "A-2", "A-3"] {
+                let action = json!({"type": kind, "agent": "support-bot",
+                                    "target": {"type": "account", "id": account}});
+                s.decide(&acme, action).await;
+            }
+            // One kind at a time, so which two are kept is the order they came in.
+            if kind != "crm.merge" {
+                s.eventually("acme", kind, |f| f.iter().any(|p| p.subject.contains(kind)))
+                    .await;
+            }
+        }
+        settle().await;
+        settle().await;
+        let found = s.observed("acme").await;
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|p| !p.subject.contains("crm.merge")),
+            "{found:?}"
+        );
     }
 }
 

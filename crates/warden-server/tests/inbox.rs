@@ -529,6 +529,72 @@ async fn a_wrong_or_missing_csrf_token_is_refused_and_changes_nothing() {
     }
 }
 
+/// A form that says one thing twice, names a field the form has not, or is larger than a
+/// body may be is refused and changes nothing; a decision posted twice is decided once.
+#[tokio::test]
+async fn repeated_unknown_or_oversized_fields_and_replays_change_nothing() {
+    for place in places("inbox").await {
+        let limits = Limits {
+            body_bytes: 4096,
+            ..limits()
+        };
+        let s = server(&place, limits).await;
+        let controller = s.controller().await;
+        let id = s
+            .pending(&controller, json!({"type": "ticket.escalate"}))
+            .await;
+        let alice = s.sign_in(&s.approver("alice").await).await;
+        let csrf = s.get("/", &alice).await.csrf();
+        let path = format!("/inbox/approvals/{id}/reject");
+        let long = "x".repeat(8192);
+        for (what, fields, status) in [
+            (
+                "a repeated reason",
+                vec![("csrf", csrf.as_str()), ("reason", "a"), ("reason", "b")],
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "a repeated token",
+                vec![
+                    ("csrf", csrf.as_str()),
+                    ("csrf", csrf.as_str()),
+                    ("reason", "a"),
+                ],
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "an unknown field",
+                vec![
+                    ("csrf", csrf.as_str()),
+                    ("reason", "a"),
+                    ("status", "approved"),
+                ],
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "a body over the limit",
+                vec![("csrf", csrf.as_str()), ("reason", long.as_str())],
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ] {
+            let answer = s.post(&path, &alice, &fields).await;
+            assert_eq!(answer.status, status, "{what}: {}", answer.body);
+            assert_eq!(s.approval(&id).await.status, "pending", "{what}");
+        }
+        assert!(s.events(kind::APPROVAL_VOTE).await.is_empty());
+
+        // Posted twice (a double click, a replayed request): decided once.
+        let fields = [("csrf", csrf.as_str()), ("reason", "not now")];
+        let first = s.post(&path, &alice, &fields).await;
+        assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+        let again = s.post(&path, &alice, &fields).await;
+        assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+        assert!(again.body.contains("Not done"), "{}", again.body);
+        assert_eq!(s.approval(&id).await.status, "rejected");
+        assert_eq!(s.events(kind::APPROVAL_VOTE).await.len(), 1);
+    }
+}
+
 #[tokio::test]
 async fn approving_rejecting_and_answering_go_through_the_api_with_the_signed_in_key() {
     for place in places("inbox").await {

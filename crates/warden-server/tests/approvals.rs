@@ -4,19 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers, not shipped code
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 use warden_server::approvals::{SIGNATURE_HEADER, Webhooks};
-use warden_server::audit::{AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
-use warden_server::metrics::Metrics;
-use warden_server::policies::Policies;
-use warden_server::{AppState, Limits, app};
+use warden_server::{AppState, Limits};
 use warden_store::{Event, EventFilter, Store, kind};
 
 mod common;
@@ -61,24 +55,15 @@ async fn server(place: &Place, limits: Limits) -> Server {
 }
 
 async fn server_with(place: &Place, limits: Limits, webhooks: Webhooks) -> Server {
-    let store = place.open().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
-    let policies = Arc::new(
-        Policies::open(Arc::clone(&store), dir.path())
-            .await
-            .unwrap(),
-    );
-    let metrics = Arc::new(Metrics::default());
-    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
-    let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits)
-        .with_webhooks(webhooks);
+    let r = common::replica(place, &[("default", POLICY)], limits, |s| {
+        s.with_webhooks(webhooks)
+    })
+    .await;
     Server {
-        app: app(state.clone()),
-        store,
-        state,
-        _policies: dir,
+        app: r.app,
+        store: r.store,
+        state: r.state,
+        _policies: r.policies,
     }
 }
 
@@ -97,7 +82,7 @@ impl Server {
         token: &str,
         body: Value,
     ) -> (StatusCode, Value) {
-        call(&self.app, method, path, token, body).await
+        common::call(&self.app, method, path, token, body).await
     }
 
     async fn key(
@@ -151,35 +136,6 @@ impl Server {
             .await
             .unwrap()
     }
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"));
-    let body = if method == Method::GET {
-        Body::empty()
-    } else {
-        request = request.header("content-type", "application/json");
-        Body::from(body.to_string())
-    };
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
 }
 
 /// Asks for a decision and returns its body, which must require approval.
@@ -537,7 +493,7 @@ async fn a_waiter_wakes_when_another_replica_approves() {
             let token = controller.clone();
             let path = format!("/v1/approvals/{id}/wait?timeout=20");
             let waiter = tokio::spawn(async move {
-                let answer = call(&app, Method::GET, &path, &token, Value::Null).await;
+                let answer = common::call(&app, Method::GET, &path, &token, Value::Null).await;
                 (answer, Instant::now())
             });
             // Let the waiter register and read the pending state first.
@@ -582,8 +538,9 @@ async fn a_wait_times_out_with_the_current_state_and_waiters_are_bounded() {
         let app = s.app.clone();
         let token = controller.clone();
         let path = format!("/v1/approvals/{id}/wait?timeout=2");
-        let first =
-            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        let first = tokio::spawn(async move {
+            common::call(&app, Method::GET, &path, &token, Value::Null).await
+        });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (status, body) = s
             .call(
@@ -731,8 +688,9 @@ async fn a_question_with_options_is_answered_waited_on_and_audited() {
         let app = s.app.clone();
         let token = agent.clone();
         let path = format!("/v1/questions/{id}/wait?timeout=20");
-        let waiter =
-            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        let waiter = tokio::spawn(async move {
+            common::call(&app, Method::GET, &path, &token, Value::Null).await
+        });
         let answer = format!("/v1/questions/{id}/answer");
         let (status, _) = s
             .call(Method::POST, &answer, &alice, json!({"answer": "maybe"}))
@@ -871,8 +829,9 @@ async fn a_waiter_survives_the_listener_losing_its_connection() {
         let app = a.app.clone();
         let path = format!("/v1/approvals/{id}/wait?timeout=20");
         let token = controller.clone();
-        let waiter =
-            tokio::spawn(async move { call(&app, Method::GET, &path, &token, Value::Null).await });
+        let waiter = tokio::spawn(async move {
+            common::call(&app, Method::GET, &path, &token, Value::Null).await
+        });
         tokio::time::sleep(Duration::from_millis(300)).await;
         // Cut every listening connection (this test's replicas' and any other's: they
         // reconnect the same way).
@@ -1060,7 +1019,7 @@ async fn simultaneous_votes_on_two_replicas_decide_an_approval_once() {
             };
             let (path, key) = (format!("/v1/approvals/{id}/{verdict}"), key.clone());
             votes.push(tokio::spawn(async move {
-                call(&app, Method::POST, &path, &key, body).await
+                common::call(&app, Method::POST, &path, &key, body).await
             }));
         }
         let mut answers = Vec::new();

@@ -13,11 +13,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-use warden_server::audit::{AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
-use warden_server::metrics::Metrics;
-use warden_server::policies::Policies;
-use warden_server::{AppState, Limits, app};
+use warden_server::{AppState, Limits};
 use warden_store::{Event, EventFilter, Store, kind};
 
 mod common;
@@ -59,23 +56,12 @@ fn limits() -> Limits {
 }
 
 async fn server(place: &Place, limits: Limits) -> Server {
-    let store = place.open().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("default.yaml"), POLICY).unwrap();
-    let policies = Arc::new(
-        Policies::open(Arc::clone(&store), dir.path())
-            .await
-            .unwrap(),
-    );
-    let metrics = Arc::new(Metrics::default());
-    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
-    let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
+    let r = common::replica(place, &[("default", POLICY)], limits, |s| s).await;
     Server {
-        app: app(state.clone()),
-        store,
-        state,
-        _policies: dir,
+        app: r.app,
+        store: r.store,
+        state: r.state,
+        _policies: r.policies,
     }
 }
 
@@ -256,28 +242,7 @@ impl Server {
         token: &str,
         body: Value,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"));
-        let body = if method == Method::GET {
-            Body::empty()
-        } else {
-            request = request.header("content-type", "application/json");
-            Body::from(body.to_string())
-        };
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.app, method, path, token, body).await
     }
 
     async fn approval(&self, id: &str) -> warden_store::ApprovalRecord {

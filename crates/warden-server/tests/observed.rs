@@ -5,18 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers, not shipped code
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
-use warden_server::audit::{AuditKey, AuditWriter};
+use warden_server::Limits;
 use warden_server::keys::{self, KeySpec, Role};
-use warden_server::metrics::Metrics;
-use warden_server::policies::Policies;
-use warden_server::{AppState, Limits, app};
 use warden_store::{Event, EventFilter, ProposalFilter, ProposalRecord, Store, kind};
 
 mod common;
@@ -60,30 +54,17 @@ async fn server(place: &Place) -> Server {
 }
 
 async fn server_with(place: &Place, limits: Limits) -> Server {
-    let store = place.open().await;
-    let dir = tempfile::tempdir().unwrap();
-    for (tenant, policy) in [("acme", ACME), ("globex", ACME), ("initech", INITECH)] {
-        std::fs::write(dir.path().join(format!("{tenant}.yaml")), policy).unwrap();
-    }
-    let policies = Arc::new(
-        Policies::open(Arc::clone(&store), dir.path())
-            .await
-            .unwrap(),
-    );
-    tokio::spawn(Arc::clone(&policies).follow(Duration::from_millis(50)));
-    let metrics = Arc::new(Metrics::default());
-    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
-    let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
     let limits = Limits {
         key_cache_ttl: Duration::ZERO,
         policy_poll: Duration::from_millis(50),
         ..limits
     };
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits);
+    let policies = [("acme", ACME), ("globex", ACME), ("initech", INITECH)];
+    let r = common::replica(place, &policies, limits, |s| s).await;
     Server {
-        app: app(state),
-        store,
-        _policies: dir,
+        app: r.app,
+        store: r.store,
+        _policies: r.policies,
     }
 }
 
@@ -95,28 +76,7 @@ impl Server {
         token: &str,
         body: Value,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"));
-        let body = if method == Method::GET {
-            Body::empty()
-        } else {
-            request = request.header("content-type", "application/json");
-            Body::from(body.to_string())
-        };
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.app, method, path, token, body).await
     }
 
     async fn key(&self, spec: KeySpec) -> String {

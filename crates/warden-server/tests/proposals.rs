@@ -5,19 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers, not shipped code
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
-use warden_server::audit::{AuditKey, AuditWriter};
 use warden_server::keys::{self, KeySpec, Role};
-use warden_server::metrics::Metrics;
-use warden_server::policies::Policies;
 use warden_server::reviewer::Reviewers;
-use warden_server::{AppState, Limits, app};
+use warden_server::{AppState, Limits};
 use warden_store::{Event, EventFilter, Store, kind};
 
 mod common;
@@ -71,27 +65,13 @@ async fn server_with(place: &Place, limits: Limits) -> Server {
 }
 
 async fn server_reviewed(place: &Place, limits: Limits, reviewers: Reviewers) -> Server {
-    let store = place.open().await;
-    let dir = tempfile::tempdir().unwrap();
-    for (tenant, policy) in [("acme", ACME), ("globex", ACME), ("initech", INITECH)] {
-        std::fs::write(dir.path().join(format!("{tenant}.yaml")), policy).unwrap();
-    }
-    let policies = Arc::new(
-        Policies::open(Arc::clone(&store), dir.path())
-            .await
-            .unwrap(),
-    );
-    tokio::spawn(Arc::clone(&policies).follow(Duration::from_millis(50)));
-    let metrics = Arc::new(Metrics::default());
-    let (audit, _task) = AuditWriter::start(Arc::clone(&store), Arc::clone(&metrics));
-    let key = AuditKey::from_bytes(&[42u8; 32]).unwrap();
-    let state = AppState::new(Arc::clone(&store), policies, audit, key, metrics, limits)
-        .with_reviewers(reviewers);
+    let policies = [("acme", ACME), ("globex", ACME), ("initech", INITECH)];
+    let r = common::replica(place, &policies, limits, |s| s.with_reviewers(reviewers)).await;
     Server {
-        app: app(state.clone()),
-        store,
-        state,
-        _policies: dir,
+        app: r.app,
+        store: r.store,
+        state: r.state,
+        _policies: r.policies,
     }
 }
 
@@ -103,7 +83,7 @@ impl Server {
         token: &str,
         body: Value,
     ) -> (StatusCode, Value) {
-        call(&self.app, method, path, token, body.to_string()).await
+        common::call(&self.app, method, path, token, body).await
     }
 
     async fn key(&self, spec: KeySpec) -> String {
@@ -178,46 +158,6 @@ impl Server {
         assert_eq!(status, StatusCode::OK, "{body}");
         body
     }
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: String,
-) -> (StatusCode, Value) {
-    call_as(app, method, path, token, "application/json", body).await
-}
-
-async fn call_as(
-    app: &Router,
-    method: Method,
-    path: &str,
-    token: &str,
-    content_type: &str,
-    body: String,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"));
-    let body = if method == Method::GET {
-        Body::empty()
-    } else {
-        request = request.header("content-type", content_type);
-        Body::from(body)
-    };
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
 }
 
 /// A rule denying one action type: narrowing.
@@ -586,7 +526,7 @@ async fn approving_after_the_policy_changed_answers_the_new_analysis() {
         let old = body["review_token"].as_str().unwrap().to_owned();
         let newer = ACME.replace("version: 1.0.0", "version: 1.1.0")
             + "  - id: read-accounts\n    actions: [crm.read]\n    effect: allow\n";
-        let (status, published) = call_as(
+        let (status, published) = common::call_as(
             &s.app,
             Method::POST,
             "/v1/policy",
@@ -884,7 +824,7 @@ async fn malformed_proposals_are_refused_with_their_field() {
     let s = server(&place).await;
     let agent = s.agent("acme", "support-bot").await;
     let raw = |body: &str, content_type: &'static str| {
-        call_as(
+        common::call_as(
             &s.app,
             Method::POST,
             "/v1/proposals",
@@ -997,10 +937,9 @@ async fn a_wait_wakes_when_the_proposal_is_decided() {
         let app = waiting_on.app.clone();
         let (path, token) = (format!("/v1/proposals/{id}/wait?timeout=20"), agent.clone());
         let started = Instant::now();
-        let wait =
-            tokio::spawn(
-                async move { call(&app, Method::GET, &path, &token, String::new()).await },
-            );
+        let wait = tokio::spawn(async move {
+            common::call(&app, Method::GET, &path, &token, Value::Null).await
+        });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (status, _) = a
             .call(

@@ -300,6 +300,14 @@ fn json_body(value: Value) -> JsonBody {
     JsonBody(Bytes::from(value.to_string()))
 }
 
+/// The JSON body of a decision route: the form's reason, when it gave one.
+fn with_reason(fields: &HashMap<String, String>) -> Value {
+    match filled(fields, "reason") {
+        Some(reason) => json!({"reason": reason}),
+        None => json!({}),
+    }
+}
+
 /// `field`, trimmed, if the form gave a non-blank one.
 fn filled<'a>(fields: &'a HashMap<String, String>, field: &str) -> Option<&'a str> {
     fields
@@ -339,10 +347,7 @@ async fn approve(
         Ok(ok) => ok,
         Err(response) => return response,
     };
-    let request = match filled(&fields, "reason") {
-        Some(reason) => json!({"reason": reason}),
-        None => json!({}),
-    };
+    let request = with_reason(&fields);
     let outcome = routes::approvals::approve(
         State(state.clone()),
         session.caller.clone(),
@@ -372,10 +377,7 @@ async fn reject(
         Ok(ok) => ok,
         Err(response) => return response,
     };
-    let request = match filled(&fields, "reason") {
-        Some(reason) => json!({"reason": reason}),
-        None => json!({}),
-    };
+    let request = with_reason(&fields);
     let outcome = routes::approvals::reject(
         State(state.clone()),
         session.caller.clone(),
@@ -459,10 +461,7 @@ async fn reject_proposal(
         Ok(ok) => ok,
         Err(response) => return response,
     };
-    let request = match filled(&fields, "reason") {
-        Some(reason) => json!({"reason": reason}),
-        None => json!({}),
-    };
+    let request = with_reason(&fields);
     let outcome = routes::proposals::reject(
         State(state.clone()),
         session.caller.clone(),

@@ -43,8 +43,6 @@ pub const MAX_RUNNING: usize = 1024;
 const MAX_COUNTED: u32 = 1000;
 /// How often a write that lost a race with another replica is tried again.
 const ATTEMPTS: usize = 4;
-/// The window of the per-agent cap on new suggestions.
-const HOUR_MS: i64 = 3_600_000;
 
 /// The frictions a replica is counting: for each (tenant, key), whether more friction
 /// arrived while it counted.
@@ -257,7 +255,7 @@ async fn room_for_another(
         .map_err(store_error)?;
     let this_hour = newest
         .iter()
-        .filter(|p| p.created_at_ms >= now - HOUR_MS)
+        .filter(|p| p.created_at_ms >= now - proposals::HOUR_MS)
         .count();
     if this_hour >= limit as usize {
         tracing::debug!(
@@ -297,81 +295,72 @@ async fn observe(state: &AppState, tenant: &str, key: &FrictionKey) -> Result<()
             return Ok(());
         };
         let body = serde_json::to_value(&proposal).unwrap_or(Value::Null);
-        if let Some(pending) = pending
+        let (record, mut detail) = if let Some(pending) = pending
             .as_ref()
             .filter(|p| p.change_hash == proposal.change_hash() && p.live_hash == live.hash)
         {
             // The same change against the same live policy, seen more often: its analysis
             // stands (the draft is exactly the friction's action, however often it was
-            // met), so only the count, the
-            // evidence and the rationale change. Friction that keeps coming costs a store
-            // write, never another review.
+            // met), so only the count, the evidence and the rationale change. Friction that
+            // keeps coming costs a store write, never another review.
             let mut detail = serde_json::Map::new();
-            detail.insert("proposal_id".into(), Value::String(pending.id.clone()));
-            detail.insert("observed_key".into(), Value::String(stored_key.clone()));
-            detail.insert("hits".into(), Value::from(hits));
-            detail.insert("evidence".into(), Value::from(evidence.len()));
-            detail.insert("updated".into(), Value::Bool(true));
             detail.insert("reviewed".into(), Value::Bool(false));
-            let mut event = proposals::event(
-                tenant,
-                kind::PROPOSAL_OBSERVED,
-                &key.agent,
-                now,
-                Value::Object(detail),
-            );
-            event.policy_version = Some(live.policy.version().as_str().to_owned());
-            event.policy_hash = Some(live.hash.clone());
             let record = ProposalRecord {
                 body: body.to_string(),
                 hits,
                 ..pending.clone()
             };
-            let write = ProposalWrite::Observe {
-                record,
-                replaces: Some(pending.id.clone()),
-                events: vec![event],
-            };
-            match state
-                .store()
-                .write_proposal(write)
-                .await
-                .map_err(store_error)?
+            (record, detail)
+        } else {
+            let gathered = proposals::gather(state, tenant, &proposal, now).await?;
+            let live_hash = gathered.live.hash.clone();
+            let (reviewed, _) =
+                proposals::run_review(state, tenant, None, proposal, gathered, now).await?;
+            let review = &reviewed.review;
+            if review.status == Status::Rejected || review.classification == Classification::Neutral
             {
-                ProposalWritten::Stale(Some(row)) if row.hits < hits => continue,
-                ProposalWritten::Stale(None) => continue,
-                _ => return Ok(()),
+                tracing::debug!(
+                    tenant,
+                    status = review.status.as_str(),
+                    classification = review.classification.as_str(),
+                    "an observed suggestion is not made"
+                );
+                return Ok(());
             }
-        }
-        let gathered = proposals::gather(state, tenant, &proposal, now).await?;
-        let live_hash = gathered.live.hash.clone();
-        let (reviewed, _) =
-            proposals::run_review(state, tenant, None, proposal, gathered, now).await?;
-        let review = &reviewed.review;
-        if review.status == Status::Rejected || review.classification == Classification::Neutral {
-            tracing::debug!(
-                tenant,
-                status = review.status.as_str(),
-                classification = review.classification.as_str(),
-                "an observed suggestion is not made"
+            // A suggestion waits for a human whatever its review says.
+            let status = proposals::status_after(review, false);
+            let mut detail = proposals::counts(review);
+            detail.insert(
+                "change_hash".into(),
+                Value::String(review.change_hash.clone()),
             );
-            return Ok(());
-        }
-        // A suggestion waits for a human whatever its review says.
-        let status = proposals::status_after(review, false);
-        let id = pending
-            .as_ref()
-            .map_or_else(|| crate::ids::ulid(now), |p| p.id.clone());
-        let mut detail = proposals::counts(review);
-        detail.insert("proposal_id".into(), Value::String(id.clone()));
+            let record = ProposalRecord {
+                id: pending
+                    .as_ref()
+                    .map_or_else(|| crate::ids::ulid(now), |p| p.id.clone()),
+                tenant: tenant.to_owned(),
+                agent: key.agent.clone(),
+                key_id: OBSERVED_KEY_ID.to_owned(),
+                status: status.to_owned(),
+                subject: review.subject.clone(),
+                change_hash: review.change_hash.clone(),
+                body: body.to_string(),
+                review: reviewed.stored.clone(),
+                review_token: reviewed.token.clone(),
+                live_hash,
+                created_at_ms: pending.as_ref().map_or(now, |p| p.created_at_ms),
+                source: proposal_source::OBSERVED.to_owned(),
+                observed_key: Some(stored_key.clone()),
+                hits,
+                ..ProposalRecord::default()
+            };
+            (record, detail)
+        };
+        detail.insert("proposal_id".into(), Value::String(record.id.clone()));
         detail.insert("observed_key".into(), Value::String(stored_key.clone()));
         detail.insert("hits".into(), Value::from(hits));
         detail.insert("evidence".into(), Value::from(evidence.len()));
         detail.insert("updated".into(), Value::Bool(pending.is_some()));
-        detail.insert(
-            "change_hash".into(),
-            Value::String(review.change_hash.clone()),
-        );
         let mut event = proposals::event(
             tenant,
             kind::PROPOSAL_OBSERVED,
@@ -380,25 +369,7 @@ async fn observe(state: &AppState, tenant: &str, key: &FrictionKey) -> Result<()
             Value::Object(detail),
         );
         event.policy_version = Some(live.policy.version().as_str().to_owned());
-        event.policy_hash = Some(live_hash.clone());
-        let record = ProposalRecord {
-            id,
-            tenant: tenant.to_owned(),
-            agent: key.agent.clone(),
-            key_id: OBSERVED_KEY_ID.to_owned(),
-            status: status.to_owned(),
-            subject: review.subject.clone(),
-            change_hash: review.change_hash.clone(),
-            body: body.to_string(),
-            review: reviewed.stored.clone(),
-            review_token: reviewed.token.clone(),
-            live_hash,
-            created_at_ms: pending.as_ref().map_or(now, |p| p.created_at_ms),
-            source: proposal_source::OBSERVED.to_owned(),
-            observed_key: Some(stored_key.clone()),
-            hits,
-            ..ProposalRecord::default()
-        };
+        event.policy_hash = Some(record.live_hash.clone());
         let write = ProposalWrite::Observe {
             record,
             replaces: pending.map(|p| p.id),

@@ -57,8 +57,8 @@ const ATTEMPTS: usize = 4;
 /// Who decided a proposal the review decided: `decided_by` of auto-approvals and of
 /// proposals a re-review rejected.
 pub const BY_REVIEW: &str = "review";
-/// The rate limit's window.
-const HOUR_MS: i64 = 3_600_000;
+/// The rate limit's window (agents' proposals, and new observed suggestions).
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 /// The most characters of a rejection's reason an event keeps.
 const EVENT_REASON_CHARS: usize = 500;
 
@@ -468,7 +468,7 @@ pub struct Documents {
     /// Per tenant, its recent decisions' snapshots as the last review replayed them (opened
     /// and decoded, newest first): a decision's snapshot never changes, so a review reads
     /// only the rows newer than these.
-    recent: std::sync::Mutex<std::collections::HashMap<String, Vec<Recorded>>>,
+    recent: Cache<Vec<Recorded>>,
 }
 
 impl Documents {
@@ -480,20 +480,11 @@ impl Documents {
     /// The tenant's snapshots as last replayed, for one review to own (a review of the same
     /// tenant at the same time reads them all from the store instead).
     fn take_recent(&self, tenant: &str) -> Vec<Recorded> {
-        self.recent
-            .lock()
-            .ok()
-            .and_then(|mut held| held.remove(tenant))
-            .unwrap_or_default()
+        self.recent.take(tenant).unwrap_or_default()
     }
 
     fn put_recent(&self, tenant: &str, recent: Vec<Recorded>) {
-        if let Ok(mut held) = self.recent.lock() {
-            if held.len() >= Self::LIVE && !held.contains_key(tenant) {
-                held.clear();
-            }
-            held.insert(tenant.to_owned(), recent);
-        }
+        self.recent.insert(tenant.to_owned(), recent, Self::LIVE);
     }
 }
 
@@ -508,16 +499,23 @@ impl<T> Default for Cache<T> {
 }
 
 impl<T: Clone> Cache<T> {
-    fn get(&self, hash: &str) -> Option<T> {
-        self.0.lock().ok()?.get(hash).cloned()
+    fn get(&self, key: &str) -> Option<T> {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+}
+
+impl<T> Cache<T> {
+    /// Removes and returns `key`'s value: the caller owns it until it puts it back.
+    fn take(&self, key: &str) -> Option<T> {
+        self.0.lock().ok()?.remove(key)
     }
 
-    fn insert(&self, hash: String, value: T, max: usize) {
+    fn insert(&self, key: String, value: T, max: usize) {
         if let Ok(mut map) = self.0.lock() {
-            if map.len() >= max {
+            if map.len() >= max && !map.contains_key(&key) {
                 map.clear();
             }
-            map.insert(hash, value);
+            map.insert(key, value);
         }
     }
 }
@@ -760,7 +758,7 @@ pub(crate) async fn run_review(
     tenant: &str,
     proposer: Option<&str>,
     proposal: Proposal,
-    gathered: Gathered,
+    mut gathered: Gathered,
     now: i64,
 ) -> Result<(Reviewed, Gathered), ApiError> {
     let key = state.snapshot_key().clone();
@@ -772,7 +770,6 @@ pub(crate) async fn run_review(
     let slot = Arc::clone(state.reviews())
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded("too many proposal reviews at once; try again"))?;
-    let mut gathered = gathered;
     let outcome = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         // Newest first: the rows just read, then what this replica held.

@@ -781,6 +781,55 @@ async fn another_tenants_approval_is_not_found() {
     }
 }
 
+/// A session signed in on one replica works on another (it is in the store), and ends on
+/// both at sign-out; two approvers deciding one approval at once on two replicas decide it
+/// once.
+#[tokio::test]
+async fn sessions_hold_on_every_replica_and_racing_decisions_decide_once() {
+    for place in places("inbox").await {
+        let a = server(&place, limits()).await;
+        let b = server(&place, limits()).await;
+        let controller = a.controller().await;
+        let alice = a.sign_in(&a.approver("alice").await).await;
+        let bob = b.sign_in(&b.approver("bob").await).await;
+        assert!(b.get("/", &alice).await.signed_in(), "alice's session on b");
+
+        let id = a
+            .pending(&controller, json!({"type": "ticket.escalate"}))
+            .await;
+        let path = format!("/inbox/approvals/{id}/approve");
+        let (alice_csrf, bob_csrf) = (
+            b.get("/", &alice).await.csrf(),
+            a.get("/", &bob).await.csrf(),
+        );
+        // Alice decides through b, Bob through a, at once.
+        let alice_form = [("csrf", alice_csrf.as_str()), ("reason", "ok")];
+        let bob_form = [("csrf", bob_csrf.as_str()), ("reason", "ok")];
+        let (first, second) = tokio::join!(
+            b.post(&path, &alice, &alice_form),
+            a.post(&path, &bob, &bob_form),
+        );
+        let mut statuses = [first.status, second.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::SEE_OTHER, StatusCode::CONFLICT],
+            "{} / {}",
+            first.body,
+            second.body
+        );
+        assert_eq!(a.approval(&id).await.status, "approved");
+        assert_eq!(a.events(kind::APPROVAL_VOTE).await.len(), 1);
+
+        // Signed out on a: gone on b too.
+        let csrf = a.get("/", &alice).await.csrf();
+        let out = a.post("/inbox/sign-out", &alice, &[("csrf", &csrf)]).await;
+        assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.body);
+        assert!(!b.get("/", &alice).await.signed_in());
+        assert!(b.get("/", &bob).await.signed_in(), "bob's session goes on");
+    }
+}
+
 #[tokio::test]
 async fn a_revoked_keys_session_stops_working() {
     for place in places("inbox").await {

@@ -244,6 +244,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         revision: Option<i64>,
     ) -> Result<Option<StoredPolicy>, StoreError>;
 
+    /// What [`Store::policy`] knows of the version, without reading its source (a large
+    /// policy's is hundreds of kilobytes).
+    async fn policy_info(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<PolicyVersionInfo>, StoreError> {
+        Ok(self.policy(tenant, revision).await?.map(|p| p.info))
+    }
+
     /// The tenant's versions, newest first: at most `limit`, only revisions below `before`
     /// when given.
     async fn policy_versions(

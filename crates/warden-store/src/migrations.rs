@@ -70,6 +70,10 @@ const SQLITE: &[Migration] = &[
         name: "0011_observed_proposals",
         sql: include_str!("../../../migrations/sqlite/0011_observed_proposals.sql"),
     },
+    Migration {
+        name: "0012_policy_sources",
+        sql: include_str!("../../../migrations/sqlite/0012_policy_sources.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -116,6 +120,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0011_observed_proposals",
         sql: include_str!("../../../migrations/postgres/0011_observed_proposals.sql"),
+    },
+    Migration {
+        name: "0012_policy_sources",
+        sql: include_str!("../../../migrations/postgres/0012_policy_sources.sql"),
     },
 ];
 

@@ -124,10 +124,20 @@ pub(crate) const POSITION: &str = "SELECT \
 pub(crate) const RETIRE: &str =
     "UPDATE policy_versions SET status = $1 WHERE tenant = $2 AND status = $3";
 
-/// Inserts a version, values in column order.
+/// Inserts a version, values in column order. Its source goes to `policy_sources`
+/// ([`INSERT_SOURCE`]): the version's row changes status later, and a row that holds the
+/// source would be rewritten whole each time (migration 0012).
 pub(crate) const INSERT: &str = "INSERT INTO policy_versions (tenant, revision, version, \
     hash, source, parent, author, comment, created_at_ms, status) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9)";
+
+/// Inserts a version's source: tenant, revision, source.
+pub(crate) const INSERT_SOURCE: &str =
+    "INSERT INTO policy_sources (tenant, revision, source) VALUES ($1, $2, $3)";
+
+/// A version's source, as a column of a query over `policy_versions`.
+pub(crate) const SOURCE: &str = "(SELECT s.source FROM policy_sources s \
+    WHERE s.tenant = policy_versions.tenant AND s.revision = policy_versions.revision) AS source";
 
 /// Refuses a publish that is neither of an active nor of a shadow version, or that applies
 /// a malformed proposal.

@@ -403,6 +403,14 @@ impl Store for Split {
         self.sql.policy(tenant, revision).await
     }
 
+    async fn policy_info(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<PolicyVersionInfo>, StoreError> {
+        self.sql.policy_info(tenant, revision).await
+    }
+
     async fn policy_versions(
         &self,
         tenant: &str,

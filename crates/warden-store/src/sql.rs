@@ -643,6 +643,29 @@ where
         Self::insert_events(conn, &links).await
     }
 
+    /// `columns` of the tenant's version at `revision`, or of its active one.
+    async fn policy_row(
+        &self,
+        columns: &str,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<DB::Row>, StoreError> {
+        let sql = format!(
+            "SELECT {columns} FROM policy_versions WHERE tenant = $1 AND {}",
+            if revision.is_some() {
+                "revision = $2"
+            } else {
+                "status = $2"
+            }
+        );
+        let query = sqlx::query(&sql).bind(tenant);
+        let query = match revision {
+            Some(revision) => query.bind(revision),
+            None => query.bind(policy_status::ACTIVE),
+        };
+        Ok(query.fetch_optional(&self.pool).await?)
+    }
+
     fn policy_info_from_row(row: &DB::Row) -> Result<PolicyVersionInfo, StoreError> {
         Ok(PolicyVersionInfo {
             tenant: row.try_get("tenant")?,
@@ -1810,12 +1833,17 @@ where
             .bind(info.revision)
             .bind(info.version.as_str())
             .bind(info.hash.as_str())
-            .bind(policy.source.as_str())
             .bind(info.parent)
             .bind(info.author.as_str())
             .bind(info.comment.as_deref())
             .bind(info.created_at_ms)
             .bind(info.status.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(policy_version::INSERT_SOURCE)
+            .bind(info.tenant.as_str())
+            .bind(info.revision)
+            .bind(policy.source.as_str())
             .execute(&mut *tx)
             .await?;
         Self::chain_events(&mut tx, events).await?;
@@ -1862,26 +1890,25 @@ where
         tenant: &str,
         revision: Option<i64>,
     ) -> Result<Option<StoredPolicy>, StoreError> {
-        let sql = format!(
-            "SELECT {POLICY_INFO_COLUMNS}, source FROM policy_versions WHERE tenant = $1 AND {}",
-            if revision.is_some() {
-                "revision = $2"
-            } else {
-                "status = $2"
-            }
-        );
-        let query = sqlx::query(&sql).bind(tenant);
-        let query = match revision {
-            Some(revision) => query.bind(revision),
-            None => query.bind(policy_status::ACTIVE),
-        };
-        let Some(row) = query.fetch_optional(&self.pool).await? else {
+        let columns = format!("{POLICY_INFO_COLUMNS}, {}", policy_version::SOURCE);
+        let Some(row) = self.policy_row(&columns, tenant, revision).await? else {
             return Ok(None);
         };
         Ok(Some(StoredPolicy {
             info: Self::policy_info_from_row(&row)?,
             source: row.try_get("source")?,
         }))
+    }
+
+    async fn policy_info(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<PolicyVersionInfo>, StoreError> {
+        self.policy_row(POLICY_INFO_COLUMNS, tenant, revision)
+            .await?
+            .map(|row| Self::policy_info_from_row(&row))
+            .transpose()
     }
 
     async fn policy_versions(

@@ -225,13 +225,14 @@ fn publish_policy(conn: &mut Connection, publish: PolicyPublish) -> Result<Publi
             info.revision,
             info.version,
             info.hash,
-            policy.source,
             info.parent,
             info.author,
             info.comment,
             info.created_at_ms,
             info.status
         ])?;
+    tx.prepare_cached(policy_version::INSERT_SOURCE)?
+        .execute(rusqlite::params![info.tenant, info.revision, policy.source])?;
     chain(&tx, vec![Append::new(event, None)])?;
     tx.commit()?;
     Ok(Published::Written)

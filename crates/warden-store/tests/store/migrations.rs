@@ -72,6 +72,45 @@ async fn an_edited_applied_migration_is_refused() {
     .await;
 }
 
+/// Migration 0012 moves each version's source to `policy_sources`: a database published to
+/// before it reads every version's source after it, and the old column is left empty.
+#[tokio::test]
+async fn sources_published_before_0012_still_read_after_it() {
+    each_backend_unmigrated(async |db| {
+        db.store.migrate().await.unwrap();
+        // The database as 0011 left it: no sources table, each source in its version's row.
+        db.exec("DROP TABLE policy_sources").await;
+        db.exec("DELETE FROM warden_migrations WHERE name = '0012_policy_sources'")
+            .await;
+        for (revision, status) in [(1, "superseded"), (2, "active")] {
+            db.exec(&format!(
+                "INSERT INTO policy_versions (tenant, revision, version, hash, source, parent, \
+                 author, comment, created_at_ms, status) VALUES ('acme', {revision}, \
+                 '1.0.{revision}', 'h{revision}', 'version: 1.0.{revision}', NULL, 'file', \
+                 NULL, {revision}, '{status}')"
+            ))
+            .await;
+        }
+        assert_eq!(
+            db.store.migrate().await.unwrap(),
+            vec!["0012_policy_sources".to_owned()]
+        );
+        let active = db.store.policy("acme", None).await.unwrap().unwrap();
+        assert_eq!(
+            (active.info.revision, active.source.as_str()),
+            (2, "version: 1.0.2")
+        );
+        let first = db.store.policy("acme", Some(1)).await.unwrap().unwrap();
+        assert_eq!(first.source, "version: 1.0.1");
+        assert_eq!(
+            db.scalar("SELECT COUNT(*) FROM policy_versions WHERE source <> ''")
+                .await,
+            0
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn migrations_record_when_they_were_applied() {
     each_backend_unmigrated(async |db| {

@@ -402,32 +402,33 @@ impl Policies {
                 .await?
                 .first()
                 .map_or(0, |v| v.revision);
-            let active = self.store.policy(&submission.tenant, None).await?;
+            // Only what is known of it: a large policy's source is hundreds of kilobytes.
+            let active = self.store.policy_info(&submission.tenant, None).await?;
             if let Cause::AutoRollback { failed, .. } = &submission.cause
-                && let Some(active) = active.as_ref().filter(|a| a.info.revision != *failed)
+                && let Some(active) = active.as_ref().filter(|a| a.revision != *failed)
             {
                 // Another replica (or a person) replaced it first.
-                return Ok(Submitted::Unchanged(active.info.clone()));
+                return Ok(Submitted::Unchanged(active.clone()));
             }
             if let Cause::Proposal { analyzed, .. } = &submission.cause {
                 let live = match &active {
-                    Some(active) => Some(active.info.hash.clone()),
+                    Some(active) => Some(active.hash.clone()),
                     None => self
                         .store
-                        .policy(DEFAULT_TENANT, None)
+                        .policy_info(DEFAULT_TENANT, None)
                         .await?
-                        .map(|d| d.info.hash),
+                        .map(|d| d.hash),
                 };
                 if live.as_ref() != Some(analyzed) {
                     return Err(SubmitError::PolicyChanged);
                 }
             }
             if let Some(active) = active.as_ref().filter(|_| !submission.cause.is_shadow()) {
-                if active.info.hash == hash {
-                    return Ok(Submitted::Unchanged(active.info.clone()));
+                if active.hash == hash {
+                    return Ok(Submitted::Unchanged(active.clone()));
                 }
                 // The stored semver, not a recompile: this runs on the request runtime.
-                let newer = warden_policy::Version::parse(&active.info.version).is_none_or(|old| {
+                let newer = warden_policy::Version::parse(&active.version).is_none_or(|old| {
                     compiled
                         .as_ref()
                         .is_some_and(|new| new.version().parts() > old.parts())
@@ -438,14 +439,14 @@ impl Policies {
                             .as_ref()
                             .map(|p| p.version().as_str().to_owned())
                             .unwrap_or_default(),
-                        active: active.info.version.clone(),
+                        active: active.version.clone(),
                     });
                 }
             }
             let Some(policy) = compiled.take() else {
                 break;
             };
-            let parent = active.as_ref().map(|a| a.info.revision);
+            let parent = active.as_ref().map(|a| a.revision);
             let info = PolicyVersionInfo {
                 tenant: submission.tenant.clone(),
                 revision: latest + 1,
@@ -479,17 +480,22 @@ impl Policies {
                     _ => None,
                 },
             };
+            // The turn is held from the write to the swap: the write wakes this replica's
+            // own follower, which would otherwise read and compile the version once more.
+            let turn = self.turn.lock().await;
             match self.store.publish_policy(publish).await? {
                 Published::Written if submission.cause.is_shadow() => {
-                    let _turn = self.turn.lock().await;
                     self.install_shadow(Shadow::new(info.clone(), policy));
                     return Ok(Submitted::Published(info));
                 }
                 Published::Written => {
-                    self.activate(&info, policy).await;
+                    self.swap(&info, policy);
                     return Ok(Submitted::Published(info));
                 }
-                Published::Conflict { .. } => compiled = Some(policy),
+                Published::Conflict { .. } => {
+                    drop(turn);
+                    compiled = Some(policy);
+                }
                 Published::ProposalStale(found) => return Err(SubmitError::ProposalStale(found)),
             }
         }
@@ -497,13 +503,8 @@ impl Policies {
     }
 
     /// Swaps the version `info` in for its tenant unless a newer revision is in force
-    /// already.
-    async fn activate(&self, info: &PolicyVersionInfo, policy: Policy) {
-        let _turn = self.turn.lock().await;
-        self.swap(info, policy);
-    }
-
-    /// Swaps in, holding the turn, and opens the watch of a version that replaced another.
+    /// already, and opens the watch of a version that replaced another. The caller holds
+    /// the turn.
     fn swap(&self, info: &PolicyVersionInfo, policy: Policy) {
         let tenant = info.tenant.as_str();
         let old = self.current.load_full();

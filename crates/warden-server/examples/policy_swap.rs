@@ -32,6 +32,11 @@
 //! cargo run --release -p warden-server --example policy_swap -- snapshots 100000 /tmp/replay
 //! ```
 
+// The allocator `warden serve` runs on: freeing a replaced 10,000-rule policy is part of
+// what is measured, and glibc's allocator frees very differently.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -393,7 +398,7 @@ async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
                 if !status.is_success() || !body.windows(15).any(|w| w == br#""effect":"allow"#) {
                     failed += 1;
                 }
-                spans.push((t0, t1));
+                spans.push((t0, t1, decided_with(&body)));
             }
             anyhow::Ok((spans, failed))
         }));
@@ -416,22 +421,71 @@ async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let (mut all, mut overlapping, mut failed) = (Vec::new(), Vec::new(), 0);
+    let (mut spans, mut failed) = (Vec::new(), 0);
     for task in tasks {
-        let (spans, f) = task.await??;
+        let (s, f) = task.await??;
         failed += f;
-        for (a, b) in spans {
-            let took = b - a;
-            all.push(took);
-            if swaps.iter().any(|(s0, s1)| a <= *s1 && b >= *s0) {
-                overlapping.push(took);
-            }
+        spans.extend(s);
+    }
+    // Where each swap happened: after every decision that still read the version before it
+    // had started, and before every decision that read the new one had ended.
+    let mut at_swaps = Vec::new();
+    for n in 1..=rounds {
+        let (old, new) = (
+            if n == 1 {
+                "1.0.0".to_owned()
+            } else {
+                format!("1.1.{}", n - 1)
+            },
+            format!("1.1.{n}"),
+        );
+        let after = spans.iter().filter(|s| s.2 == old).map(|s| s.0).max();
+        let before = spans.iter().filter(|s| s.2 == new).map(|s| s.1).min();
+        if let (Some(after), Some(before)) = (after, before) {
+            at_swaps.push((after.min(before), before));
         }
     }
-    all.sort();
-    overlapping.sort();
+    // The control: windows as wide, each 100 ms after a publish returned (halfway to the
+    // next), where nothing is published; what the host's own tail gives that many decisions.
+    let quiet: Vec<(Instant, Instant)> = at_swaps
+        .iter()
+        .zip(&swaps)
+        .map(|((a, b), (_, end))| {
+            let start = *end + Duration::from_millis(100);
+            (start, start + (*b - *a))
+        })
+        .collect();
+    let (mut all, mut overlapping, mut at_swap, mut outside, mut at_quiet) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, _) in &spans {
+        let took = *b - *a;
+        all.push(took);
+        let during =
+            |windows: &[(Instant, Instant)]| windows.iter().any(|(s0, s1)| *a <= *s1 && *b >= *s0);
+        if during(&swaps) {
+            overlapping.push(took);
+        } else {
+            outside.push(took);
+        }
+        if during(&at_swaps) {
+            at_swap.push(took);
+        }
+        if during(&quiet) {
+            at_quiet.push(took);
+        }
+    }
+    for list in [
+        &mut all,
+        &mut overlapping,
+        &mut at_swap,
+        &mut outside,
+        &mut at_quiet,
+    ] {
+        list.sort();
+    }
     let median = percentile(&all, 0.5);
     let worst = overlapping.last().copied().unwrap_or_default();
+    let worst_at_swap = at_swap.last().copied().unwrap_or_default();
     let publish: Vec<Duration> = swaps.iter().map(|(a, b)| *b - *a).collect();
     let mut publish_sorted = publish.clone();
     publish_sorted.sort();
@@ -445,7 +499,40 @@ async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
         ms(worst.saturating_sub(median)),
         ms(percentile(&publish_sorted, 0.5)),
     );
+    println!(
+        "  at the swaps themselves ({} found of {rounds}): {} decisions in flight, longest {:.3} ms → pause {:.3} ms",
+        at_swaps.len(),
+        at_swap.len(),
+        ms(worst_at_swap),
+        ms(worst_at_swap.saturating_sub(median)),
+    );
+    let worst_quiet = at_quiet.last().copied().unwrap_or_default();
+    println!(
+        "  control, as many windows as wide with no publish: {} decisions in flight, longest {:.3} ms → median + {:.3} ms",
+        at_quiet.len(),
+        ms(worst_quiet),
+        ms(worst_quiet.saturating_sub(median)),
+    );
+    println!(
+        "  control, outside every publish: {} decisions, p99 {:.3} ms, longest {:.3} ms (median + {:.3} ms)",
+        outside.len(),
+        ms(percentile(&outside, 0.99)),
+        ms(outside.last().copied().unwrap_or_default()),
+        ms(outside
+            .last()
+            .copied()
+            .unwrap_or_default()
+            .saturating_sub(median)),
+    );
     Ok(())
+}
+
+/// The policy version a decision body names.
+fn decided_with(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["policy_version"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Decisions per second through `router` for `length`, from `CONCURRENCY` tasks.

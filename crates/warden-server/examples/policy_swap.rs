@@ -513,16 +513,13 @@ async fn swap(rules: usize, rounds: usize) -> anyhow::Result<()> {
         ms(worst_quiet),
         ms(worst_quiet.saturating_sub(median)),
     );
+    let worst_outside = outside.last().copied().unwrap_or_default();
     println!(
         "  control, outside every publish: {} decisions, p99 {:.3} ms, longest {:.3} ms (median + {:.3} ms)",
         outside.len(),
         ms(percentile(&outside, 0.99)),
-        ms(outside.last().copied().unwrap_or_default()),
-        ms(outside
-            .last()
-            .copied()
-            .unwrap_or_default()
-            .saturating_sub(median)),
+        ms(worst_outside),
+        ms(worst_outside.saturating_sub(median)),
     );
     Ok(())
 }

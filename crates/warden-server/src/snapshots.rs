@@ -17,7 +17,7 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundK
 /// crate's, whose AVX2 Poly1305 is built for long messages, and a snapshot is ~200 bytes
 /// sealed on every decision and opened by every replay.
 #[derive(Clone)]
-pub struct SnapshotKey(std::sync::Arc<LessSafeKey>);
+pub struct SnapshotKey(LessSafeKey);
 
 impl std::fmt::Debug for SnapshotKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +33,7 @@ impl SnapshotKey {
             reason = "32 bytes is ChaCha20-Poly1305's key length, the only way this fails"
         )]
         let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes).expect("a 32-byte key");
-        Self(std::sync::Arc::new(LessSafeKey::new(key)))
+        Self(LessSafeKey::new(key))
     }
 
     /// Seals `snapshot` for the decision `decision_id` of `tenant`: base64 of nonce and

@@ -1144,6 +1144,13 @@ impl Store for Breakable {
     ) -> Result<Option<warden_store::StoredPolicy>, StoreError> {
         self.inner.policy(tenant, revision).await
     }
+    async fn policy_info(
+        &self,
+        tenant: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<warden_store::PolicyVersionInfo>, StoreError> {
+        self.inner.policy_info(tenant, revision).await
+    }
     async fn policy_versions(
         &self,
         tenant: &str,

@@ -250,9 +250,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         tenant: &str,
         revision: Option<i64>,
-    ) -> Result<Option<PolicyVersionInfo>, StoreError> {
-        Ok(self.policy(tenant, revision).await?.map(|p| p.info))
-    }
+    ) -> Result<Option<PolicyVersionInfo>, StoreError>;
 
     /// The tenant's versions, newest first: at most `limit`, only revisions below `before`
     /// when given.

@@ -74,6 +74,10 @@ const SQLITE: &[Migration] = &[
         name: "0012_policy_sources",
         sql: include_str!("../../../migrations/sqlite/0012_policy_sources.sql"),
     },
+    Migration {
+        name: "0013_deflated_policy_sources",
+        sql: include_str!("../../../migrations/sqlite/0013_deflated_policy_sources.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -124,6 +128,10 @@ const POSTGRES: &[Migration] = &[
     Migration {
         name: "0012_policy_sources",
         sql: include_str!("../../../migrations/postgres/0012_policy_sources.sql"),
+    },
+    Migration {
+        name: "0013_deflated_policy_sources",
+        sql: include_str!("../../../migrations/postgres/0013_deflated_policy_sources.sql"),
     },
 ];
 

@@ -119,7 +119,7 @@ fn start_appender(options: PgConnectOptions) -> Result<AppenderThread, StoreErro
                 .max_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy_with(options.options([("synchronous_commit", "on")]));
-            let store = SqlStore::shared(pool);
+            let store = SqlStore::<sqlx::Postgres>::new(pool.clone(), pool);
             while let Some(job) = queue.recv().await {
                 match job {
                     Job::Append { batch, reply } => {
@@ -128,8 +128,12 @@ fn start_appender(options: PgConnectOptions) -> Result<AppenderThread, StoreErro
                     Job::ConsumePermit { permit, reply } => {
                         let _ = reply.send(store.consume_permit_use(*permit).await);
                     }
-                    Job::PublishPolicy { publish, reply } => {
-                        let _ = reply.send(store.publish_policy(*publish).await);
+                    Job::PublishPolicy {
+                        publish,
+                        deflated,
+                        reply,
+                    } => {
+                        let _ = reply.send(store.publish_deflated(*publish, deflated).await);
                     }
                     Job::Probe { now_ms, reply } => {
                         let _ = reply.send(store.probe_write(now_ms).await);

@@ -44,6 +44,8 @@ pub(crate) enum Job {
     /// A policy version to publish with its event (`Store::publish_policy`).
     PublishPolicy {
         publish: Box<PolicyPublish>,
+        /// Its source as stored, deflated before it reaches the thread.
+        deflated: Vec<u8>,
         reply: oneshot::Sender<Result<Published, StoreError>>,
     },
     /// A readiness write on the appending connection (`Store::probe_write`).
@@ -129,10 +131,12 @@ impl AppenderThread {
     /// for.
     async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
         crate::policy_version::check(&publish)?;
+        let deflated = crate::policy_version::deflate_off_runtime(&publish.policy.source).await?;
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job::PublishPolicy {
                 publish: Box::new(publish),
+                deflated,
                 reply,
             })
             .map_err(|_| StoreError::AppenderStopped)?;

@@ -189,14 +189,94 @@ where
     for<'q> Option<String>: Encode<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
+    /// `Store::publish_policy` with the source already deflated (off the runtime) by the
+    /// caller.
+    pub(crate) async fn publish_deflated(
+        &self,
+        publish: PolicyPublish,
+        deflated: Vec<u8>,
+    ) -> Result<Published, StoreError> {
+        policy_version::check(&publish)?;
+        let PolicyPublish {
+            policy,
+            previous_becomes,
+            event,
+            proposal,
+        } = publish;
+        let info = &policy.info;
+        // Under the chain lock: publishes from every replica take turns with each other and
+        // with decisions, so the event lands in the chain exactly where the switch happened.
+        let mut tx = self.begin_chain_write().await?;
+        let (latest, active) = Self::policy_position(&mut tx, &info.tenant).await?;
+        if let Some(conflict) = policy_version::conflict(info, latest, active) {
+            tx.rollback().await?;
+            return Ok(conflict);
+        }
+        // The proposal it applies changes in this transaction, or nothing does.
+        let mut events = Vec::with_capacity(2);
+        let mut signal = Vec::new();
+        if let Some(write) = proposal {
+            let staged =
+                Self::stage_proposal(&mut tx, write, Some((info.revision, &info.version))).await?;
+            if !matches!(staged.written, ProposalWritten::Written(_)) {
+                tx.rollback().await?;
+                return Ok(Published::ProposalStale(Box::new(staged.written)));
+            }
+            events = staged.events;
+            signal = staged.signal;
+        }
+        events.push(event);
+        sqlx::query(policy_version::RETIRE)
+            .bind(previous_becomes)
+            .bind(info.tenant.as_str())
+            .bind(info.status.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(policy_version::INSERT)
+            .bind(info.tenant.as_str())
+            .bind(info.revision)
+            .bind(info.version.as_str())
+            .bind(info.hash.as_str())
+            .bind(info.parent)
+            .bind(info.author.as_str())
+            .bind(info.comment.as_deref())
+            .bind(info.created_at_ms)
+            .bind(info.status.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(policy_version::INSERT_SOURCE)
+            .bind(info.tenant.as_str())
+            .bind(info.revision)
+            .bind(deflated)
+            .execute(&mut *tx)
+            .await?;
+        Self::chain_events(&mut tx, events).await?;
+        Self::notify_proposals(&mut tx, &signal).await?;
+        if let Some(notify) = DB::NOTIFY_POLICY {
+            sqlx::query(notify)
+                .bind(info.tenant.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let _ = self
+            .policy_signals
+            .send(PolicySignal::Changed(info.tenant.clone()));
+        for id in signal {
+            let _ = self.signals.send(ApprovalSignal::Changed(id));
+        }
+        Ok(Published::Written)
+    }
+
     /// Wraps a connected pool.
     pub(crate) fn shared(pool: Pool<DB>) -> Arc<dyn Store> {
         Arc::new(Self::new(pool.clone(), pool))
     }
 
-    fn new(pool: Pool<DB>, writer: Pool<DB>) -> Self {
+    pub(crate) fn new(pool: Pool<DB>, writer: Pool<DB>) -> Self {
         Self {
             pool,
             writer,
@@ -1107,6 +1187,7 @@ where
     for<'q> Option<String>: Encode<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
     fn backend(&self) -> Backend {
@@ -1793,75 +1874,8 @@ where
 
     async fn publish_policy(&self, publish: PolicyPublish) -> Result<Published, StoreError> {
         policy_version::check(&publish)?;
-        let PolicyPublish {
-            policy,
-            previous_becomes,
-            event,
-            proposal,
-        } = publish;
-        let info = &policy.info;
-        // Under the chain lock: publishes from every replica take turns with each other and
-        // with decisions, so the event lands in the chain exactly where the switch happened.
-        let mut tx = self.begin_chain_write().await?;
-        let (latest, active) = Self::policy_position(&mut tx, &info.tenant).await?;
-        if let Some(conflict) = policy_version::conflict(info, latest, active) {
-            tx.rollback().await?;
-            return Ok(conflict);
-        }
-        // The proposal it applies changes in this transaction, or nothing does.
-        let mut events = Vec::with_capacity(2);
-        let mut signal = Vec::new();
-        if let Some(write) = proposal {
-            let staged =
-                Self::stage_proposal(&mut tx, write, Some((info.revision, &info.version))).await?;
-            if !matches!(staged.written, ProposalWritten::Written(_)) {
-                tx.rollback().await?;
-                return Ok(Published::ProposalStale(Box::new(staged.written)));
-            }
-            events = staged.events;
-            signal = staged.signal;
-        }
-        events.push(event);
-        sqlx::query(policy_version::RETIRE)
-            .bind(previous_becomes)
-            .bind(info.tenant.as_str())
-            .bind(info.status.as_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(policy_version::INSERT)
-            .bind(info.tenant.as_str())
-            .bind(info.revision)
-            .bind(info.version.as_str())
-            .bind(info.hash.as_str())
-            .bind(info.parent)
-            .bind(info.author.as_str())
-            .bind(info.comment.as_deref())
-            .bind(info.created_at_ms)
-            .bind(info.status.as_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(policy_version::INSERT_SOURCE)
-            .bind(info.tenant.as_str())
-            .bind(info.revision)
-            .bind(policy.source.as_str())
-            .execute(&mut *tx)
-            .await?;
-        Self::chain_events(&mut tx, events).await?;
-        Self::notify_proposals(&mut tx, &signal).await?;
-        if let Some(notify) = DB::NOTIFY_POLICY {
-            sqlx::query(notify)
-                .bind(info.tenant.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let _ = self
-            .policy_signals
-            .send(PolicySignal::Changed(info.tenant.clone()));
-        for id in signal {
-            let _ = self.signals.send(ApprovalSignal::Changed(id));
-        }
-        Ok(Published::Written)
+        let deflated = policy_version::deflate_off_runtime(&publish.policy.source).await?;
+        self.publish_deflated(publish, deflated).await
     }
 
     async fn policy_heads(&self) -> Result<Vec<PolicyHead>, StoreError> {
@@ -1894,10 +1908,14 @@ where
         let Some(row) = self.policy_row(&columns, tenant, revision).await? else {
             return Ok(None);
         };
-        Ok(Some(StoredPolicy {
-            info: Self::policy_info_from_row(&row)?,
-            source: row.try_get("source")?,
-        }))
+        let info = Self::policy_info_from_row(&row)?;
+        let source = policy_version::source_of(
+            &info.tenant,
+            info.revision,
+            row.try_get("source")?,
+            row.try_get("deflated")?,
+        )?;
+        Ok(Some(StoredPolicy { info, source }))
     }
 
     async fn policy_info(

@@ -115,8 +115,12 @@ fn run(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
                 let _ = reply.send(consume_permit(&mut conn, *permit));
                 unchecked += 1;
             }
-            Job::PublishPolicy { publish, reply } => {
-                let _ = reply.send(publish_policy(&mut conn, *publish));
+            Job::PublishPolicy {
+                publish,
+                deflated,
+                reply,
+            } => {
+                let _ = reply.send(publish_policy(&mut conn, *publish, &deflated));
                 unchecked += 1;
             }
             Job::Probe { now_ms, reply } => {
@@ -190,7 +194,11 @@ fn consume_permit(conn: &mut Connection, permit: PermitUse) -> Result<PermitCons
 }
 
 /// Publishes a policy version with its event in one transaction (`Store::publish_policy`).
-fn publish_policy(conn: &mut Connection, publish: PolicyPublish) -> Result<Published, StoreError> {
+fn publish_policy(
+    conn: &mut Connection,
+    publish: PolicyPublish,
+    deflated: &[u8],
+) -> Result<Published, StoreError> {
     let PolicyPublish {
         policy,
         previous_becomes,
@@ -232,7 +240,7 @@ fn publish_policy(conn: &mut Connection, publish: PolicyPublish) -> Result<Publi
             info.status
         ])?;
     tx.prepare_cached(policy_version::INSERT_SOURCE)?
-        .execute(rusqlite::params![info.tenant, info.revision, policy.source])?;
+        .execute(rusqlite::params![info.tenant, info.revision, deflated])?;
     chain(&tx, vec![Append::new(event, None)])?;
     tx.commit()?;
     Ok(Published::Written)

@@ -450,7 +450,7 @@ fn migrate_applies_once_then_reports_up_to_date_on_sqlite() {
     let db = Db::sqlite();
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\napplied 0007_policy_versions\napplied 0008_decision_snapshots\napplied 0009_proposals\napplied 0010_inbox_sessions\napplied 0011_observed_proposals\napplied 0012_policy_sources\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\napplied 0007_policy_versions\napplied 0008_decision_snapshots\napplied 0009_proposals\napplied 0010_inbox_sessions\napplied 0011_observed_proposals\napplied 0012_policy_sources\napplied 0013_deflated_policy_sources\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     let json: Value = serde_json::from_str(&ok(&db, &["migrate", "--json"])).unwrap();
@@ -483,7 +483,7 @@ fn postgres_is_migrated_only_when_asked() {
     }
     assert_eq!(
         ok(&db, &["migrate"]),
-        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\napplied 0007_policy_versions\napplied 0008_decision_snapshots\napplied 0009_proposals\napplied 0010_inbox_sessions\napplied 0011_observed_proposals\napplied 0012_policy_sources\n"
+        "applied 0001_init\napplied 0002_hardening\napplied 0003_permits\napplied 0004_budgets\napplied 0005_approvals\napplied 0006_approval_grants\napplied 0007_policy_versions\napplied 0008_decision_snapshots\napplied 0009_proposals\napplied 0010_inbox_sessions\napplied 0011_observed_proposals\napplied 0012_policy_sources\napplied 0013_deflated_policy_sources\n"
     );
     assert_eq!(ok(&db, &["migrate"]), "up to date\n");
     assert_eq!(ok(&db, &["keys", "list", "--json"]).trim(), "[]");

@@ -73,15 +73,19 @@ async fn an_edited_applied_migration_is_refused() {
 }
 
 /// Migration 0012 moves each version's source to `policy_sources`: a database published to
-/// before it reads every version's source after it, and the old column is left empty.
+/// before it reads every version's source after it, and the old column is left empty. The
+/// rows it moves stay plain text after 0013, which deflates only what is written after it.
 #[tokio::test]
 async fn sources_published_before_0012_still_read_after_it() {
     each_backend_unmigrated(async |db| {
         db.store.migrate().await.unwrap();
         // The database as 0011 left it: no sources table, each source in its version's row.
         db.exec("DROP TABLE policy_sources").await;
-        db.exec("DELETE FROM warden_migrations WHERE name = '0012_policy_sources'")
-            .await;
+        db.exec(
+            "DELETE FROM warden_migrations \
+             WHERE name IN ('0012_policy_sources', '0013_deflated_policy_sources')",
+        )
+        .await;
         for (revision, status) in [(1, "superseded"), (2, "active")] {
             db.exec(&format!(
                 "INSERT INTO policy_versions (tenant, revision, version, hash, source, parent, \
@@ -93,7 +97,10 @@ async fn sources_published_before_0012_still_read_after_it() {
         }
         assert_eq!(
             db.store.migrate().await.unwrap(),
-            vec!["0012_policy_sources".to_owned()]
+            vec![
+                "0012_policy_sources".to_owned(),
+                "0013_deflated_policy_sources".to_owned()
+            ]
         );
         let active = db.store.policy("acme", None).await.unwrap().unwrap();
         assert_eq!(

@@ -162,6 +162,20 @@ pub(crate) async fn deflate_off_runtime(source: &str) -> Result<Vec<u8>, crate::
     Ok(tokio::task::spawn_blocking(move || deflate(&source)).await?)
 }
 
+/// [`source_of`], inflating on a blocking thread: a follower reads each new version while it
+/// decides, and inflating a large source takes a millisecond or more.
+pub(crate) async fn source_off_runtime(
+    info: &PolicyVersionInfo,
+    source: String,
+    deflated: Option<Vec<u8>>,
+) -> Result<String, crate::StoreError> {
+    if deflated.is_none() {
+        return Ok(source);
+    }
+    let (tenant, revision) = (info.tenant.clone(), info.revision);
+    tokio::task::spawn_blocking(move || source_of(&tenant, revision, source, deflated)).await?
+}
+
 /// The text of version `revision` of `tenant` from its stored columns: `deflated` when the
 /// row has it, else `source` as written before migration 0013.
 pub(crate) fn source_of(

@@ -1909,12 +1909,12 @@ where
             return Ok(None);
         };
         let info = Self::policy_info_from_row(&row)?;
-        let source = policy_version::source_of(
-            &info.tenant,
-            info.revision,
+        let source = policy_version::source_off_runtime(
+            &info,
             row.try_get("source")?,
             row.try_get("deflated")?,
-        )?;
+        )
+        .await?;
         Ok(Some(StoredPolicy { info, source }))
     }
 

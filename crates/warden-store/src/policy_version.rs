@@ -142,8 +142,8 @@ pub(crate) const SOURCE: &str = "(SELECT s.source FROM policy_sources s \
     (SELECT s.deflated FROM policy_sources s \
     WHERE s.tenant = policy_versions.tenant AND s.revision = policy_versions.revision) AS deflated";
 
-/// Deflate's fastest level: a 10,000-rule source shrinks ~20× in a few milliseconds, and
-/// higher levels buy little on YAML this repetitive.
+/// Deflate's fastest level: the benchmark's 10,000-rule source shrinks 12× (700 KB to 58 KB)
+/// in a few milliseconds; the commit it shortens is what decisions wait on.
 const DEFLATE_LEVEL: u8 = 1;
 
 /// The most a stored source inflates to: far above any policy the server accepts, so only a

@@ -192,14 +192,13 @@ where
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
-    /// `Store::publish_policy` with the source already deflated (off the runtime) by the
-    /// caller.
+    /// `Store::publish_policy` with the publish already checked (`policy_version::check`) and
+    /// its source deflated off the runtime by the caller, which does both before the write.
     pub(crate) async fn publish_deflated(
         &self,
         publish: PolicyPublish,
         deflated: Vec<u8>,
     ) -> Result<Published, StoreError> {
-        policy_version::check(&publish)?;
         let PolicyPublish {
             policy,
             previous_becomes,

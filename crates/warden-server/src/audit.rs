@@ -133,29 +133,65 @@ impl AuditKey {
     /// request do not matter but any difference in meaning does. Keyed, like payload
     /// digests, so a low-entropy payload cannot be guessed from the stored digest.
     pub fn action_digest(&self, action: &Action) -> String {
-        let target = action.target.as_ref();
-        let usage = action.usage.as_ref();
-        // Fields in sorted order; `Sorted` sorts inside payload and context.
-        let canonical = serde_json::json!({
-            "agent": action.agent,
-            "app": action.app,
-            "confidence": action.confidence.map(|c| c.get()),
-            "context": Sorted(&action.context),
-            "mode": action.mode,
-            "on_behalf_of": action.on_behalf_of,
-            "payload": Sorted(&action.payload),
-            "run_id": action.run_id,
-            "target": target.map(|t| serde_json::json!({"id": t.id, "type": t.kind})),
-            "type": action.kind.as_str(),
-            "usage": usage.map(|u| serde_json::json!({
-                "cost_usd": u.cost_usd, "tokens": u.tokens, "tool_calls": u.tool_calls,
-            })),
-            "workflow": action.workflow,
-        });
+        let canonical = CanonicalAction {
+            agent: action.agent.as_deref(),
+            app: action.app.as_deref(),
+            confidence: action.confidence.map(|c| c.get()),
+            context: Sorted(&action.context),
+            mode: action.mode.as_deref(),
+            on_behalf_of: action.on_behalf_of.as_deref(),
+            payload: Sorted(&action.payload),
+            run_id: action.run_id.as_deref(),
+            target: action.target.as_ref().map(|t| CanonicalTarget {
+                id: t.id.as_deref(),
+                kind: t.kind.as_deref(),
+            }),
+            kind: action.kind.as_str(),
+            usage: action.usage.as_ref().map(|u| CanonicalUsage {
+                cost_usd: u.cost_usd,
+                tokens: u.tokens,
+                tool_calls: u.tool_calls,
+            }),
+            workflow: action.workflow.as_deref(),
+        };
         let mut mac = (*self.0).clone();
-        let _ = serde_json::to_writer(MacWriter(&mut mac), &Sorted(&canonical));
+        let _ = serde_json::to_writer(MacWriter(&mut mac), &canonical);
         format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
     }
+}
+
+/// The action as its digest sees it, borrowed rather than copied into a `Value` on every
+/// decision. Fields are declared in sorted key order, which is the order serde writes them,
+/// so the bytes are the canonical form digests stored by earlier versions were taken over.
+#[derive(serde::Serialize)]
+struct CanonicalAction<'a> {
+    agent: Option<&'a str>,
+    app: Option<&'a str>,
+    confidence: Option<f64>,
+    context: Sorted<'a>,
+    mode: Option<&'a str>,
+    on_behalf_of: Option<&'a str>,
+    payload: Sorted<'a>,
+    run_id: Option<&'a str>,
+    target: Option<CanonicalTarget<'a>>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    usage: Option<CanonicalUsage>,
+    workflow: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct CanonicalTarget<'a> {
+    id: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct CanonicalUsage {
+    cost_usd: Option<f64>,
+    tokens: Option<u64>,
+    tool_calls: Option<u64>,
 }
 
 struct MacWriter<'a>(&'a mut Hmac<Sha256>);
@@ -359,6 +395,53 @@ mod tests {
             AuditKey::from_bytes(b"short"),
             Err(AuditKeyError::TooShort)
         ));
+    }
+
+    /// The digest as it was first written, through a `Value`: digests already stored beside
+    /// idempotency keys must still match the same action.
+    fn action_digest_through_a_value(key: &AuditKey, action: &Action) -> String {
+        let canonical = json!({
+            "agent": action.agent,
+            "app": action.app,
+            "confidence": action.confidence.map(|c| c.get()),
+            "context": Sorted(&action.context),
+            "mode": action.mode,
+            "on_behalf_of": action.on_behalf_of,
+            "payload": Sorted(&action.payload),
+            "run_id": action.run_id,
+            "target": action.target.as_ref().map(|t| json!({"id": t.id, "type": t.kind})),
+            "type": action.kind.as_str(),
+            "usage": action.usage.as_ref().map(|u| json!({
+                "cost_usd": u.cost_usd, "tokens": u.tokens, "tool_calls": u.tool_calls,
+            })),
+            "workflow": action.workflow,
+        });
+        let mut mac = (*key.0).clone();
+        let _ = serde_json::to_writer(MacWriter(&mut mac), &Sorted(&canonical));
+        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn action_digests_keep_their_canonical_bytes() {
+        let key = AuditKey::from_bytes(&[9u8; 32]).unwrap();
+        let actions = [
+            json!({"type": "ticket.get"}),
+            json!({"type": "ticket.resolve", "target": {"type": "ticket", "id": "T-1"},
+                   "agent": "support-bot", "on_behalf_of": "user-1", "mode": "auto",
+                   "confidence": 0.91, "app": "desk", "workflow": "triage", "run_id": "r-1",
+                   "payload": {"z": [1, {"b": 2, "a": 1}], "ä": "ü", "a": null, "n": 1.5e300},
+                   "context": {"user": {"role": "agent"}, "ticket": {"priority": "high"}},
+                   "usage": {"tokens": 12, "cost_usd": 0.25, "tool_calls": 3}}),
+            json!({"type": "db.write", "target": {"id": "row-9"}, "usage": {"tokens": 1},
+                   "payload": {"rows": [3, 2, 1]}, "confidence": 1}),
+        ];
+        for value in actions {
+            let action = Action::from_value(value).unwrap();
+            assert_eq!(
+                key.action_digest(&action),
+                action_digest_through_a_value(&key, &action)
+            );
+        }
     }
 
     #[test]

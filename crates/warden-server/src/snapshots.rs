@@ -39,8 +39,10 @@ impl SnapshotKey {
     /// Seals `snapshot` for the decision `decision_id` of `tenant`: base64 of nonce and
     /// ciphertext (with its tag).
     pub fn seal(&self, tenant: &str, decision_id: &str, snapshot: &[u8]) -> Option<String> {
+        // A random 96-bit nonce from the thread's CSPRNG (seeded from the OS, as ids are):
+        // one is drawn per decision, and a `getrandom` call each was a syscall on the path.
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::thread_rng().fill_bytes(&mut nonce);
         let aad = associated(tenant, decision_id);
         let tag_len = CHACHA20_POLY1305.tag_len();
         let mut out = Vec::with_capacity(NONCE_LEN + snapshot.len() + tag_len);

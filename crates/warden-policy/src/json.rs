@@ -88,6 +88,7 @@ fn raw_depth(text: &str) -> usize {
 mod strict {
     use super::{JsonError, json_message};
     use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::map::Entry;
     use serde_json::{Map, Number, Value};
     use std::cell::RefCell;
     use std::fmt;
@@ -190,11 +191,15 @@ mod strict {
                         return Err(e);
                     }
                 };
-                if map.contains_key(&key) {
-                    *self.repeated.borrow_mut() = Some(vec![key]);
-                    return Err(de::Error::custom("duplicate key"));
+                match map.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                    Entry::Occupied(slot) => {
+                        *self.repeated.borrow_mut() = Some(vec![slot.key().clone()]);
+                        return Err(de::Error::custom("duplicate key"));
+                    }
                 }
-                map.insert(key, value);
             }
             Ok(Value::Object(map))
         }

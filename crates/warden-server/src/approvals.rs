@@ -281,7 +281,9 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 /// The approval a `require_approval` decision opens, filling in the body's `approval`.
-/// Returned to go into the decision's own append, with its webhook delivery.
+/// Returned to go into the decision's own append, with its webhook delivery. `digest` is
+/// the action's digest when the request already took it (for its idempotency key); it is
+/// taken here otherwise, and only when there is an approval to bind it to.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site, in the decision path; a struct would only rename them"
@@ -293,11 +295,12 @@ pub fn open_for_decision(
     decision: &Decision,
     body: &mut DecisionBody,
     decision_id: &str,
-    digest: String,
+    digest: Option<&str>,
     now: i64,
 ) -> Option<(ApprovalRecord, Vec<OutboxMessage>)> {
     let requirement = decision.approval.as_ref()?;
     let approval = body.approval.as_mut()?;
+    let digest = digest.map_or_else(|| state.audit_key().action_digest(action), str::to_owned);
     let id = crate::ids::ulid(now);
     let expires_in = i64::try_from(requirement.expires_in.as_millis()).unwrap_or(i64::MAX);
     let expires_at_ms = now.saturating_add(expires_in);

@@ -345,24 +345,18 @@ fn prepare(state: &AppState, caller: &Caller, bytes: &[u8]) -> Result<Prepared, 
         });
     }
     // A require_approval opens its approval in the same transaction as the decision.
-    let opened = decision
-        .as_ref()
-        .filter(|d| d.approval.is_some())
-        .and_then(|d| {
-            let digest = digest
-                .clone()
-                .unwrap_or_else(|| state.audit_key().action_digest(&action));
-            crate::approvals::open_for_decision(
-                state,
-                caller,
-                &action,
-                d,
-                &mut body,
-                &decision_id,
-                digest,
-                now,
-            )
-        });
+    let opened = decision.as_ref().and_then(|d| {
+        crate::approvals::open_for_decision(
+            state,
+            caller,
+            &action,
+            d,
+            &mut body,
+            &decision_id,
+            digest.as_deref(),
+            now,
+        )
+    });
 
     // What is recorded: the answer with redacted values masked in its reasons.
     let masked;
